@@ -1,0 +1,3 @@
+"""tinymlops: MLOps for tiny devices."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,294 @@
+"""Typed configuration: pydantic models for every YAML file and the one loader that reads them.
+
+Every file kind has a model; ``load(path)`` picks it from the file's ``kind:`` key (or infers it from the keys
+present) and raises :class:`ConfigError` naming the file, the key path and the reason. Models of other areas
+(targets, drift, rollout) live beside their code and are imported lazily, so this module stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tinymlops.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base for config models: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pipeline.yaml
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MlflowSection(Strict):
+    tracking_uri: str | None = Field(None, description="MLflow server URL; default: embedded SQLite store")
+    experiment: str
+    registered_model: str
+
+
+class VibrationParams(Strict):
+    """Knobs of the seeded rotating-machine generator (see tinymlops.data.vibration)."""
+
+    windows_per_class: int = Field(500, ge=10)
+    window_samples: int = Field(256, ge=64)
+    sample_rate_hz: float = Field(1600.0, gt=0)
+    shaft_hz: float = Field(25.0, gt=0)
+    shaft_hz_jitter: float = Field(0.08, ge=0, lt=1)
+    noise_std: float = Field(0.08, ge=0)
+    gain: float = Field(1.0, gt=0)
+    offset: float = 0.0
+
+
+class DatasetSection(Strict):
+    name: Literal["digits", "vibration"]
+    seed: int = 0
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    vibration: VibrationParams = Field(default_factory=VibrationParams)
+
+
+class PreprocessingSection(Strict):
+    """Declared once; fitted on the training split; carried in every exported artifact's manifest."""
+
+    features: Literal["identity", "spectral"] = "identity"
+    bands: int = Field(8, ge=2, le=64, description="FFT bands per axis (spectral features)")
+    scale: float = Field(1.0, gt=0, description="divide raw inputs by this before feature extraction")
+    normalize: Literal["standard", "none"] = "standard"
+
+
+class ModelSection(Strict):
+    arch: str = Field(description="builder name in tinymlops.models (e.g. mlp, cnn2d, ds_cnn)")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_arch(self) -> ModelSection:
+        from tinymlops.models import BUILDERS
+
+        if self.arch not in BUILDERS:
+            raise ValueError(f"unknown arch {self.arch!r}; expected one of {sorted(BUILDERS)}")
+        return self
+
+
+class TrainSection(Strict):
+    epochs: int = Field(30, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(0.003, gt=0, lt=1)
+    seed: int = 0
+    early_stopping_patience: int = Field(6, ge=0)
+
+
+class _Variant(Strict):
+    name: str | None = Field(None, description="registered variant name; default: the technique")
+
+
+class PtqInt8(_Variant):
+    technique: Literal["ptq-int8"]
+    representative_samples: int = Field(200, ge=1)
+
+
+class PtqDynamic(_Variant):
+    technique: Literal["ptq-dynamic"]
+
+
+class Fp16(_Variant):
+    technique: Literal["fp16"]
+
+
+class Prune(_Variant):
+    technique: Literal["prune"]
+    target_sparsity: float = Field(0.8, gt=0, lt=1)
+    epochs: int = Field(8, ge=1)
+    representative_samples: int = Field(200, ge=1)
+
+
+class Cluster(_Variant):
+    technique: Literal["cluster"]
+    clusters: int = Field(16, ge=2, le=256)
+    epochs: int = Field(4, ge=1)
+    representative_samples: int = Field(200, ge=1)
+
+
+class QatInt8(_Variant):
+    technique: Literal["qat-int8"]
+    epochs: int = Field(4, ge=1)
+    representative_samples: int = Field(200, ge=1)
+
+
+class PruneClusterQat(_Variant):
+    technique: Literal["prune-cluster-qat"]
+    target_sparsity: float = Field(0.75, gt=0, lt=1)
+    clusters: int = Field(16, ge=2, le=256)
+    epochs: int = Field(4, ge=1)
+    representative_samples: int = Field(200, ge=1)
+
+
+class OnnxInt8(_Variant):
+    technique: Literal["onnx-int8"]
+    calibration_samples: int = Field(200, ge=1)
+
+
+class OnnxFp32(_Variant):
+    technique: Literal["onnx-fp32"]
+
+
+VariantSpec = Annotated[
+    PtqInt8 | PtqDynamic | Fp16 | Prune | Cluster | QatInt8 | PruneClusterQat | OnnxInt8 | OnnxFp32,
+    Field(discriminator="technique"),
+]
+
+
+class CompressSection(Strict):
+    variants: list[VariantSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> CompressSection:
+        names = [v.name or v.technique for v in self.variants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"variant names must be unique; repeated: {dupes}")
+        return self
+
+
+class ProfileSection(Strict):
+    targets: list[str] | Literal["all"] = "all"
+    targets_dir: str = "configs/targets"
+
+
+class PipelineConfig(Strict):
+    """The demo project file: what to train, how to compress, where to profile, drift and rollout settings."""
+
+    kind: Literal["pipeline"] = "pipeline"
+    project: str
+    mlflow: MlflowSection
+    dataset: DatasetSection
+    preprocessing: PreprocessingSection = Field(default_factory=PreprocessingSection)
+    model: ModelSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    compress: CompressSection = Field(default_factory=CompressSection)
+    profile: ProfileSection = Field(default_factory=ProfileSection)
+    drift: str | None = Field(None, description="path of a drift config, relative to this file")
+    rollout: str | None = Field(None, description="path of a rollout config, relative to this file")
+    stages: list[Literal["train", "compress", "profile", "drift", "rollout"]] = Field(
+        default_factory=lambda: ["train", "compress", "profile", "drift", "rollout"]
+    )
+
+    def config_hash(self) -> str:
+        """Return a short stable hash of the validated config (tags runs and versions)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the one loader
+# ---------------------------------------------------------------------------------------------------------------
+
+#: kind -> "module:Class"; imported lazily so that loading a pipeline file never imports other areas.
+KINDS: dict[str, str] = {
+    "pipeline": "tinymlops.config:PipelineConfig",
+    "target": "tinymlops.profile.targets:TargetConfig",
+    "drift": "tinymlops.monitor.config:DriftConfig",
+    "rollout": "tinymlops.rollout.config:RolloutConfig",
+}
+
+#: keys that identify a kind when the file has no ``kind:`` key.
+_SIGNATURES: list[tuple[str, set[str]]] = [
+    ("pipeline", {"dataset", "model"}),
+    ("target", {"core", "clock_mhz"}),
+    ("rollout", {"stages", "gates"}),
+    ("drift", {"thresholds"}),
+]
+
+
+def model_for_kind(kind: str) -> type[BaseModel]:
+    """Return the pydantic model class for a config kind."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown config kind {kind!r}; expected one of {sorted(KINDS)}")
+    module, cls = KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, raising ConfigError for a missing file, bad YAML or a non-mapping top level."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def detect_kind(data: dict[str, Any], path: str | Path = "<config>") -> str:
+    """Return the config kind from ``kind:`` or from the keys present."""
+    if "kind" in data:
+        return str(data["kind"])
+    for kind, keys in _SIGNATURES:
+        if keys <= data.keys():
+            return kind
+    raise ConfigError(f"{path}: cannot tell what kind of config this is; add 'kind:' ({', '.join(KINDS)})")
+
+
+def format_validation_error(path: str | Path, exc: ValidationError) -> str:
+    """Render pydantic errors as 'file: key.path: reason' lines."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after")) or "<top>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{path}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_data(data: dict[str, Any], model: type[M], path: str | Path = "<config>") -> M:
+    """Validate a mapping against a model, raising ConfigError with file and key paths."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+
+
+def load(path: str | Path, kind: str | None = None) -> BaseModel:
+    """Load and validate any config file; the kind comes from the argument, the file or its keys."""
+    data = read_yaml(path)
+    kind = kind or detect_kind(data, path)
+    model = model_for_kind(kind)
+    if "kind" in data and data["kind"] != kind:
+        raise ConfigError(f"{path}: kind: expected {kind!r}, got {data['kind']!r}")
+    if "kind" in data and "kind" not in model.model_fields:
+        data = {k: v for k, v in data.items() if k != "kind"}
+    return validate_data(data, model, path)
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    """Load a pipeline config."""
+    cfg = load(path, "pipeline")
+    assert isinstance(cfg, PipelineConfig)
+    return cfg
+
+
+def resolve_relative(config_path: str | Path, ref: str) -> Path:
+    """Resolve a path written in a config file relative to that file (absolute paths pass through)."""
+    p = Path(ref)
+    if p.is_absolute() or p.exists():
+        return p
+    return Path(config_path).parent / p

@@ -1,0 +1,41 @@
+"""onnxruntime adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tinymlops.errors import ModelFormatError
+from tinymlops.runtimes import Runner
+
+
+class OnnxRunner(Runner):
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelFormatError(f"{path}: onnxruntime cannot load this model: {exc}") from None
+        inp = self._sess.get_inputs()[0]
+        self._name = inp.name
+        self.input_shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape)
+
+    def _run_one(self, x: np.ndarray) -> np.ndarray:
+        out = self._sess.run(None, {self._name: x.reshape(self.input_shape)})[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Run a batch in one call when the model has a dynamic batch dimension."""
+        X = np.asarray(X, dtype=np.float32)
+        if len(X) and not isinstance(self._sess.get_inputs()[0].shape[0], int):
+            out = self._sess.run(None, {self._name: X.reshape((len(X), *self.input_shape[1:]))})[0]
+            return np.asarray(out, dtype=np.float32).reshape(len(X), -1)
+        return super().predict(X)
