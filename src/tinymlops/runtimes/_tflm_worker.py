@@ -9,8 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import re
+import struct
 import sys
 import tempfile
 import time

@@ -1,0 +1,1 @@
+"""Monitoring: reference profiles, mergeable sketches, drift metrics and verdicts."""

@@ -1,0 +1,349 @@
+"""The one MLflow adapter: runs, datasets, registered model versions, tags, aliases (with history), lineage.
+
+No other module calls MLflow directly. Runs are addressed by explicit id through ``MlflowClient`` (never the
+fluent "active run"), so Prefect tasks in threads cannot log into each other's runs.
+
+Conventions every stage relies on:
+
+* every registered version has tags ``variant``, ``format`` (``onnx``/``tflite``), ``task`` and points at a
+  run whose ``package/`` directory holds the model file and ``manifest.json`` (what devices receive);
+* alias moves are recorded as runs of the experiment ``<model>/alias-history`` (tags: alias, version,
+  previous_version, reason; metrics: the figures), so "which version was where, when, and why" is answerable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tinymlops import settings
+from tinymlops.errors import RegistryError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+PACKAGE_DIR = "package"
+_client: MlflowClient | None = None
+_client_uri: str | None = None
+
+
+def tracking_uri() -> str:
+    """Return the tracking URI in use (after ``connect``)."""
+    return _client_uri or settings.tracking_uri()
+
+
+def connect(uri: str | None = None) -> MlflowClient:
+    """Return a client for the configured store, checking that it answers; cached per URI."""
+    global _client, _client_uri
+    resolved = settings.tracking_uri(uri)
+    if _client is not None and _client_uri == resolved:
+        return _client
+    settings.prepare_environment()
+    import mlflow
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    mlflow.set_tracking_uri(resolved)
+    mlflow.set_registry_uri(resolved)
+    client = MlflowClient(tracking_uri=resolved, registry_uri=resolved)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # any transport or store error means "not usable"
+        raise RegistryError(f"MLflow tracking store {resolved} is not reachable: {str(exc).splitlines()[0]}"
+                            ) from None
+    _client, _client_uri = client, resolved
+    return client
+
+
+def client() -> MlflowClient:
+    """Return the connected client (connecting to the default store if needed)."""
+    return _client if _client is not None else connect()
+
+
+def ensure_experiment(name: str) -> str:
+    """Return the id of an experiment, creating it (with a local artifact root for the embedded store)."""
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:"):
+        location = (settings.artifact_root() / name.replace("/", "_")).as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except Exception:  # a concurrent creator won the race
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A handle to an MLflow run."""
+
+    run_id: str
+    experiment_id: str
+
+
+@contextlib.contextmanager
+def run(experiment: str, name: str, parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None) -> Iterator[RunRef]:
+    """Open a run; it ends FINISHED, or FAILED with the error recorded if the block raises."""
+    c = client()
+    exp_id = ensure_experiment(experiment)
+    all_tags = {"mlflow.runName": name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    r = c.create_run(exp_id, run_name=name, tags=all_tags)
+    ref = RunRef(r.info.run_id, exp_id)
+    try:
+        yield ref
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            c.set_tag(ref.run_id, "error", f"{type(exc).__name__}: {exc}"[:4900])
+        c.set_terminated(ref.run_id, "FAILED")
+        raise
+    c.set_terminated(ref.run_id, "FINISHED")
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    """Log parameters (values stringified, nested dicts flattened with dots)."""
+    flat = _flatten(params)
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    for i in range(0, len(items), 100):
+        client().log_batch(run_id, params=items[i:i + 100])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    """Log numeric metrics in one batch."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+    for i in range(0, len(items), 500):
+        client().log_batch(run_id, metrics=items[i:i + 500])
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    """Set run tags."""
+    from mlflow.entities import RunTag
+
+    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    """Upload a file or a directory's contents."""
+    p = Path(path)
+    if p.is_dir():
+        client().log_artifacts(run_id, str(p), artifact_path)
+    else:
+        client().log_artifact(run_id, str(p), artifact_path)
+
+
+def log_dict(run_id: str, obj: Any, artifact_file: str) -> None:
+    """Log a JSON-serialisable object as an artifact file."""
+    client().log_dict(run_id, obj, artifact_file)
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    """Log text (markdown, HTML, CSV) as an artifact file."""
+    client().log_text(run_id, text, artifact_file)
+
+
+def log_figure(run_id: str, figure: Any, artifact_file: str) -> None:
+    """Log a matplotlib figure as an image artifact."""
+    client().log_figure(run_id, figure, artifact_file)
+
+
+def log_dataset(run_id: str, features: Any, targets: Any, name: str, digest: str, source: str,
+                context: str) -> None:
+    """Record a dataset split (name, digest, schema, source) as an input of a run."""
+    import mlflow.data
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+
+    src = CodeDatasetSource(tags={"generator": source, "downloaded": "false"})
+    ds = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest, source=src)
+    tag = InputTag(key="mlflow.data.context", value=context)
+    client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
+
+
+def log_onnx_model(run_id: str, onnx_path: str | Path, name: str = "model") -> str:
+    """Log an ONNX file with MLflow's ONNX flavour on the run; return the logged model's URI."""
+    import mlflow
+    import mlflow.onnx
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    with mlflow.start_run(run_id=run_id, nested=True):
+        info = mlflow.onnx.log_model(model, name=name, save_as_external_data=False)
+    return info.model_uri
+
+
+# --------------------------------------------------------------------------------------------------------------
+# registered models and versions
+# --------------------------------------------------------------------------------------------------------------
+
+
+def register_version(model_name: str, run_id: str, tags: dict[str, Any], description: str,
+                     source: str | None = None) -> str:
+    """Register a new version from a run's ``package/`` directory (or ``source``); return the version."""
+    c = client()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(model_name)
+    except MlflowException:
+        with contextlib.suppress(MlflowException):
+            c.create_registered_model(model_name, description="Registered by tinymlops.")
+    src = source or f"{c.get_run(run_id).info.artifact_uri}/{PACKAGE_DIR}"
+    mv = c.create_model_version(model_name, src, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
+                                description=description)
+    return str(mv.version)
+
+
+def get_version(model_name: str, version: str | int) -> ModelVersion:
+    """Return a model version, raising RegistryError naming it if it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version(model_name, str(version))
+    except MlflowException:
+        raise RegistryError(f"model version {model_name}/{version} does not exist in {tracking_uri()}") from None
+
+
+def get_alias(model_name: str, alias: str) -> ModelVersion | None:
+    """Return the version an alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+
+
+def list_versions(model_name: str) -> list[ModelVersion]:
+    """Return all versions of a registered model, oldest first (RegistryError if the model is unknown)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().get_registered_model(model_name)
+    except MlflowException:
+        raise RegistryError(f"registered model {model_name!r} does not exist in {tracking_uri()}") from None
+    versions = client().search_model_versions(f"name='{model_name}'", max_results=10000)
+    return sorted(versions, key=lambda v: int(v.version))
+
+
+def set_version_tags(model_name: str, version: str | int, tags: dict[str, Any]) -> None:
+    """Set tags on a model version."""
+    for k, v in tags.items():
+        client().set_model_version_tag(model_name, str(version), k, str(v))
+
+
+def delete_version_tag(model_name: str, version: str | int, key: str) -> None:
+    """Remove a tag from a model version (no error if absent)."""
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):
+        client().delete_model_version_tag(model_name, str(version), key)
+
+
+def get_run(run_id: str) -> Any:
+    """Return a run (RegistryError if unknown)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_run(run_id)
+    except MlflowException:
+        raise RegistryError(f"run {run_id} does not exist in {tracking_uri()}") from None
+
+
+def download(run_id: str, artifact_path: str, dst: str | Path | None = None) -> Path:
+    """Download a run's artifact (file or directory) and return the local path."""
+    dst = Path(dst or tempfile.mkdtemp(prefix="tinymlops-"))
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(client().download_artifacts(run_id, artifact_path, str(dst)))
+
+
+def download_package(model_name: str, version: str | int, dst: str | Path | None = None) -> Path:
+    """Download a version's package directory (model file + manifest.json); return its path."""
+    mv = get_version(model_name, version)
+    path = mv.tags.get("package_path", PACKAGE_DIR)
+    return download(mv.run_id, path, dst)
+
+
+def read_manifest(package_dir: Path) -> dict[str, Any]:
+    """Read a package directory's manifest.json."""
+    return json.loads((package_dir / "manifest.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# aliases with history
+# --------------------------------------------------------------------------------------------------------------
+
+
+def history_experiment(model_name: str) -> str:
+    return f"{model_name}/alias-history"
+
+
+def set_alias(model_name: str, alias: str, version: str | int | None, reason: str,
+              figures: dict[str, float] | None = None, actor: str = "tinymlops") -> None:
+    """Point an alias at a version (None removes it) and record the move, reason and figures as a run."""
+    c = client()
+    previous = get_alias(model_name, alias)
+    prev_v = previous.version if previous else ""
+    if version is None:
+        if previous is not None:
+            c.delete_registered_model_alias(model_name, alias)
+    else:
+        get_version(model_name, version)
+        c.set_registered_model_alias(model_name, alias, str(version))
+    tags = {"alias": alias, "version": str(version or ""), "previous_version": str(prev_v), "reason": reason[:4900],
+            "actor": actor, "model": model_name}
+    with run(history_experiment(model_name), f"{alias} -> {version or 'none'}", tags=tags) as r:
+        if figures:
+            log_metrics(r.run_id, figures)
+
+
+def alias_history(model_name: str, alias_prefix: str = "") -> list[dict[str, Any]]:
+    """Return recorded alias moves, oldest first: time, alias, version, previous version, reason, figures."""
+    c = client()
+    exp = c.get_experiment_by_name(history_experiment(model_name))
+    if exp is None:
+        return []
+    runs = c.search_runs([exp.experiment_id], max_results=50000, order_by=["attributes.start_time ASC"])
+    out = []
+    for r in runs:
+        alias = r.data.tags.get("alias", "")
+        if not alias.startswith(alias_prefix):
+            continue
+        out.append({"time_ms": r.info.start_time, "alias": alias, "version": r.data.tags.get("version", ""),
+                    "previous_version": r.data.tags.get("previous_version", ""),
+                    "reason": r.data.tags.get("reason", ""), "actor": r.data.tags.get("actor", ""),
+                    "figures": dict(r.data.metrics)})
+    return out
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
