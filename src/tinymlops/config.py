@@ -46,7 +46,7 @@ class VibrationParams(Strict):
     sample_rate_hz: float = Field(1600.0, gt=0)
     shaft_hz: float = Field(25.0, gt=0)
     shaft_hz_jitter: float = Field(0.08, ge=0, lt=1)
-    noise_std: float = Field(0.08, ge=0)
+    noise_std: float = Field(0.1, ge=0)
     gain: float = Field(1.0, gt=0)
     offset: float = 0.0
 
@@ -87,6 +87,7 @@ class TrainSection(Strict):
     learning_rate: float = Field(0.003, gt=0, lt=1)
     seed: int = 0
     early_stopping_patience: int = Field(6, ge=0)
+    augment_shift_pixels: int = Field(0, ge=0, le=3, description="add +-N pixel shifted copies (square images)")
 
 
 class _Variant(Strict):

@@ -62,3 +62,19 @@ def split(ds: Dataset, seed: int, val_fraction: float, test_fraction: float) -> 
         parts["val"].append(idx[n_test:n_test + n_val])
         parts["train"].append(idx[n_test + n_val:])
     return {k: ds.subset(np.sort(np.concatenate(v)), f"{ds.name}-{k}") for k, v in parts.items()}
+
+
+def shift_augment(X: np.ndarray, y: np.ndarray, pixels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Add copies of square images (N, side*side) shifted by +-``pixels`` along each axis (zero fill)."""
+    side = int(round(X.shape[1] ** 0.5))
+    imgs = X.reshape(-1, side, side)
+    out, labels = [X], [y]
+    for axis in (1, 2):
+        for d in (-pixels, pixels):
+            shifted = np.roll(imgs, d, axis=axis)
+            edge = [slice(None)] * 3
+            edge[axis] = slice(0, d) if d > 0 else slice(d, None)
+            shifted[tuple(edge)] = 0
+            out.append(shifted.reshape(len(X), -1))
+            labels.append(y)
+    return np.concatenate(out), np.concatenate(labels)

@@ -28,7 +28,7 @@ def window(p: VibrationParams, label: int, rng: np.random.Generator) -> np.ndarr
     f = p.shaft_hz * (1.0 + rng.uniform(-p.shaft_hz_jitter, p.shaft_hz_jitter))
     phase = rng.uniform(0, 2 * np.pi)
     w = 2 * np.pi * f * t + phase
-    sev = rng.uniform(0.6, 1.4)  # fault severity varies from machine to machine
+    sev = rng.uniform(0.15, 1.2)  # fault severity varies from incipient to severe
     base = rng.uniform(0.15, 0.3)
     sig = np.zeros((n, 3))
     # every machine has a little residual imbalance and running-speed harmonics

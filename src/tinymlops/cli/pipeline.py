@@ -1,0 +1,143 @@
+"""CLI commands of the pipeline: validate, train, run, ui."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tinymlops.cli._common import console, err_console, handle_errors, print_json, print_table
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML (see configs/pipeline.yaml)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout instead of tables")]
+
+
+def _prefect_env(quiet: bool) -> None:
+    """Show task progress logs unless the output must stay machine-readable."""
+    from tinymlops.settings import prepare_environment
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING" if quiet else "INFO")
+    prepare_environment()
+
+
+def _check_config(path: Path) -> None:
+    from tinymlops.config import load_pipeline
+
+    load_pipeline(path)  # fail fast with a config error (exit 2) before Prefect starts
+
+
+@handle_errors
+def validate(path: Annotated[Path, typer.Argument(help="any tinymlops YAML: pipeline, target, drift or rollout")],
+             json_out: JsonOpt = False) -> None:
+    """Check a config file; exit 0 if valid, 2 with file, key path and reason if not."""
+    from tinymlops.config import detect_kind, load, read_yaml
+
+    kind = detect_kind(read_yaml(path), path)
+    load(path, kind)
+    if json_out:
+        print_json({"path": str(path), "valid": True, "kind": kind})
+    else:
+        console.print(f"[green]ok[/] {path}: valid {kind} config")
+
+
+@handle_errors
+def train(config: ConfigOpt = Path("configs/pipeline.yaml"), json_out: JsonOpt = False) -> None:
+    """Train, evaluate, export and register a new float model version (a Prefect flow run)."""
+    _check_config(config)
+    _prefect_env(json_out)
+    from flows.train import train_flow
+
+    out = train_flow(str(config))
+    if json_out:
+        print_json(out)
+        return
+    m = out["metrics"]
+    console.print(f"[green]registered[/] {out['model_uri']}  test accuracy {m['test_accuracy']:.2%}  "
+                  f"macro-F1 {m['test_macro_f1']:.3f}  ({m['train_seconds']:.1f} s training)")
+    _where_to_look(out["experiment"], out["model_name"])
+
+
+@handle_errors
+def run(config: ConfigOpt = Path("configs/pipeline.yaml"), json_out: JsonOpt = False) -> None:
+    """Run the whole pipeline the config describes: train → compress → profile → drift → rollout."""
+    from tinymlops.config import load_pipeline
+
+    cfg = load_pipeline(config)
+    _prefect_env(json_out)
+    from flows.pipeline import pipeline_flow
+
+    out = pipeline_flow(str(config))
+    if json_out:
+        print_json(out)
+        return
+    print_summary(out)
+    _where_to_look(cfg.mlflow.experiment, cfg.mlflow.registered_model)
+
+
+def print_summary(out: dict[str, Any]) -> None:
+    """Print the human summary of a pipeline run."""
+    t = out["train"]
+    console.rule(f"[bold]tinymlops pipeline: {out['project']}")
+    console.print(f"trained and registered [bold]{t['model_uri']}[/]: test accuracy "
+                  f"{t['metrics']['test_accuracy']:.2%}, macro-F1 {t['metrics']['test_macro_f1']:.3f}, "
+                  f"{t['metrics']['train_seconds']:.1f} s of training")
+    comp = out.get("compress")
+    if comp and comp.get("variants"):
+        rows = [[v.get("variant"), v.get("version"), v.get("format"), v.get("size_bytes"),
+                 f"{v['accuracy']:.2%}" if v.get("accuracy") is not None else "", v.get("status")]
+                for v in comp["variants"]]
+        print_table("compressed variants", ["variant", "version", "format", "bytes", "accuracy", "status"], rows)
+    prof = out.get("profile")
+    if prof and prof.get("targets"):
+        rows = [[t_name, r.get("version"), r.get("variant"), r.get("latency_ms"), r.get("energy_uj"),
+                 r.get("peak_ram_bytes"), r.get("fits")] for t_name, r in prof["targets"].items()]
+        print_table("recommended variant per target", ["target", "version", "variant", "latency_ms",
+                                                       "energy_uj", "peak_ram_bytes", "fits"], rows)
+    for key in ("drift", "rollout"):
+        if out.get(key, {}).get("table"):
+            tbl = out[key]["table"]
+            print_table(tbl["title"], tbl["columns"], tbl["rows"])
+
+
+def _where_to_look(experiment: str, model_name: str) -> None:
+    from tinymlops import registry
+
+    console.print(f"MLflow store: {registry.tracking_uri()}\n"
+                  f"Open it with [bold]tinymlops ui[/], then: Experiments → {experiment} (runs, datasets, metrics) "
+                  f"and Models → {model_name} (versions, tags, aliases).")
+
+
+@handle_errors
+def ui(port: Annotated[int, typer.Option(help="port to listen on")] = 5000,
+       host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1") -> None:
+    """Start the MLflow UI on the project's store and print its URL (Ctrl-C stops it)."""
+    from tinymlops import settings
+
+    uri = settings.tracking_uri()
+    if not uri.startswith("sqlite:"):
+        console.print(f"The store is a server: open {uri} in a browser.")
+        return
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    if exe is None:
+        err_console.print("error: the mlflow command is not installed in this environment")
+        raise typer.Exit(1)
+    console.print(f"MLflow UI for {uri}\n  → [bold]http://{host}:{port}[/]  (Ctrl-C to stop)")
+    cmd = [exe, "server", "--backend-store-uri", uri, "--default-artifact-root",
+           settings.artifact_root().as_uri(), "--host", host, "--port", str(port), "--workers", "1"]
+    try:
+        subprocess.run(cmd, check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to the main app."""
+    app.command("validate")(validate)
+    app.command("train")(train)
+    app.command("run")(run)
+    app.command("ui")(ui)

@@ -1,0 +1,1 @@
+"""Model compression: variants (PTQ, pruning, clustering, QAT, ONNX quantisation) and their export."""

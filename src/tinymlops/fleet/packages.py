@@ -1,0 +1,302 @@
+"""Signed model packages: built from a registered MLflow version, signed with Ed25519, verified on the device.
+
+A package is three things: ``manifest.json`` (the exact bytes that are signed), ``manifest.sig`` (base64 Ed25519
+signature over those bytes) and the model file. The manifest names model, version, variant, format, target and
+its runtime, the artifact's sha256 and size, the pre-processing spec, input/output spec, class names and the
+reference profile (whose bin edges devices sketch telemetry on). Trust is end to end: the registry side signs
+with the private key in ``<home>/keys/``; devices verify with the public key; the fleet service only relays.
+
+``verify_package(...)`` is what the agent runs before installing and again at start-up: it raises
+:class:`PackageRejected` (unsigned, bad signature, unknown key, wrong target, hash/size mismatch, bad manifest).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from tinymlops import settings
+from tinymlops.errors import ConfigError, UsageError
+
+SCHEMA = "tinymlops.package/1"
+PRIVATE_KEY_FILE = "package_signing.key"
+PUBLIC_KEY_FILE = "package_signing.pub"
+MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"
+REQUIRED_KEYS = ("schema", "model_name", "model_version", "format", "target", "runtime", "file", "sha256",
+                 "size_bytes", "class_names", "preprocessing", "input", "output", "reference", "key_id")
+
+
+class PackageRejected(Exception):
+    """A package failed verification; ``reason`` says why (reported to the fleet service)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------------------------
+# keys
+# --------------------------------------------------------------------------------------------------------------
+
+
+def keys_dir() -> Path:
+    """Return ``<home>/keys`` (created with owner-only permissions)."""
+    path = settings.home() / "keys"
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """Return a short fingerprint of a public key (first 16 hex of SHA-256 of its raw bytes)."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def signing_key(directory: Path | None = None) -> Ed25519PrivateKey:
+    """Return the registry-side signing key, generating it (and its public key file) on first use."""
+    d = directory or keys_dir()
+    priv_path, pub_path = d / PRIVATE_KEY_FILE, d / PUBLIC_KEY_FILE
+    if priv_path.is_file():
+        key = serialization.load_pem_private_key(priv_path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(f"{priv_path}: not an Ed25519 private key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub_path.write_bytes(public_key_pem(key.public_key()))
+    return key
+
+
+def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
+    """Serialise a public key as PEM (what devices are provisioned with)."""
+    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    """Read a PEM public key (ConfigError if missing or not Ed25519)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: public key file not found (run `tinymlops package ...` once to create keys)")
+    try:
+        key = serialization.load_pem_public_key(p.read_bytes())
+    except ValueError as exc:
+        raise ConfigError(f"{p}: not a PEM public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{p}: not an Ed25519 public key")
+    return key
+
+
+def default_public_key_path() -> Path:
+    """Return ``<home>/keys/package_signing.pub`` (created with the signing key)."""
+    path = keys_dir() / PUBLIC_KEY_FILE
+    if not path.is_file():
+        signing_key()
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# targets
+# --------------------------------------------------------------------------------------------------------------
+
+
+def targets_dir() -> Path:
+    """Return the target catalogue directory (``TINYMLOPS_TARGETS_DIR`` or ``configs/targets``)."""
+    return Path(os.environ.get("TINYMLOPS_TARGETS_DIR", "configs/targets"))
+
+
+def list_targets(directory: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Return the catalogue as ``{name: fields}`` (only ``name`` and ``runtime`` are needed here)."""
+    from tinymlops.config import read_yaml
+
+    d = directory or targets_dir()
+    out: dict[str, dict[str, Any]] = {}
+    for p in sorted(list(d.glob("*.yaml")) + list(d.glob("*.yml"))):
+        data = read_yaml(p)
+        name = str(data.get("name", p.stem))
+        if "runtime" not in data:
+            raise ConfigError(f"{p}: runtime: missing (every target names the runtime it runs)")
+        out[name] = {**data, "name": name, "runtime": str(data["runtime"])}
+    return out
+
+
+def get_target(name: str, directory: Path | None = None) -> dict[str, Any]:
+    """Return one catalogue target (UsageError naming the known ones if it does not exist)."""
+    targets = list_targets(directory)
+    if name not in targets:
+        known = ", ".join(sorted(targets)) or f"none in {directory or targets_dir()}"
+        raise UsageError(f"unknown target {name!r}; known targets: {known}")
+    return targets[name]
+
+
+def format_fits(fmt: str, target_runtime: str) -> bool:
+    """Return whether a model format can run in a target's runtime family."""
+    from tinymlops.runtimes import runtime_family
+
+    family = runtime_family(target_runtime)
+    return (fmt == "onnx") == (family == "onnxruntime")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bundles
+# --------------------------------------------------------------------------------------------------------------
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Serialise deterministically (sorted keys, no whitespace) for signing."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def package_id_for(manifest: dict[str, Any], manifest_bytes: bytes) -> str:
+    """Return a content-addressed package id: ``<model>-v<version>-<target>-<8 hex of the manifest hash>``."""
+    stem = f"{manifest['model_name']}-v{manifest['model_version']}-{manifest['target']}"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem)[:110]
+    return f"{stem}-{sha256_hex(manifest_bytes)[:8]}"
+
+
+@dataclass
+class Bundle:
+    """A signed package in memory: manifest bytes, signature and artifact."""
+
+    manifest_bytes: bytes
+    signature: bytes
+    artifact: bytes
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads(self.manifest_bytes)
+
+    @property
+    def id(self) -> str:
+        return package_id_for(self.manifest, self.manifest_bytes)
+
+    def upload_json(self) -> dict[str, str]:
+        """Return the body of ``POST /v1/packages``."""
+        return {"manifest_json": self.manifest_bytes.decode("utf-8"),
+                "signature_b64": base64.b64encode(self.signature).decode(),
+                "artifact_b64": base64.b64encode(self.artifact).decode()}
+
+    def write(self, directory: Path) -> Path:
+        """Write the bundle as a directory (manifest.json, manifest.sig, model file)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MANIFEST_FILE).write_bytes(self.manifest_bytes)
+        (directory / SIGNATURE_FILE).write_text(base64.b64encode(self.signature).decode())
+        (directory / self.manifest["file"]).write_bytes(self.artifact)
+        return directory
+
+    @classmethod
+    def read(cls, directory: Path) -> Bundle:
+        """Read a bundle directory (PackageRejected if a part is missing)."""
+        try:
+            manifest_bytes = (directory / MANIFEST_FILE).read_bytes()
+            sig_text = (directory / SIGNATURE_FILE).read_text() if (directory / SIGNATURE_FILE).is_file() else ""
+            file = json.loads(manifest_bytes)["file"]
+            artifact = (directory / Path(file).name).read_bytes()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PackageRejected(f"package directory {directory} is incomplete: {exc}") from None
+        try:
+            signature = base64.b64decode(sig_text, validate=True)
+        except ValueError:
+            signature = b""
+        return cls(manifest_bytes, signature, artifact)
+
+
+def sign(manifest: dict[str, Any], artifact: bytes, key: Ed25519PrivateKey | None = None) -> Bundle:
+    """Sign a manifest (its key_id is set to the signing key's) and return the bundle."""
+    key = key or signing_key()
+    manifest = {**manifest, "key_id": key_id(key.public_key()), "sha256": sha256_hex(artifact),
+                "size_bytes": len(artifact)}
+    manifest_bytes = canonical_json(manifest)
+    return Bundle(manifest_bytes, key.sign(manifest_bytes), artifact)
+
+
+def verify_package(bundle: Bundle, trusted_keys: list[Ed25519PublicKey], target: str | None) -> dict[str, Any]:
+    """Verify signature, key, manifest, target and artifact hash; return the manifest or raise PackageRejected."""
+    if not bundle.signature:
+        raise PackageRejected("unsigned package (no signature)")
+    try:
+        manifest = json.loads(bundle.manifest_bytes)
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise PackageRejected("manifest is not a JSON object")
+    keys = {key_id(k): k for k in trusted_keys}
+    kid = manifest.get("key_id")
+    key = keys.get(kid) if isinstance(kid, str) else None
+    if key is None:
+        raise PackageRejected(f"package signed by an untrusted key {kid!r}")
+    try:
+        key.verify(bundle.signature, bundle.manifest_bytes)
+    except InvalidSignature:
+        raise PackageRejected("bad signature: manifest altered or signed with another key") from None
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing or manifest.get("schema") != SCHEMA:
+        raise PackageRejected(f"manifest is not a {SCHEMA} manifest (missing {missing})")
+    if target is not None and manifest["target"] != target:
+        raise PackageRejected(f"package is for target {manifest['target']!r}, this device is {target!r}")
+    if len(bundle.artifact) != manifest["size_bytes"] or sha256_hex(bundle.artifact) != manifest["sha256"]:
+        raise PackageRejected("artifact hash mismatch: model file altered or truncated")
+    if Path(str(manifest["file"])).name != manifest["file"]:
+        raise PackageRejected("manifest file name must not contain a path")
+    return manifest
+
+
+def build_package(model_name: str, version: str | int, target: str, key: Ed25519PrivateKey | None = None,
+                  targets: Path | None = None) -> Bundle:
+    """Build and sign a package for a target from a registered MLflow version."""
+    from tinymlops import registry
+
+    tgt = get_target(target, targets)
+    mv = registry.get_version(model_name, version)
+    pkg_dir = registry.download_package(model_name, version)
+    src = registry.read_manifest(pkg_dir)
+    fmt = str(src.get("format") or mv.tags.get("format", ""))
+    if not format_fits(fmt, tgt["runtime"]):
+        raise UsageError(f"{model_name} v{version} is a {fmt} model; target {target} runs {tgt['runtime']}; "
+                         "build the package from a version whose format that runtime executes")
+    artifact_path = pkg_dir / src["file"]
+    if not artifact_path.is_file():
+        raise UsageError(f"{model_name} v{version}: package file {src['file']} missing from the registry")
+    artifact = artifact_path.read_bytes()
+    if src.get("sha256") and src["sha256"] != sha256_hex(artifact):
+        raise UsageError(f"{model_name} v{version}: registered file does not match its manifest sha256")
+    manifest = {
+        "schema": SCHEMA,
+        "model_name": model_name,
+        "model_version": str(version),
+        "variant": str(src.get("variant") or mv.tags.get("variant", "")),
+        "format": fmt,
+        "target": target,
+        "runtime": tgt["runtime"],
+        "file": Path(src["file"]).name,
+        "class_names": src["class_names"],
+        "preprocessing": src["preprocessing"],
+        "input": src["input"],
+        "output": src["output"],
+        "reference": src["reference"],
+        "metrics": src.get("metrics", {}),
+        "source": {"run_id": mv.run_id, "train_run_id": mv.tags.get("train_run_id", ""),
+                   "dataset_digest": mv.tags.get("dataset_digest", "")},
+        "created_unix_s": time.time(),
+    }
+    return sign(manifest, artifact, key)

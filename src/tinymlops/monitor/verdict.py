@@ -1,0 +1,291 @@
+"""The drift verdict: a pure function from measured figures and thresholds to ``ok`` / ``warn`` / ``retrain``.
+
+Per feature and overall, with the reasons and figures behind every level. Windows that cannot be judged say so
+(``insufficient data``, ``incompatible sketch``) instead of guessing; NaN/inf values are counted and reported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from tinymlops.monitor.config import Thresholds
+from tinymlops.monitor.drift import DeviceFigures, DistributionFigures, DriftFigures, FeatureFigures
+
+Level = Literal["ok", "warn", "retrain", "insufficient data", "incompatible sketch"]
+_RANK = {"ok": 0, "insufficient data": 0, "incompatible sketch": 0, "warn": 1, "retrain": 2}
+
+
+class Check(BaseModel):
+    """One judged quantity: its level, why, and the figures used."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["feature", "predictions", "confidence", "performance", "device", "sketch", "window"]
+    name: str
+    level: Level
+    reasons: list[str] = []
+    figures: dict[str, float | int | None] = {}
+
+
+class Verdict(BaseModel):
+    """The decision for one model version x target x cohort x window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: Level
+    reasons: list[str]
+    model: str
+    version: str
+    target: str | None = None
+    cohort: str | None = None
+    n_inferences: int
+    n_devices: int
+    features: list[Check]
+    checks: list[Check]
+    summary: dict[str, float | int | None]
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [c.name for c in self.features if c.level in ("warn", "retrain")]
+
+
+def _worst(levels: list[Level]) -> Level:
+    judged = [lv for lv in levels if lv in ("ok", "warn", "retrain")]
+    return max(judged, key=_RANK.__getitem__) if judged else "ok"
+
+
+def _finite(*values: float | None) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def _shift_level(psi: float, wasserstein: float | None, p_value: float, alpha: float, th_psi: tuple[float, float],
+                 th_w: tuple[float, float]) -> tuple[Level, str | None]:
+    """Level of a binned shift: significant at ``alpha`` and large (PSI or Wasserstein) enough."""
+    w = wasserstein if wasserstein is not None else 0.0
+    effect = f"PSI {psi:.3f}" + (f", Wasserstein {w:.3f} std" if wasserstein is not None else "")
+    if p_value >= alpha:
+        return "ok", None
+    if psi >= th_psi[1] or w >= th_w[1]:
+        return "retrain", f"{effect} (p={p_value:.1e})"
+    if psi >= th_psi[0] or w >= th_w[0]:
+        return "warn", f"{effect} (p={p_value:.1e})"
+    return "ok", None
+
+
+def judge_feature(f: FeatureFigures, th: Thresholds, alpha: float) -> Check:
+    """Judge one feature's figures (``alpha`` is the per-test significance level after correction)."""
+    ft = th.features
+    figs: dict[str, float | int | None] = {"n": f.n, "nonfinite": f.nonfinite, "psi": f.psi,
+                                            "js_distance": f.js_distance, "wasserstein_norm": f.wasserstein_norm,
+                                            "p_value": f.p_value}
+    reasons: list[str] = []
+    level: Level = "ok"
+    total = f.n + f.nonfinite
+    if total == 0:
+        return Check(kind="feature", name=f.name, level="insufficient data", reasons=["insufficient data: no values"],
+                     figures=figs)
+    if f.nonfinite > 0:
+        share = f.nonfinite / total
+        if share >= ft.nonfinite_warn:
+            level = "warn"
+            reasons.append(f"{f.nonfinite} NaN/inf values ({share:.1%} of {total})")
+    if f.n < th.overall.min_inferences:
+        reasons.append(f"insufficient data: {f.n} finite values < {th.overall.min_inferences}")
+        return Check(kind="feature", name=f.name, level=level if level != "ok" else "insufficient data",
+                     reasons=reasons, figures=figs)
+    if not _finite(f.psi, f.wasserstein_norm, f.p_value):
+        reasons.append("figures are not finite")
+        return Check(kind="feature", name=f.name, level="insufficient data", reasons=reasons, figures=figs)
+    shift, why = _shift_level(f.psi, f.wasserstein_norm, f.p_value, alpha, (ft.psi_warn, ft.psi_retrain),
+                              (ft.wasserstein_warn, ft.wasserstein_retrain))
+    if why:
+        reasons.append(why)
+    return Check(kind="feature", name=f.name, level=_worst([level, shift]), reasons=reasons, figures=figs)
+
+
+def _judge_distribution(kind: Literal["predictions", "confidence"], d: DistributionFigures, th: Thresholds,
+                        alpha: float, max_level: Level) -> Check:
+    ft = th.features
+    figs: dict[str, float | int | None] = {"n": d.n, "psi": d.psi, "js_distance": d.js_distance,
+                                            "p_value": d.p_value}
+    if d.n < th.overall.min_inferences or not _finite(d.psi, d.p_value):
+        return Check(kind=kind, name=kind, level="insufficient data",
+                     reasons=[f"insufficient data: {d.n} inferences"], figures=figs)
+    level, why = _shift_level(d.psi, None, d.p_value, alpha, (ft.psi_warn, ft.psi_retrain), (math.inf, math.inf))
+    if _RANK[level] > _RANK[max_level]:
+        level = max_level
+    return Check(kind=kind, name=kind, level=level, reasons=[f"{kind} shifted: {why}"] if why else [], figures=figs)
+
+
+def judge_performance(perf_n: int, accuracy: float, macro_f1: float, ref_accuracy: float | None,
+                      ref_macro_f1: float | None, th: Thresholds) -> Check:
+    """Judge labelled feedback against the reference accuracy and macro-F1."""
+    pt = th.performance
+    figs: dict[str, float | int | None] = {"n": perf_n, "accuracy": accuracy, "macro_f1": macro_f1,
+                                            "reference_accuracy": ref_accuracy, "reference_macro_f1": ref_macro_f1}
+    if perf_n < pt.min_feedback:
+        return Check(kind="performance", name="performance", level="insufficient data",
+                     reasons=[f"insufficient data: {perf_n} labelled samples < {pt.min_feedback}"], figures=figs)
+    levels: list[Level] = []
+    reasons = []
+    for name, value, ref, warn, retrain in (("accuracy", accuracy, ref_accuracy, pt.accuracy_drop_warn,
+                                             pt.accuracy_drop_retrain),
+                                            ("macro-F1", macro_f1, ref_macro_f1, pt.macro_f1_drop_warn,
+                                             pt.macro_f1_drop_retrain)):
+        if not _finite(ref, value):
+            continue
+        assert ref is not None
+        drop = ref - value
+        if drop >= retrain:
+            levels.append("retrain")
+        elif drop >= warn:
+            levels.append("warn")
+        else:
+            continue
+        reasons.append(f"{name} {value:.3f} vs reference {ref:.3f} (drop {drop:.3f})")
+    if not _finite(ref_accuracy) and not _finite(ref_macro_f1):
+        return Check(kind="performance", name="performance", level="insufficient data",
+                     reasons=["no reference accuracy to compare with"], figures=figs)
+    return Check(kind="performance", name="performance", level=_worst(levels), reasons=reasons, figures=figs)
+
+
+def judge_device(d: DeviceFigures, th: Thresholds) -> Check:
+    """Flag device metrics that exceed the profiled expectation of the target."""
+    dt = th.device
+    e = d.expected
+    figs: dict[str, float | int | None] = {
+        "n": d.n, "latency_p95_ms": d.latency_p95_ms, "latency_max_ms": d.latency_max_ms,
+        "peak_memory_bytes": d.peak_memory_bytes, "energy_uj_per_inference": d.energy_uj_per_inference,
+        "error_rate": d.error_rate, "expected_latency_ms": e.latency_ms, "expected_peak_ram_bytes": e.peak_ram_bytes,
+        "expected_energy_uj": e.energy_uj}
+    reasons = []
+    for name, observed, expected, ratio, unit in (
+            ("p95 latency", d.latency_p95_ms, e.latency_ms, dt.latency_p95_ratio_warn, "ms"),
+            ("peak memory", float(d.peak_memory_bytes) if d.peak_memory_bytes else None,
+             float(e.peak_ram_bytes) if e.peak_ram_bytes else None, dt.peak_memory_ratio_warn, "bytes"),
+            ("energy per inference", d.energy_uj_per_inference, e.energy_uj, dt.energy_ratio_warn, "uJ")):
+        if observed is None or expected is None:
+            continue
+        if not _finite(observed):
+            reasons.append(f"{name} reported as {observed}")
+        elif expected > 0 and observed / expected >= ratio:
+            reasons.append(f"{name} {observed:.4g} {unit} is {observed / expected:.2f}x the profiled "
+                           f"{expected:.4g} {unit} on {e.target or 'this target'}")
+    if not _finite(d.latency_max_ms):
+        reasons.append(f"latency reported as {d.latency_max_ms}")
+    if d.error_rate >= dt.error_rate_warn and d.error_rate > 0:
+        reasons.append(f"error/rejection rate {d.error_rate:.1%}")
+    return Check(kind="device", name=d.device, level="warn" if reasons else "ok", reasons=reasons, figures=figs)
+
+
+def decide(figures: DriftFigures, thresholds: Thresholds) -> Verdict:
+    """Turn one window's figures into per-feature and overall verdicts with reasons."""
+    th = thresholds
+    checks: list[Check] = []
+    reasons: list[str] = []
+    for r in figures.rejected:
+        checks.append(Check(kind="sketch", name=r.device, level="warn", reasons=[r.reason]))
+    base = {"model": figures.model, "version": figures.version, "target": figures.target, "cohort": figures.cohort,
+            "n_inferences": figures.n_inferences, "n_devices": figures.n_devices}
+    summary: dict[str, float | int | None] = {"n_inferences": figures.n_inferences, "n_devices": figures.n_devices,
+                                               "rejected_sketches": len(figures.rejected)}
+    if figures.n_inferences == 0 and figures.rejected and figures.n_devices == 0:
+        reasons = [f"incompatible sketch: all {len(figures.rejected)} reports rejected"]
+        reasons += [f"{r.device}: {r.reason}" for r in figures.rejected[:5]]
+        return Verdict(level="incompatible sketch", reasons=reasons, features=[], checks=checks, summary=summary,
+                       **base)
+    if figures.n_inferences < th.overall.min_inferences:
+        reasons = [f"insufficient data: {figures.n_inferences} inferences in the window "
+                   f"< {th.overall.min_inferences}"]
+        reasons += [f"{r.device}: {r.reason}" for r in figures.rejected[:5]]
+        return Verdict(level="insufficient data", reasons=reasons, features=[], checks=checks, summary=summary,
+                       **base)
+
+    # one family of tests per window: every feature plus the prediction and confidence histograms
+    n_tests = len(figures.features) + 2
+    alpha = th.features.alpha / max(n_tests, 1)
+    feats = [judge_feature(f, th, alpha) for f in figures.features]
+    judged = [c for c in feats if c.level in ("ok", "warn", "retrain")]
+    n_warn = sum(c.level in ("warn", "retrain") for c in feats)
+    n_retrain = sum(c.level == "retrain" for c in feats)
+    retrain_share = n_retrain / max(len(judged), 1)
+    summary.update({"features_judged": len(judged), "features_warn_or_worse": n_warn,
+                    "features_retrain": n_retrain, "features_retrain_share": round(retrain_share, 4),
+                    "max_psi": max((f.psi for f in figures.features), default=None),
+                    "max_js_distance": max((f.js_distance for f in figures.features), default=None),
+                    "max_wasserstein_norm": max((f.wasserstein_norm for f in figures.features), default=None),
+                    "nonfinite_values": sum(f.nonfinite for f in figures.features)})
+    levels: list[Level] = [c.level for c in checks]
+    if n_retrain and retrain_share >= th.overall.retrain_feature_share:
+        levels.append("retrain")
+        reasons.append(f"{n_retrain}/{len(judged)} features drifted at retrain level "
+                       f"(>= {th.overall.retrain_feature_share:.0%})")
+    elif n_warn >= th.overall.warn_features:
+        levels.append("warn")
+        reasons.append(f"{n_warn}/{len(judged)} features drifted: "
+                       + ", ".join(c.name for c in feats if c.level in ("warn", "retrain"))[:400])
+    nonfinite = [c for c in feats if any("NaN/inf" in r for r in c.reasons)]
+    if nonfinite:
+        levels.append("warn")
+        reasons.append(f"NaN/inf inputs on {len(nonfinite)} features")
+    if figures.predictions is not None:
+        max_pred: Level = "retrain" if th.overall.prediction_drift_retrain else "warn"
+        c = _judge_distribution("predictions", figures.predictions, th, alpha, max_pred)
+        checks.append(c)
+        levels.append(c.level)
+        reasons += c.reasons
+        summary["prediction_psi"] = figures.predictions.psi
+    if figures.confidence is not None:
+        c = _judge_distribution("confidence", figures.confidence, th, alpha, "warn")
+        checks.append(c)
+        levels.append(c.level)
+        reasons += c.reasons
+        summary["confidence_psi"] = figures.confidence.psi
+    if figures.performance is not None:
+        p = figures.performance
+        c = judge_performance(p.n, p.accuracy, p.macro_f1, p.reference_accuracy, p.reference_macro_f1, th)
+        checks.append(c)
+        levels.append(c.level)
+        reasons += c.reasons
+        summary.update({"feedback_n": p.n, "feedback_accuracy": p.accuracy, "feedback_macro_f1": p.macro_f1})
+    anomalous = []
+    for d in figures.devices + ([figures.fleet_device] if figures.fleet_device else []):
+        c = judge_device(d, th)
+        checks.append(c)
+        if c.level == "warn":
+            anomalous.append(c)
+    if anomalous:
+        levels.append("warn")
+        reasons.append(f"device metrics off profile on {len(anomalous)} device(s): "
+                       + "; ".join(f"{c.name}: {c.reasons[0]}" for c in anomalous[:3]))
+    summary["device_anomalies"] = len(anomalous)
+    if figures.rejected:
+        reasons.append(f"{len(figures.rejected)} report(s) rejected as incompatible sketch (not merged)")
+    level = _worst(levels)
+    if level == "ok":
+        reasons.insert(0, f"no drift: {figures.n_inferences} inferences from {figures.n_devices} device(s)")
+    return Verdict(level=level, reasons=reasons, features=feats, checks=checks, summary=summary, **base)
+
+
+def render_markdown(verdict: Verdict, max_features: int = 50) -> str:
+    """Render a verdict as markdown (Prefect artifact, MLflow text, CLI)."""
+    v = verdict
+    scope = " / ".join(x for x in (f"{v.model} v{v.version}", v.target, v.cohort) if x)
+    lines = [f"# Drift verdict: **{v.level}**", "", f"{scope}: {v.n_inferences} inferences, {v.n_devices} device(s)",
+             ""]
+    lines += [f"- {r}" for r in v.reasons]
+    if v.features:
+        lines += ["", "| feature | level | PSI | JS | Wasserstein/std | p | NaN/inf |", "|---|---|---|---|---|---|---|"]
+        order = sorted(v.features, key=lambda c: (-_RANK[c.level], -(c.figures.get("psi") or 0)))
+        for c in order[:max_features]:
+            f = c.figures
+            lines.append(f"| {c.name} | {c.level} | {f.get('psi', 0):.3f} | {f.get('js_distance', 0):.3f} | "
+                         f"{f.get('wasserstein_norm', 0):.3f} | {f.get('p_value', 1):.1e} | {f.get('nonfinite', 0)} |")
+    other = [c for c in v.checks if c.level != "ok"]
+    if other:
+        lines += ["", "| check | name | level | reasons |", "|---|---|---|---|"]
+        lines += [f"| {c.kind} | {c.name} | {c.level} | {'; '.join(c.reasons)} |" for c in other]
+    return "\n".join(lines) + "\n"

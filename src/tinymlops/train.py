@@ -1,0 +1,248 @@
+"""The train stage: dataset → pre-processing → Keras model → fit → evaluate → exports → registered version.
+
+``prepare`` is NumPy only; ``fit`` and ``run_training`` cross the TensorFlow boundary (imported lazily).
+Everything is recorded in MLflow through :mod:`tinymlops.registry`; a failure marks the run FAILED and registers
+nothing (registration is the last step).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinymlops import registry
+from tinymlops.config import PipelineConfig
+from tinymlops.data import Dataset, load_dataset, shift_augment, split
+from tinymlops.metrics import agreement, classification_metrics, confusion
+from tinymlops.preprocessing import FittedPreprocessing, fit, transform
+
+REFERENCE_SAMPLE_ROWS = 2000
+#: exported artifacts must agree with the Keras model on at least this fraction of the test split
+EXPORT_AGREEMENT_MIN = 0.99
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Splits of raw data and the pre-processing fitted on the training split."""
+
+    splits: dict[str, Dataset]
+    preprocessing: FittedPreprocessing
+
+    def features(self, name: str) -> np.ndarray:
+        return transform(self.preprocessing, self.splits[name].X)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.splits["train"].class_names
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    model_name: str
+    version: str
+    metrics: dict[str, float]
+    dataset_digests: dict[str, str]
+    duration_s: float
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}/{self.version}"
+
+
+def prepare(cfg: PipelineConfig) -> Prepared:
+    """Load the dataset, split it deterministically and fit the pre-processing on the training split."""
+    ds = load_dataset(cfg.dataset)
+    splits = split(ds, cfg.dataset.seed, cfg.dataset.val_fraction, cfg.dataset.test_fraction)
+    spec = fit(cfg.preprocessing, splits["train"].X, ds.sample_rate_hz)
+    return Prepared(splits, spec)
+
+
+def fit_model(cfg: PipelineConfig, prep: Prepared,
+              on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> tuple[Any, dict[str, list[float]]]:
+    """Build the configured Keras model and fit it; return (model, history)."""
+    from tinymlops.models import build
+    from tinymlops.tf import keras, tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    keras.utils.set_random_seed(cfg.train.seed)
+    x_train, x_val = prep.features("train"), prep.features("val")
+    y_train, y_val = prep.splits["train"].y, prep.splits["val"].y
+    if cfg.train.augment_shift_pixels:
+        if cfg.preprocessing.features != "identity":
+            raise ValueError("train.augment_shift_pixels needs preprocessing.features: identity (image inputs)")
+        x_train, y_train = shift_augment(x_train, y_train, cfg.train.augment_shift_pixels)
+    model = build(cfg.model.arch, x_train.shape[1:], len(prep.class_names), **cfg.model.params)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    callbacks: list[Any] = []
+    if cfg.train.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.train.early_stopping_patience,
+                                                       restore_best_weights=True))
+    if on_epoch is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: on_epoch(epoch, {k: float(v) for k, v in (logs or {}).items()})))
+    hist = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=cfg.train.epochs,
+                     batch_size=cfg.train.batch_size, callbacks=callbacks, verbose=0)
+    return model, {k: [float(x) for x in v] for k, v in hist.history.items()}
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def _confusion_figure(cm: np.ndarray, class_names: list[str], title: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(class_names), 1.0 + 0.6 * len(class_names)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def base_manifest(cfg: PipelineConfig, prep: Prepared, variant: str, fmt: str, reference: dict[str, Any],
+                  metrics: dict[str, float], n_outputs: int) -> dict[str, Any]:
+    """Return the manifest fields shared by every package of this model (file, sha256, size added on write)."""
+    return {
+        "model_name": cfg.mlflow.registered_model,
+        "variant": variant,
+        "format": fmt,
+        "task": cfg.project,
+        "class_names": prep.class_names,
+        "preprocessing": prep.preprocessing.model_dump(),
+        "input": {"shape": [1, prep.preprocessing.n_features], "dtype": "float32"},
+        "output": {"shape": [1, n_outputs], "dtype": "float32"},
+        "reference": reference,
+        "metrics": metrics,
+    }
+
+
+def run_training(cfg: PipelineConfig, progress: Callable[[str], None] | None = None,
+                 parent_run_id: str | None = None) -> TrainResult:
+    """Run the whole train stage and register a new float32 version; return identifiers and figures."""
+    from tinymlops.compress.export import to_onnx, to_tflite_float, write_package
+    from tinymlops.monitor.reference import compute_reference
+    from tinymlops.runtimes import open_runner
+
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    registry.connect(cfg.mlflow.tracking_uri)
+    say(f"preparing dataset {cfg.dataset.name!r}")
+    prep = prepare(cfg)
+    digests = {k: v.digest() for k, v in prep.splits.items()}
+    tags = {"tinymlops.stage": "train", "task": cfg.project, "config_hash": cfg.config_hash(),
+            "git_commit": _git_commit(), "dataset_digest": digests["train"]}
+    with registry.run(cfg.mlflow.experiment, f"train-{cfg.model.arch}", parent_run_id, tags) as r:
+        for name, part in prep.splits.items():
+            registry.log_dataset(r.run_id, prep.features(name), part.y, part.name, part.digest(), part.source, name)
+        registry.log_params(r.run_id, {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
+                                       "dataset": {"name": cfg.dataset.name, "seed": cfg.dataset.seed,
+                                                   **{f"{k}_rows": len(v.y) for k, v in prep.splits.items()}},
+                                       "preprocessing": cfg.preprocessing.model_dump()})
+        registry.log_dict(r.run_id, cfg.model_dump(mode="json"), "config/pipeline.json")
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            registry.log_metrics(r.run_id, logs, step=epoch)
+            say(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {logs.get('loss', 0):.4f}  "
+                f"val_accuracy {logs.get('val_accuracy', 0):.4f}")
+
+        say(f"training {cfg.model.arch} on {len(prep.splits['train'].y)} samples")
+        t_fit = time.perf_counter()
+        model, history = fit_model(cfg, prep, on_epoch)
+        fit_s = time.perf_counter() - t_fit
+
+        x_test, y_test = prep.features("test"), prep.splits["test"].y
+        n_classes = len(prep.class_names)
+        probs = model.predict(x_test, verbose=0)
+        test = classification_metrics(y_test, probs, n_classes)
+        metrics = {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+                   "accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "train_seconds": fit_s,
+                   "epochs_run": len(history.get("loss", []))}
+        registry.log_metrics(r.run_id, metrics)
+        cm = confusion(y_test, probs.argmax(axis=1), n_classes)
+        registry.log_figure(r.run_id, _confusion_figure(cm, prep.class_names, f"{cfg.project}: test split"),
+                            "evaluation/confusion_matrix.png")
+
+        say("exporting float32 Keras, TFLite and ONNX models")
+        x_train = prep.features("train")
+        ref = compute_reference(x_train, model.predict(x_train, verbose=0), prep.preprocessing.feature_names,
+                                prep.class_names, metrics={"accuracy": test["accuracy"],
+                                                           "macro_f1": test["macro_f1"]})
+        with tempfile.TemporaryDirectory(prefix="tinymlops-train-") as tmp:
+            tmpd = Path(tmp)
+            model.save(tmpd / "model.h5")
+            registry.log_artifact(r.run_id, tmpd / "model.h5", "keras")
+            (tmpd / "model_fp32.tflite").write_bytes(to_tflite_float(model))
+            to_onnx(model, tmpd / "model_fp32.onnx")
+            export_agreement = {}
+            for f in ("model_fp32.tflite", "model_fp32.onnx"):
+                with open_runner(tmpd / f) as runner:
+                    export_agreement[f] = agreement(runner.predict(x_test), probs)
+            registry.log_metrics(r.run_id, {"export_agreement_tflite": export_agreement["model_fp32.tflite"],
+                                            "export_agreement_onnx": export_agreement["model_fp32.onnx"],
+                                            "size_bytes_tflite_fp32": (tmpd / "model_fp32.tflite").stat().st_size,
+                                            "size_bytes_onnx_fp32": (tmpd / "model_fp32.onnx").stat().st_size})
+            bad = {k: v for k, v in export_agreement.items() if v < EXPORT_AGREEMENT_MIN}
+            if bad:
+                raise RuntimeError(f"exported models disagree with the Keras model: {bad}")
+            registry.log_artifact(r.run_id, tmpd / "model_fp32.tflite", "exports")
+            registry.log_artifact(r.run_id, tmpd / "model_fp32.onnx", "exports")
+            manifest = base_manifest(cfg, prep, "float32", "onnx", ref.model_dump(),
+                                     {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"]}, n_classes)
+            write_package(tmpd / "package", tmpd / "model_fp32.onnx", manifest)
+            registry.log_artifact(r.run_id, tmpd / "package", "package")
+            _log_reference_sample(r.run_id, x_train, prep, tmpd)
+            registry.log_onnx_model(r.run_id, tmpd / "model_fp32.onnx")
+
+        say("registering the float32 model version")
+        description = (
+            f"{cfg.project}: float32 {cfg.model.arch} trained on {cfg.dataset.name} "
+            f"({len(prep.splits['train'].y)} train / {len(y_test)} test samples, digest {digests['train']}). "
+            f"Test accuracy {test['accuracy']:.2%}, macro-F1 {test['macro_f1']:.3f}. "
+            f"Package: ONNX fp32 + manifest (pre-processing '{cfg.preprocessing.features}', reference profile). "
+            f"Config hash {tags['config_hash']}, git {tags['git_commit']}."
+        )
+        version = registry.register_version(
+            cfg.mlflow.registered_model, r.run_id,
+            {"variant": "float32", "technique": "none", "format": "onnx", "task": cfg.project,
+             "train_run_id": r.run_id, "dataset_digest": digests["train"], "config_hash": tags["config_hash"],
+             "git_commit": tags["git_commit"], "accuracy": f"{test['accuracy']:.4f}"},
+            description)
+        registry.set_tags(r.run_id, {"registered_version": version})
+    return TrainResult(r.run_id, cfg.mlflow.registered_model, version, metrics, digests,
+                       time.perf_counter() - t0)
+
+
+def _log_reference_sample(run_id: str, x_train: np.ndarray, prep: Prepared, tmpd: Path) -> None:
+    """Log up to REFERENCE_SAMPLE_ROWS model-input rows with labels (Evidently's reference data)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(len(x_train), size=min(REFERENCE_SAMPLE_ROWS, len(x_train)), replace=False))
+    df = pd.DataFrame(x_train[idx], columns=prep.preprocessing.feature_names)
+    df["label"] = prep.splits["train"].y[idx]
+    df.to_csv(tmpd / "sample.csv", index=False)
+    registry.log_artifact(run_id, tmpd / "sample.csv", "reference")
