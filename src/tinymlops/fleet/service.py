@@ -492,7 +492,7 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
                                  cohort=cohort, samples_opt_in=samples, feedback_opt_in=feedback)
 
     @app.get("/v1/devices/{device_id}/desired-state", tags=["device"])
-    def desired_state(ctx: Annotated[DeviceCtx, Depends(device)]) -> api.DesiredState:
+    def desired_state(ctx: DeviceCtx = Depends(device)) -> api.DesiredState:
         """Return the package this device should run (package_id null: keep what you have)."""
         writer.seen(ctx.id, time.time())
         with st.session() as s:
@@ -518,7 +518,7 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
             return p
 
     @app.get("/v1/devices/{device_id}/packages/{package_id}", tags=["device"])
-    def package_manifest(package_id: str, ctx: Annotated[DeviceCtx, Depends(device)]) -> api.SignedManifest:
+    def package_manifest(package_id: str, ctx: DeviceCtx = Depends(device)) -> api.SignedManifest:
         """Return a package's signed manifest (exact bytes) and signature."""
         p = allowed_package(ctx, package_id)
         return api.SignedManifest(package_id=p.id, manifest_json=p.manifest_json, signature_b64=p.signature_b64,
@@ -526,7 +526,7 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
 
     @app.get("/v1/devices/{device_id}/packages/{package_id}/artifact", tags=["device"],
              response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
-    def package_artifact(package_id: str, ctx: Annotated[DeviceCtx, Depends(device)]) -> Response:
+    def package_artifact(package_id: str, ctx: DeviceCtx = Depends(device)) -> Response:
         """Download a package's model file."""
         p = allowed_package(ctx, package_id)
         return Response(p.artifact, media_type="application/octet-stream",
@@ -534,7 +534,7 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
 
     @app.post("/v1/devices/{device_id}/telemetry", tags=["device"], status_code=202)
     async def post_telemetry(report: api.TelemetryReport,
-                             ctx: Annotated[DeviceCtx, Depends(device)]) -> api.Accepted:
+                             ctx: DeviceCtx = Depends(device)) -> api.Accepted:
         """Accept one telemetry window; acknowledged only once committed (repeated seq is ignored)."""
         if report.device_id is not None and report.device_id != ctx.id:
             raise HTTPException(403, "a device may only post its own telemetry")
@@ -567,7 +567,7 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
         return api.Accepted()
 
     @app.post("/v1/devices/{device_id}/events", tags=["device"], status_code=201)
-    def post_event(ev: api.DeploymentEventReport, ctx: Annotated[DeviceCtx, Depends(device)]) -> api.Accepted:
+    def post_event(ev: api.DeploymentEventReport, ctx: DeviceCtx = Depends(device)) -> api.Accepted:
         """Record an install success, a rejection (with reason), a rollback or a load failure."""
         now = time.time()
         with st.session() as s:
