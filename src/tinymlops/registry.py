@@ -52,8 +52,14 @@ def connect(uri: str | None = None) -> MlflowClient:
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    user_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
+    for k, v in user_env.items():  # MLflow exports the URI to the environment; keep the user's choice in charge
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     client = MlflowClient(tracking_uri=resolved, registry_uri=resolved)
     try:
         client.search_experiments(max_results=1)
