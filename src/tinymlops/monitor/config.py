@@ -40,8 +40,8 @@ class FeatureThresholds(Strict):
     alpha: float = Field(0.05, gt=0, lt=1, description="family-wise false-alarm rate per window (Bonferroni)")
     psi_warn: float = Field(0.1, gt=0, description="PSI at or above which a significant shift warns")
     psi_retrain: float = Field(0.25, gt=0, description="PSI at or above which a significant shift asks to retrain")
-    wasserstein_warn: float = Field(0.1, gt=0, description="Wasserstein / reference std that warns")
-    wasserstein_retrain: float = Field(0.25, gt=0, description="Wasserstein / reference std that asks to retrain")
+    wasserstein_warn: float = Field(0.15, gt=0, description="Wasserstein / reference std that warns")
+    wasserstein_retrain: float = Field(0.3, gt=0, description="Wasserstein / reference std that asks to retrain")
     nonfinite_warn: float = Field(0.01, ge=0, le=1, description="share of NaN/inf values that warns")
 
     @model_validator(mode="after")
@@ -93,8 +93,9 @@ class EvidentlySection(Strict):
 
     enabled: bool = True
     min_samples: int = Field(100, ge=10, description="fewer opt-in samples: no Evidently report")
-    method: str = Field("wasserstein", description="Evidently per-column drift method (see its stattests)")
-    threshold: float = Field(0.1, gt=0, description="Evidently per-column threshold for that method")
+    method: str = Field("ks", description="Evidently per-column drift method (see its stattests)")
+    threshold: float | None = Field(
+        None, gt=0, description="Evidently per-column threshold; default: the verdict's alpha / (features + 2)")
     reference_rows: int = Field(2000, ge=50, le=100000)
 
 
@@ -104,8 +105,9 @@ class RetrainSection(Strict):
     enabled: bool = False
     cooldown: str = Field("24h", description="minimum time between two triggered retrains of one model")
     pipeline_config: str = Field("configs/pipeline.yaml", description="config passed to the pipeline flow")
-    deployment: str | None = Field("tinymlops-pipeline/pipeline-weekly",
-                                   description="Prefect deployment to run; falls back to a local flow run")
+    deployment: str | None = Field("pipeline/pipeline-weekly",
+                                   description="Prefect deployment (flow/deployment) to run when it exists")
+    entrypoint: str = Field("flows.pipeline:pipeline_flow", description="flow started when no deployment exists")
     mode: Literal["auto", "deployment", "subprocess", "inline"] = "auto"
 
     @field_validator("cooldown")

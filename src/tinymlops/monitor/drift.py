@@ -8,7 +8,7 @@ Decisions are not made here (see :mod:`tinymlops.monitor.verdict`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -227,16 +227,16 @@ class MergeResult:
     """Merged sketch of the compatible reports, plus the reports left out and why."""
 
     merged: Sketch | None
-    accepted: list[str]
+    accepted: list[int]  # indices into the reports
     rejected: list[RejectedSketch]
 
 
-def merge_reports(reference: ReferenceProfile, version: str, reports: Iterable[DeviceReport]) -> MergeResult:
+def merge_reports(reference: ReferenceProfile, version: str, reports: Sequence[DeviceReport]) -> MergeResult:
     """Merge the sketches of reports for ``version`` on the reference's bins; reject (never merge) the others."""
     merged: Sketch | None = None
-    accepted: list[str] = []
+    accepted: list[int] = []
     rejected: list[RejectedSketch] = []
-    for rep in reports:
+    for i, rep in enumerate(reports):
         if str(rep.version) != str(version):
             rejected.append(RejectedSketch(device=rep.device,
                                            reason=f"incompatible sketch: reported for unknown version {rep.version}"))
@@ -252,7 +252,7 @@ def merge_reports(reference: ReferenceProfile, version: str, reports: Iterable[D
         except IncompatibleSketch as exc:
             rejected.append(RejectedSketch(device=rep.device, reason=f"incompatible sketch: {exc}"))
             continue
-        accepted.append(rep.device)
+        accepted.append(i)
     return MergeResult(merged, accepted, rejected)
 
 
@@ -317,22 +317,23 @@ def compute_figures(reference: ReferenceProfile, model: str, version: str, repor
     expected = expected or DeviceExpectation(target=target or "")
     result = merge_reports(reference, version, reports)
     s = result.merged
-    good = {d for d in result.accepted}
-    devices = [device_figures(r.device, r.sketch, expected) for r in reports
-               if r.device in good and r.sketch is not None and r.sketch.n_inferences > 0]
-    t_all = [r.feedback_true for r in reports if r.device in good and r.feedback_true is not None
-             and r.feedback_pred is not None]
-    p_all = [r.feedback_pred for r in reports if r.device in good and r.feedback_true is not None
-             and r.feedback_pred is not None]
+    good = [reports[i] for i in result.accepted]
+    per_device: dict[str, Sketch] = {}
+    for r in good:
+        assert r.sketch is not None
+        per_device[r.device] = r.sketch if r.device not in per_device else per_device[r.device].merge(r.sketch)
+    devices = [device_figures(d, sk, expected) for d, sk in sorted(per_device.items()) if sk.n_inferences > 0]
+    labelled = [r for r in good if r.feedback_true is not None and r.feedback_pred is not None]
     perf = None
-    if t_all:
-        perf = performance_figures(np.concatenate(t_all), np.concatenate(p_all), len(reference.class_names),
-                                   reference.metrics)
+    if labelled:
+        perf = performance_figures(np.concatenate([np.asarray(r.feedback_true) for r in labelled]),
+                                   np.concatenate([np.asarray(r.feedback_pred) for r in labelled]),
+                                   len(reference.class_names), reference.metrics)
     has_data = s is not None and s.n_inferences > 0
     return DriftFigures(
         model=model, version=str(version), target=target, cohort=cohort,
         window_start=s.window_start if s else None, window_end=s.window_end if s else None,
-        n_inferences=s.n_inferences if s else 0, n_devices=len(result.accepted),
+        n_inferences=s.n_inferences if s else 0, n_devices=len(per_device),
         features=feature_figures(reference, s) if has_data and s else [],
         predictions=prediction_figures(reference, s) if has_data and s else None,
         confidence=confidence_figures(reference, s) if has_data and s else None,

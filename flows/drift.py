@@ -1,0 +1,142 @@
+"""Drift flow: check a model version's fleet telemetry per target x cohort, log the verdicts, close the loop.
+
+Thin wrapper around :mod:`tinymlops.monitor.check`; a ``retrain`` verdict starts the pipeline through Prefect
+(its deployment when one exists, else a local flow run in a subprocess) at most once per cooldown.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tinymlops import registry, settings
+from tinymlops.config import load
+from tinymlops.monitor import retrain
+from tinymlops.monitor.check import CheckResult, run_check
+from tinymlops.monitor.config import DriftConfig, RetrainSection, parse_duration_s
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_drift_config(config_path: str) -> DriftConfig:
+    """Load a drift config (kind ``drift``)."""
+    cfg = load(config_path, "drift")
+    assert isinstance(cfg, DriftConfig)
+    return cfg
+
+
+@task(name="drift-check", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def check_task(model: str, config_path: str, version: str | None, target: str | None, cohort: str | None,
+               window: str | None, until: float | None) -> CheckResult:
+    """Merge sketches, measure, judge and log every target x cohort of one version."""
+    cfg = load_drift_config(config_path)
+    return run_check(model, cfg, version=version, target=target, cohort=cohort, until=until,
+                     window_s=parse_duration_s(window) if window else None)
+
+
+def start_pipeline(section: RetrainSection, model: str) -> dict[str, Any]:
+    """Start the pipeline: its Prefect deployment if registered, else a flow run in a subprocess (or inline)."""
+    params = {"config_path": section.pipeline_config}
+    if section.mode in ("auto", "deployment") and section.deployment:
+        from prefect.deployments import run_deployment
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            fr = run_deployment(name=section.deployment, parameters=params, timeout=0,
+                                tags=["tinymlops", "retrain", f"model:{model}"])
+            return {"how": "deployment", "deployment": section.deployment, "flow_run_id": str(fr.id)}
+        except ObjectNotFound:
+            if section.mode == "deployment":
+                raise
+    module, func = section.entrypoint.split(":")
+    if section.mode == "inline":
+        out = getattr(importlib.import_module(module), func)(**params)
+        return {"how": "inline", "entrypoint": section.entrypoint, "result": str(out)[:500]}
+    logs = settings.home() / "retrain"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = (logs / f"{model.replace('/', '_')}-pipeline.log").open("ab")
+    code = f"from {module} import {func} as f; f(config_path={section.pipeline_config!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # outlives this flow run: retraining takes minutes
+    return {"how": "subprocess", "entrypoint": section.entrypoint, "pid": proc.pid, "log": str(log_file.name)}
+
+
+@task(name="retrain-trigger", cache_policy=NO_CACHE)
+def retrain_task(model: str, level: str, config_path: str, details: dict[str, Any]) -> dict[str, Any]:
+    """Start one retrain for a retrain verdict unless the model is in its cooldown."""
+    cfg = load_drift_config(config_path)
+    decision = retrain.claim(model, level, cfg.retrain.cooldown_s, cfg.retrain.enabled, details=details)
+    out: dict[str, Any] = {"decision": retrain.decision_dict(decision)}
+    if decision.start:
+        started = start_pipeline(cfg.retrain, model)
+        retrain.record_started(model, started)
+        out["started"] = started
+    return out
+
+
+def _table(result: CheckResult) -> list[dict[str, Any]]:
+    return [{"target": g.target or "", "cohort": g.cohort or "", "verdict": g.verdict.level,
+             "inferences": g.verdict.n_inferences, "devices": g.verdict.n_devices,
+             "drifted_features": len(g.verdict.drifted_features),
+             "evidently_drifted": len((g.evidently or {}).get("data_drift", {}).get("drifted", [])),
+             "reasons": "; ".join(g.verdict.reasons)[:300], "mlflow_run_id": g.run_id or ""} for g in result.groups]
+
+
+@flow(name="drift", log_prints=True)
+def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str | None = None,
+               target: str | None = None, cohort: str | None = None, window: str | None = None,
+               until: float | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Check drift of a model version per target x cohort; a retrain verdict starts the pipeline (cooldown)."""
+    logger = get_run_logger()
+    registry.connect(tracking_uri)
+    result = check_task(model, config_path, version, target, cohort, window, until)
+    for g in result.groups:
+        logger.info("%s v%s %s/%s: %s (%s)", model, result.version, g.target, g.cohort, g.verdict.level,
+                    "; ".join(g.verdict.reasons[:2]))
+    key = f"drift-{model}".lower().replace("_", "-").replace("/", "-").replace(".", "-")
+    create_table_artifact(key=key, table=_table(result), description=f"drift verdicts of {model} v{result.version}")
+    create_markdown_artifact(key=f"{key}-report", markdown="\n\n---\n\n".join(g.markdown for g in result.groups),
+                             description=f"drift report of {model} v{result.version}")
+    summary = result.as_dict()
+    if result.level == "retrain":
+        details = {"version": result.version, "groups": [(g.target, g.cohort) for g in result.groups
+                                                          if g.verdict.level == "retrain"]}
+        summary["retrain"] = retrain_task(model, "retrain", config_path, details)
+        logger.info("retrain: %s", summary["retrain"]["decision"]["reason"])
+    return summary
+
+
+def read_prefect_deployments(prefect_file: str | Path = REPO / "prefect.yaml") -> list[dict[str, Any]]:
+    """Return the deployment entries of prefect.yaml (name, entrypoint, parameters, schedules)."""
+    import yaml
+
+    data = yaml.safe_load(Path(prefect_file).read_text(encoding="utf-8")) or {}
+    return list(data.get("deployments") or [])
+
+
+def build_deployments(prefect_file: str | Path = REPO / "prefect.yaml",
+                      overrides: dict[str, dict[str, Any]] | None = None) -> list[Any]:
+    """Turn prefect.yaml's deployments into runner deployments that ``prefect.serve`` can run locally."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    out = []
+    for d in read_prefect_deployments(prefect_file):
+        fl = load_flow_from_entrypoint(str(REPO / d["entrypoint"]))
+        params = {**(d.get("parameters") or {}), **((overrides or {}).get(d["name"]) or {})}
+        crons = [s["cron"] for s in d.get("schedules") or [] if "cron" in s]
+        intervals = [s["interval"] for s in d.get("schedules") or [] if "interval" in s]
+        out.append(fl.to_deployment(name=d["name"], parameters=params, cron=crons or None,
+                                    interval=intervals or None, tags=d.get("tags"),
+                                    description=d.get("description")))
+    return out
+
+
+if __name__ == "__main__":
+    drift_flow(sys.argv[1], *sys.argv[2:3])

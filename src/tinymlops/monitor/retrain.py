@@ -1,0 +1,110 @@
+"""Closing the loop: a ``retrain`` verdict starts the pipeline, at most once per cooldown per model.
+
+The decision is pure (:func:`decide_retrain`); the state lives in a JSON file under the project home and is
+updated under an exclusive file lock, so a storm of concurrent verdicts (many cohorts, overlapping scheduled
+runs, several processes) starts exactly one retrain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tinymlops import settings
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    """Whether to start a retrain now, and why."""
+
+    start: bool
+    reason: str
+    now_unix_s: float
+    last_trigger_unix_s: float | None
+    next_allowed_unix_s: float
+
+
+def decide_retrain(level: str, now_unix_s: float, last_trigger_unix_s: float | None, cooldown_s: float,
+                   enabled: bool = True) -> RetrainDecision:
+    """Decide whether a verdict starts a retrain, given the last trigger time and the cooldown."""
+    last = last_trigger_unix_s
+    next_allowed = (last + cooldown_s) if last is not None else now_unix_s
+    if level != "retrain":
+        return RetrainDecision(False, f"verdict is {level}", now_unix_s, last, next_allowed)
+    if not enabled:
+        return RetrainDecision(False, "retrain trigger disabled in the drift config", now_unix_s, last, next_allowed)
+    if last is not None and now_unix_s < next_allowed:
+        wait = next_allowed - now_unix_s
+        return RetrainDecision(False, f"cooldown: last retrain started {now_unix_s - last:.0f} s ago, "
+                                      f"next allowed in {wait:.0f} s", now_unix_s, last, next_allowed)
+    return RetrainDecision(True, "retrain verdict outside the cooldown", now_unix_s, last, now_unix_s + cooldown_s)
+
+
+def state_path(model_name: str) -> Path:
+    """Return the cooldown state file of a model."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name)
+    d = settings.home() / "retrain"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{safe}.json"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[dict[str, Any]]:
+    """Open the state file under an exclusive lock; yield its content and write it back on exit."""
+    with path.open("a+", encoding="utf-8") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fh.seek(0)
+            text = fh.read()
+            try:
+                state = json.loads(text) if text.strip() else {}
+            except json.JSONDecodeError:
+                state = {}  # a torn or hand-edited file must not block retraining forever
+            yield state
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps(state, indent=2))
+            fh.flush()
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def claim(model_name: str, level: str, cooldown_s: float, enabled: bool = True, now_unix_s: float | None = None,
+          details: dict[str, Any] | None = None) -> RetrainDecision:
+    """Atomically decide and, when starting, record the trigger; suppressed verdicts are counted."""
+    now = time.time() if now_unix_s is None else now_unix_s
+    with _locked(state_path(model_name)) as state:
+        decision = decide_retrain(level, now, state.get("last_trigger_unix_s"), cooldown_s, enabled)
+        if decision.start:
+            state.update({"last_trigger_unix_s": now, "suppressed_since_trigger": 0,
+                          "triggers": int(state.get("triggers", 0)) + 1, "last_details": details or {}})
+        elif level == "retrain":
+            state["suppressed_since_trigger"] = int(state.get("suppressed_since_trigger", 0)) + 1
+    return decision
+
+
+def record_started(model_name: str, run: dict[str, Any]) -> None:
+    """Remember what the last trigger started (deployment flow run id, subprocess pid)."""
+    with _locked(state_path(model_name)) as state:
+        state["last_started"] = run
+
+
+def read_state(model_name: str) -> dict[str, Any]:
+    """Return the persisted cooldown state of a model (empty if it never retrained)."""
+    path = state_path(model_name)
+    if not path.exists():
+        return {}
+    with _locked(path) as state:
+        return dict(state)
+
+
+def decision_dict(d: RetrainDecision) -> dict[str, Any]:
+    """Return a decision as a JSON-friendly dict."""
+    return asdict(d)
