@@ -1,9 +1,413 @@
-"""CLI commands of the fleet area."""
+"""CLI commands of the fleet area: the service, signed packages, the edge agent and the fleet simulator.
+
+``tinymlops fleet serve`` runs the service; ``tinymlops package`` builds a signed package from a registered
+version; ``tinymlops agent`` is one device; ``tinymlops fleet simulate`` enrols and runs a whole fleet.
+Heavy imports stay inside the commands.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from tinymlops.cli._common import console, err_console, handle_errors, print_json, print_table
+
+DEFAULT_SERVER = "http://127.0.0.1:8700"
+fleet_app = typer.Typer(help="Fleet service, device enrolment, deployment and the fleet simulator.",
+                        no_args_is_help=True)
+
+ServerOpt = Annotated[str, typer.Option("--server", envvar="TINYMLOPS_FLEET_URL",
+                                        help="fleet service URL")]
+TokenOpt = Annotated[str | None, typer.Option(
+    "--token", envvar="TINYMLOPS_OPERATOR_TOKEN",
+    help="operator token (default: the one `fleet serve` wrote to <home>/fleet/operator-token)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+DbOpt = Annotated[str | None, typer.Option(
+    "--db", envvar="TINYMLOPS_FLEET_DB",
+    help="SQLAlchemy URL of the fleet database (default: SQLite file <home>/fleet.db; PostgreSQL works too)")]
+
+
+def _token_file() -> Path:
+    from tinymlops import settings
+
+    d = settings.home() / "fleet"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / "operator-token"
+
+
+def _operator_token(token: str | None) -> str:
+    from tinymlops.errors import UsageError
+
+    if token:
+        return token
+    f = _token_file()
+    if f.is_file():
+        return f.read_text().strip()
+    raise UsageError("no operator token: pass --token, set TINYMLOPS_OPERATOR_TOKEN, or run `tinymlops fleet serve` "
+                     f"once (it writes {f})")
+
+
+def _write_token(token: str) -> Path:
+    f = _token_file()
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return f
+
+
+def _client(server: str, token: str | None):  # type: ignore[no-untyped-def]
+    from tinymlops.fleet.client import OperatorClient
+
+    return OperatorClient(server, _operator_token(token))
+
+
+@fleet_app.command("serve")
+@handle_errors
+def serve(db: DbOpt = None,
+          host: Annotated[str, typer.Option(help="interface to bind (0.0.0.0 to accept remote devices)")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8700,
+          poll_interval: Annotated[float, typer.Option(min=0.1, help="seconds devices wait between polls")] = 5.0,
+          targets_dir: Annotated[Path | None, typer.Option(help="target catalogue; devices must enrol "
+                                                                "as one of its targets")] = None) -> None:
+    """Run the fleet service (FastAPI + SQLAlchemy; OpenAPI at /docs and /openapi.json).
+
+    On first start it creates an operator token, prints it once and stores it (mode 0600) in
+    <home>/fleet/operator-token, where the other `tinymlops fleet` commands find it.
+    """
+    import uvicorn
+
+    from tinymlops.fleet import packages, service, store
+
+    st = store.open_store(db)
+    if not service.has_operator_token(st) or not _token_file().is_file():
+        token = service.create_operator_token(st, "cli")
+        path = _write_token(token)
+        err_console.print(f"operator token (stored in {path}): {token}", highlight=False, soft_wrap=True)
+    catalogue = packages.list_targets(targets_dir)
+    app = service.create_app(st=st, poll_interval_s=poll_interval, known_targets=set(catalogue) or None)
+    err_console.print(f"fleet service on http://{host}:{port}  db={st.url}  targets={sorted(catalogue)}",
+                      highlight=False, soft_wrap=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+@fleet_app.command("operator-token")
+@handle_errors
+def operator_token(db: DbOpt = None, name: Annotated[str, typer.Option(help="who the token is for")] = "operator",
+                   save: Annotated[bool, typer.Option(help="also store it as this machine's default")] = False,
+                   ) -> None:
+    """Create a new operator token directly in the fleet database and print it."""
+    from tinymlops.fleet import service, store
+
+    token = service.create_operator_token(store.open_store(db), name)
+    if save:
+        _write_token(token)
+    typer.echo(token)
+
+
+@fleet_app.command("enrol-token")
+@handle_errors
+def enrol_token(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+                cohort: Annotated[str, typer.Option(help="cohort the devices join")] = "default",
+                count: Annotated[int, typer.Option(min=1, max=10000, help="how many one-time tokens")] = 1,
+                samples: Annotated[bool, typer.Option(help="devices may send a bounded input sample")] = False,
+                feedback: Annotated[bool, typer.Option(help="devices may send labelled feedback")] = False,
+                ttl: Annotated[float, typer.Option(min=1, help="seconds until the tokens expire")] = 86400.0,
+                json_out: JsonOpt = False) -> None:
+    """Create one-time enrolment tokens (each enrols exactly one device)."""
+    with _client(server, token) as op:
+        tokens = op.enrolment_tokens(cohort, count, samples, feedback, ttl)
+    if json_out:
+        print_json({"cohort": cohort, "tokens": tokens})
+    else:
+        for t in tokens:
+            typer.echo(t)
+
+
+@fleet_app.command("devices")
+@handle_errors
+def devices(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+            cohort: Annotated[str | None, typer.Option(help="only this cohort")] = None,
+            target: Annotated[str | None, typer.Option(help="only this target")] = None,
+            json_out: JsonOpt = False) -> None:
+    """List devices: target, cohort, current/previous/desired version, last seen."""
+    import time
+
+    with _client(server, token) as op:
+        rows = op.devices(cohort, target)
+    if json_out:
+        print_json(rows)
+        return
+    now = time.time()
+    print_table(f"{len(rows)} devices", ["id", "target", "cohort", "current", "previous", "desired", "seen_s_ago"],
+                [[d["id"], d["target"], d["cohort"], d["current_package_id"], d["previous_package_id"],
+                  d["desired_package_id"],
+                  f"{now - d['last_seen_unix_s']:.0f}" if d["last_seen_unix_s"] else None] for d in rows])
+
+
+@fleet_app.command("deploy")
+@handle_errors
+def deploy(package_id: Annotated[str, typer.Argument(help="package id (see `tinymlops fleet packages`)")],
+           server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+           cohort: Annotated[str | None, typer.Option(help="set the desired package of this cohort")] = None,
+           device: Annotated[list[str] | None, typer.Option(help="set it for this device (repeatable)")] = None,
+           reason: Annotated[str, typer.Option(help="recorded with the desired state")] = "",
+           json_out: JsonOpt = False) -> None:
+    """Set the desired package of a cohort and/or devices; agents install it on their next poll."""
+    from tinymlops.errors import UsageError
+
+    if not cohort and not device:
+        raise UsageError("give --cohort or --device")
+    with _client(server, token) as op:
+        updated = op.set_desired(package_id, device, cohort, reason)
+    if json_out:
+        print_json({"package_id": package_id, "updated": updated})
+    else:
+        console.print(f"{package_id}: desired on {len(updated)} device(s)")
+
+
+@fleet_app.command("packages")
+@handle_errors
+def list_packages(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
+    """List packages stored in the fleet service."""
+    with _client(server, token) as op:
+        rows = op.packages()
+    if json_out:
+        print_json(rows)
+        return
+    print_table("packages", ["id", "model", "version", "variant", "format", "target", "bytes"],
+                [[p["id"], p["model_name"], p["model_version"], p["variant"], p["format"], p["target"],
+                  p["size_bytes"]] for p in rows])
+
+
+@fleet_app.command("events")
+@handle_errors
+def events(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+           device: Annotated[str | None, typer.Option(help="only this device")] = None,
+           json_out: JsonOpt = False) -> None:
+    """List deployment events: installs, rejections (with reason), rollbacks."""
+    with _client(server, token) as op:
+        rows = op.events(device_id=device)
+    if json_out:
+        print_json(rows)
+        return
+    print_table("deployment events", ["device", "kind", "package", "reason"],
+                [[e["device_id"], e["kind"], e["package_id"], e["reason"]] for e in rows])
+
+
+@fleet_app.command("telemetry")
+@handle_errors
+def telemetry(model: Annotated[str, typer.Argument(help="registered model name")],
+              server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+              version: Annotated[str | None, typer.Option(help="one version (bins differ between versions)")] = None,
+              cohort: Annotated[str | None, typer.Option(help="only this cohort")] = None,
+              target: Annotated[str | None, typer.Option(help="only this target")] = None,
+              json_out: JsonOpt = False) -> None:
+    """Show the exact merge of the fleet's telemetry sketches (no raw inputs involved)."""
+    with _client(server, token) as op:
+        m = op.merged(model, version=version, cohort=cohort, target=target)
+    if json_out:
+        print_json(m)
+        return
+    sk = m["sketch"] or {}
+    print_table(f"telemetry of {model}" + (f" v{version}" if version else ""), ["figure", "value"], [
+        ["reports", m["reports"]], ["devices", m["devices"]], ["inferences", sk.get("n_inferences", 0)],
+        ["prediction counts", sk.get("prediction_counts")], ["latency p50 ms", m["latency_p50_ms"]],
+        ["latency p95 ms", m["latency_p95_ms"]], ["latency max ms", sk.get("latency_max_ms")],
+        ["peak memory bytes", sk.get("peak_memory_bytes")], ["energy uJ", sk.get("energy_uj_total")],
+        ["errors", sk.get("errors")], ["rejections", sk.get("rejections")]])
+
+
+@fleet_app.command("simulate")
+@handle_errors
+def simulate(devices: Annotated[int, typer.Option("--devices", "-n", min=1, max=100000,
+                                                  help="devices, spread over the targets")] = 20,
+             server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+             model: Annotated[str, typer.Option(help="registered model to deploy")] = "fleet-demo",
+             version: Annotated[list[str] | None, typer.Option(
+                 help="version(s) to package (repeatable; default: all); per target the newest that fits")] = None,
+             target: Annotated[list[str] | None, typer.Option(
+                 help="target(s) to simulate (repeatable; default: every catalogue target a version runs on)")] = None,
+             spec: Annotated[Path | None, typer.Option(
+                 help="YAML with cohorts (target, drift, faults, opt-ins) and intervals; overrides -n/--target")] = None,
+             duration: Annotated[float, typer.Option(min=1, help="seconds to run")] = 30.0,
+             report_interval: Annotated[float, typer.Option(min=0.1, help="seconds between telemetry reports")] = 5.0,
+             inference_interval: Annotated[float, typer.Option(min=0.001, help="seconds between inferences")] = 0.1,
+             mode: Annotated[str, typer.Option(help="processes | async | auto (processes up to 8 devices)")] = "auto",
+             drift_cohort: Annotated[bool, typer.Option(
+                 help="make the last cohort drift (gain 1.5, offset 0.3) halfway through")] = True,
+             targets_dir: Annotated[Path | None, typer.Option(help="target catalogue directory")] = None,
+             json_out: JsonOpt = False) -> None:
+    """Enrol a simulated fleet, deploy a signed package per target and run the agents against the service.
+
+    Without --spec: one cohort per target, devices spread evenly. If --model is the default `fleet-demo` and it
+    is not registered yet, a small softmax-regression demo model is trained and registered first.
+    """
+    from tinymlops import registry
+    from tinymlops.config import read_yaml, validate_data
+    from tinymlops.errors import RegistryError, UsageError
+    from tinymlops.fleet import demo_model, packages, simulator
+
+    op_token = _operator_token(token)
+    catalogue = packages.list_targets(targets_dir)
+    if not catalogue:
+        raise UsageError(f"the target catalogue {targets_dir or packages.targets_dir()} is empty")
+    try:
+        versions = [v.version for v in registry.list_versions(model)]
+    except RegistryError:
+        if model != "fleet-demo":
+            raise
+        err_console.print("registering the fleet demo model (softmax regression on vibration features; "
+                          "ONNX and TFLite versions)")
+        versions = [demo_model.register_demo_model(model, fmt=f) for f in ("onnx", "tflite")]
+    versions = [str(v) for v in (version or versions)]
+    formats = {registry.get_version(model, v).tags.get("format", "") for v in versions}
+    if spec is not None:
+        sim_spec = validate_data(read_yaml(spec), simulator.SimulationSpec, spec)
+        cohorts = sim_spec.cohorts
+        duration, report_interval = sim_spec.duration_s, sim_spec.report_interval_s
+        inference_interval = sim_spec.inference_interval_s
+    else:
+        names = target or [t for t, d in catalogue.items() if any(packages.format_fits(f, d["runtime"])
+                                                                   for f in formats)]
+        if not names:
+            raise UsageError(f"no catalogue target runs {model} ({sorted(formats)})")
+        names = names[:devices]
+        share = [devices // len(names) + (i < devices % len(names)) for i in range(len(names))]
+        cohorts = [simulator.CohortSpec(name=f"sim-{t}", devices=n, target=t) for t, n in zip(names, share,
+                                                                                               strict=True)]
+        if drift_cohort and len(cohorts) > 1:
+            cohorts[-1] = cohorts[-1].model_copy(update={
+                "drift": simulator.DriftSpec(gain=1.5, offset=0.3), "drift_after_s": duration / 2})
+    ids = simulator.publish(server, op_token, model, versions, [c.target for c in cohorts],
+                            {c.name: c.target for c in cohorts}, reason="fleet simulate", targets_dir=targets_dir)
+    err_console.print(f"deployed {ids}; running {sum(c.devices for c in cohorts)} devices for {duration:.0f}s",
+                      highlight=False, soft_wrap=True)
+    result = simulator.run_simulation(server, op_token, cohorts, duration_s=duration, mode=mode,
+                                      report_interval_s=report_interval, inference_interval_s=inference_interval,
+                                      targets_dir=targets_dir)
+    summary = result.summary()
+    if json_out:
+        print_json({**summary, "packages": ids})
+        return
+    print_table(f"simulation ({summary['mode']}, {summary['duration_s']} s)",
+                ["cohort", "target", "devices", "installed", "reports", "inferences", "restarts", "stopped"],
+                [[k, c["target"], c["devices"], c["installed"], c["reports"], c["inferences"], c["restarts"],
+                  c["stopped"]] for k, c in summary["cohorts"].items()])
+
+
+def package(model: Annotated[str, typer.Argument(help="registered model name")],
+            version: Annotated[str, typer.Argument(help="registered version")],
+            target: Annotated[str, typer.Option(help="catalogue target the package is for")],
+            out: Annotated[Path | None, typer.Option(help="write the package directory here")] = None,
+            upload: Annotated[bool, typer.Option(help="upload it to the fleet service")] = False,
+            server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+            targets_dir: Annotated[Path | None, typer.Option(help="target catalogue directory")] = None,
+            json_out: JsonOpt = False) -> None:
+    """Build a signed package (manifest + model, Ed25519) for a target from a registered MLflow version.
+
+    The signing key lives in <home>/keys/ (generated on first use); devices trust package_signing.pub.
+    """
+    from tinymlops.errors import UsageError
+    from tinymlops.fleet import packages
+
+    if out is None and not upload:
+        raise UsageError("give --out DIR and/or --upload")
+    bundle = packages.build_package(model, version, target, targets=targets_dir)
+    info = {"package_id": bundle.id, "model": model, "version": str(version), "target": target,
+            "sha256": bundle.manifest["sha256"], "size_bytes": bundle.manifest["size_bytes"],
+            "key_id": bundle.manifest["key_id"]}
+    if out is not None:
+        info["path"] = str(bundle.write(out))
+    if upload:
+        with _client(server, token) as op:
+            op.upload(bundle)
+        info["uploaded_to"] = server
+    if json_out:
+        print_json(info)
+    else:
+        console.print(f"package {bundle.id} ({info['size_bytes']} bytes, key {info['key_id']})"
+                      + (f" -> {info['path']}" if out else "") + (" uploaded" if upload else ""))
+
+
+def agent(server: ServerOpt = DEFAULT_SERVER,
+          device_id: Annotated[str, typer.Option(help="this device's id")] = "",
+          target: Annotated[str, typer.Option(help="catalogue target this device is")] = "",
+          state_dir: Annotated[Path | None, typer.Option(help="where packages and the credential live "
+                                                              "(default <home>/agents/<device-id>)")] = None,
+          enrolment_token: Annotated[str | None, typer.Option(envvar="TINYMLOPS_ENROLMENT_TOKEN",
+                                                              help="one-time token (first start only)")] = None,
+          trusted_key: Annotated[Path | None, typer.Option(help="Ed25519 public key packages must be signed "
+                                                                "with (default <home>/keys/package_signing.pub)")] = None,
+          report_interval: Annotated[float, typer.Option(min=0.05, help="seconds between telemetry reports")] = 10.0,
+          inference_interval: Annotated[float, typer.Option(min=0.0, help="seconds between inferences")] = 0.1,
+          seed: Annotated[int, typer.Option(help="seed of the simulated sensor stream")] = 0,
+          drift_gain: Annotated[float | None, typer.Option(help="inject drift: sensor gain")] = None,
+          drift_offset: Annotated[float | None, typer.Option(help="inject drift: sensor offset")] = None,
+          drift_noise_std: Annotated[float | None, typer.Option(help="inject drift: noise std")] = None,
+          drift_shaft_hz: Annotated[float | None, typer.Option(help="inject drift: machine speed (Hz)")] = None,
+          drift_after: Annotated[float, typer.Option(help="seconds before the drift starts")] = 0.0,
+          fault_crash_after: Annotated[float | None, typer.Option(help="inject a crash after N seconds")] = None,
+          fault_slow_ms: Annotated[float, typer.Option(help="inject extra inference latency (ms)")] = 0.0,
+          fault_corrupt_rate: Annotated[float, typer.Option(min=0, max=1, help="share of corrupted outputs")] = 0.0,
+          duration: Annotated[float | None, typer.Option(help="stop after N seconds (default: run forever)")] = None,
+          max_reports: Annotated[int | None, typer.Option(help="stop after N telemetry reports")] = None,
+          targets_dir: Annotated[Path | None, typer.Option(help="target catalogue directory")] = None,
+          runtime: Annotated[str | None, typer.Option(help="override the runtime named by the target")] = None,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every step")] = False) -> None:
+    """Run the edge agent for one device: poll desired state, install verified packages, infer, report."""
+    import asyncio
+    import contextlib
+    import logging
+    import signal
+
+    from tinymlops import settings
+    from tinymlops.config import VibrationParams
+    from tinymlops.errors import UsageError
+    from tinymlops.fleet import packages
+    from tinymlops.fleet.agent import Agent, AgentConfig, AgentCrash, AgentStopped, Faults
+    from tinymlops.fleet.simulator import CRASH_EXIT_CODE, DriftSpec, cohort_stream, target_power_mw
+
+    if not device_id or not target:
+        raise UsageError("--device-id and --target are required")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    tgt = packages.get_target(target, targets_dir)
+    base = VibrationParams()
+    drift = cohort_stream(base, DriftSpec(gain=drift_gain, offset=drift_offset, noise_std=drift_noise_std,
+                                          shaft_hz=drift_shaft_hz))
+    cfg = AgentConfig(server=server, device_id=device_id, target=target, runtime=runtime or tgt["runtime"],
+                      state_dir=state_dir or settings.home() / "agents" / device_id,
+                      trusted_keys=[packages.load_public_key(trusted_key or packages.default_public_key_path())],
+                      enrolment_token=enrolment_token, report_interval_s=report_interval,
+                      inference_interval_s=inference_interval, stream=base, stream_seed=seed, drift=drift,
+                      drift_after_s=drift_after,
+                      faults=Faults(fault_crash_after, fault_slow_ms, fault_corrupt_rate),
+                      energy_mw=target_power_mw(tgt), duration_s=duration, max_reports=max_reports)
+    a = Agent(cfg)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(a.run())
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)  # SIGTERM: stop cleanly after the current step
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    except AgentCrash:
+        err_console.print(f"{device_id}: injected crash")
+        os._exit(CRASH_EXIT_CODE)  # die like a crashed firmware: no cleanup
+    except AgentStopped as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(3) from None
+    err_console.print(f"{device_id}: {a.reports_sent} reports, {a.inferences} inferences, "
+                      f"running {a.installed.package_id if a.installed else 'nothing'}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the main app."""
+    app.add_typer(fleet_app, name="fleet")
+    app.command("package")(handle_errors(package))
+    app.command("agent")(handle_errors(agent))

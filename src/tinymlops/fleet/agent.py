@@ -77,6 +77,8 @@ class AgentConfig:
     inference_interval_s: float = 0.1
     stream: VibrationParams = field(default_factory=VibrationParams)
     stream_seed: int = 0
+    drift: VibrationParams | None = None
+    drift_after_s: float = 0.0
     faults: Faults = field(default_factory=Faults)
     reservoir_size: int = 16
     feedback_rate: float = 0.2
@@ -276,6 +278,8 @@ class Agent:
         self._stream: Any = None
         self._pending_rejections = 0
         self._pending_errors = 0
+        self.started = time.monotonic()
+        self._drifted = False
 
     # ---- plumbing -------------------------------------------------------------------------------------------
 
@@ -422,10 +426,11 @@ class Agent:
         """Read one sensor window, run pre-processing and the model, add the result to the sketch."""
         if self.runner is None:
             return
+        if self.cfg.drift is not None and not self._drifted and (
+                time.monotonic() - self.started >= self.cfg.drift_after_s):
+            self.set_stream(self.cfg.drift)
         if self._stream is None:
-            from tinymlops.data.vibration import stream
-
-            self._stream = stream(self.cfg.stream, self.cfg.stream_seed)
+            self.set_stream(self.cfg.stream)
         window, label = next(self._stream)
         from tinymlops.preprocessing import transform
 
@@ -463,6 +468,13 @@ class Agent:
         if self.credential and self.credential.get("feedback_opt_in") and self._rng.random() < self.cfg.feedback_rate:
             self.feedback.append((now + self.cfg.feedback_delay_s,
                                   {"timestamp": now, "prediction": int(out.argmax()), "label": int(label)}))
+
+    def set_stream(self, params: VibrationParams) -> None:
+        """Switch the sensor stream to new generator knobs (drift injection), keeping the seed sequence."""
+        from tinymlops.data.vibration import stream
+
+        self._drifted = self._drifted or params is self.cfg.drift
+        self._stream = stream(params, self.cfg.stream_seed + (1_000_003 if self._drifted else 0))
 
     def _flush_into_pending(self) -> None:
         """Close the current window into a report queued for sending (nothing if no model ran)."""
@@ -515,7 +527,7 @@ class Agent:
         import httpx
 
         cfg = self.cfg
-        t_start = time.monotonic()
+        t_start = self.started = time.monotonic()
         try:
             self.start_from_disk()
             while self.credential is None:

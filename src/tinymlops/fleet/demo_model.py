@@ -58,10 +58,27 @@ def onnx_softmax_regression(W: np.ndarray, b: np.ndarray, pad_bytes: int = 0) ->
     return model.SerializeToString()
 
 
+def tflite_softmax_regression(W: np.ndarray, b: np.ndarray) -> bytes:
+    """Return a float32 TFLite flatbuffer computing softmax(x @ W + b) for one sample (TFLM needs static shapes)."""
+    from tinymlops.settings import prepare_environment
+
+    prepare_environment()
+    from tinymlops.tf import tf
+
+    Wt, bt = tf.constant(W.astype(np.float32)), tf.constant(b.astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, W.shape[0]], tf.float32, name="features")])
+    def model(x: Any) -> Any:
+        return tf.nn.softmax(tf.matmul(x, Wt) + bt)
+
+    # from_concrete_functions: from_keras_model is broken on TF 2.21 (see DESIGN.md)
+    return tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model).convert()
+
+
 def build_demo_package(dst: Path, seed: int = 0, n_train: int = 600, bins: int = 10,
                        params: VibrationParams | None = None, pad_bytes: int = 0,
-                       model_name: str = "fleet-demo") -> dict[str, Any]:
-    """Train the demo model and write a registry package dir (model.onnx + manifest.json); return the manifest."""
+                       model_name: str = "fleet-demo", fmt: str = "onnx") -> dict[str, Any]:
+    """Train the demo model and write a registry package dir (model file + manifest.json); return the manifest."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -85,12 +102,12 @@ def build_demo_package(dst: Path, seed: int = 0, n_train: int = 600, bins: int =
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     ref = compute_reference(F, probs, spec.feature_names, list(vibration.CLASSES), bins=bins, metrics=metrics)
-    blob = onnx_softmax_regression(W, b, pad_bytes)
+    blob = onnx_softmax_regression(W, b, pad_bytes) if fmt == "onnx" else tflite_softmax_regression(W, b)
     dst.mkdir(parents=True, exist_ok=True)
-    (dst / "model.onnx").write_bytes(blob)
+    (dst / f"model.{fmt}").write_bytes(blob)
     manifest = {
-        "schema": "tinymlops.package/1", "model_name": model_name, "variant": "onnx-fp32", "format": "onnx",
-        "file": "model.onnx", "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob),
+        "schema": "tinymlops.package/1", "model_name": model_name, "variant": f"{fmt}-fp32", "format": fmt,
+        "file": f"model.{fmt}", "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob),
         "class_names": list(vibration.CLASSES), "preprocessing": spec.model_dump(),
         "input": {"shape": [1, F.shape[1]], "dtype": "float32"},
         "output": {"shape": [1, n_classes], "dtype": "float32"},
@@ -100,19 +117,19 @@ def build_demo_package(dst: Path, seed: int = 0, n_train: int = 600, bins: int =
     return manifest
 
 
-def register_demo_model(model_name: str = "fleet-demo", seed: int = 0, pad_bytes: int = 0) -> str:
-    """Train, package and register the demo model in MLflow; return the new version."""
+def register_demo_model(model_name: str = "fleet-demo", seed: int = 0, pad_bytes: int = 0, fmt: str = "onnx") -> str:
+    """Train, package (``fmt``: onnx or tflite) and register the demo model in MLflow; return the new version."""
     from tinymlops import registry
 
     with tempfile.TemporaryDirectory(prefix="tinymlops-demo-") as tmp:
         pkg = Path(tmp) / "package"
-        manifest = build_demo_package(pkg, seed=seed, pad_bytes=pad_bytes, model_name=model_name)
-        with registry.run(EXPERIMENT, f"{model_name}-seed{seed}", tags={"stage": "fleet-demo"}) as r:
+        manifest = build_demo_package(pkg, seed=seed, pad_bytes=pad_bytes, model_name=model_name, fmt=fmt)
+        with registry.run(EXPERIMENT, f"{model_name}-{fmt}-seed{seed}", tags={"stage": "fleet-demo"}) as r:
             registry.log_metrics(r.run_id, manifest["metrics"])
             registry.log_artifact(r.run_id, pkg, registry.PACKAGE_DIR)
             digest = hashlib.sha256(f"vibration-stream-seed{seed}".encode()).hexdigest()[:16]
             return registry.register_version(
                 model_name, r.run_id,
-                tags={"variant": "onnx-fp32", "format": "onnx", "task": "vibration", "train_run_id": r.run_id,
+                tags={"variant": f"{fmt}-fp32", "format": fmt, "task": "vibration", "train_run_id": r.run_id,
                       "dataset_digest": digest},
                 description="Softmax regression on spectral vibration features (fleet demo model).")
