@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -129,10 +130,8 @@ def ui(port: Annotated[int, typer.Option(help="port to listen on")] = 5000,
     console.print(f"MLflow UI for {uri}\n  → [bold]http://{host}:{port}[/]  (Ctrl-C to stop)")
     cmd = [exe, "server", "--backend-store-uri", uri, "--default-artifact-root",
            settings.artifact_root().as_uri(), "--host", host, "--port", str(port), "--workers", "1"]
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         subprocess.run(cmd, check=False)
-    except KeyboardInterrupt:
-        pass
 
 
 def register(app: typer.Typer) -> None:

@@ -39,7 +39,7 @@ class Runner(ABC):
         out = self._run_one(np.asarray(x, dtype=np.float32))
         return out, (time.perf_counter() - t0) * 1000.0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: in-process runtimes hold nothing to release)
         """Release resources (subprocesses, sessions)."""
 
     def __enter__(self) -> Runner:

@@ -14,6 +14,7 @@ import struct
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -76,8 +77,7 @@ def main() -> None:
     try:
         from tflite_micro.python.tflite_micro import runtime
 
-        with open(path, "rb") as f:
-            interp = runtime.Interpreter.from_bytes(f.read(), arena_size=arena)
+        interp = runtime.Interpreter.from_bytes(Path(path).read_bytes(), arena_size=arena)
         text = _capture_fd2(interp.print_allocations)
         m = re.search(r"Arena allocation total (\d+) bytes", text)
         in_d, out_d = interp.get_input_details(0), interp.get_output_details(0)
