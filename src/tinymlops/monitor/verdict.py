@@ -138,14 +138,14 @@ def judge_performance(perf_n: int, accuracy: float, macro_f1: float, ref_accurac
         if not _finite(ref, value):
             continue
         assert ref is not None
-        drop = ref - value
+        drop = ref - value + 1e-9  # 0.98 - 0.93 must count as a drop of 0.05
         if drop >= retrain:
             levels.append("retrain")
         elif drop >= warn:
             levels.append("warn")
         else:
             continue
-        reasons.append(f"{name} {value:.3f} vs reference {ref:.3f} (drop {drop:.3f})")
+        reasons.append(f"{name} {value:.3f} vs reference {ref:.3f} (drop {ref - value:.3f})")
     if not _finite(ref_accuracy) and not _finite(ref_macro_f1):
         return Check(kind="performance", name="performance", level="insufficient data",
                      reasons=["no reference accuracy to compare with"], figures=figs)
