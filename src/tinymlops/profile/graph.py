@@ -7,6 +7,7 @@ inference. Anything that is not a readable model raises :class:`ModelFormatError
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
@@ -57,6 +58,7 @@ class OpInfo:
     weight_bytes: dict[str, int] = field(default_factory=dict)
     elem_ops: int = 0     # element operations of non-MAC ops (pool window reads, adds, ...)
     out_channels: int = 0
+    in_channels: int = 0
     compute_dtype: str = "float32"
 
 
@@ -187,7 +189,7 @@ def _fill_tflite_op(op: OpInfo, tensors: list[TensorInfo], window: int) -> None:
     if op.op_type == "CONV_2D" and w is not None and len(w.shape) == 4:
         oc, kh, kw, ic = w.shape
         op.macs = out.elements * kh * kw * ic
-        op.out_channels = oc
+        op.out_channels, op.in_channels = oc, ic
         if kh == 1 and kw == 1:
             op.kind = "pwconv"
     elif op.op_type == "DEPTHWISE_CONV_2D" and w is not None and len(w.shape) == 4:
@@ -247,10 +249,9 @@ def _parse_onnx(path: Path, buf: bytes) -> Graph:
         raise ModelFormatError(f"{path}: truncated or corrupt .onnx file ({type(exc).__name__})") from None
     if not model.graph.node:
         raise ModelFormatError(f"{path}: .onnx file has no graph nodes")
-    try:
+    # shape inference is best effort; unknown shapes give zero MACs, not a crash
+    with contextlib.suppress(Exception):
         model = shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is best effort; unknown shapes give zero MACs, not a crash
-        pass
     g = model.graph
     index: dict[str, int] = {}
     tensors: list[TensorInfo] = []
@@ -317,7 +318,7 @@ def _fill_onnx_op(op: OpInfo, tensors: list[TensorInfo], attrs: dict[str, Any], 
         group = int(attrs.get("group", 1))
         oc, icg = w.shape[0], w.shape[1]
         op.macs = out.elements * icg * math.prod(w.shape[2:])
-        op.out_channels = oc
+        op.out_channels, op.in_channels = oc, icg
         if group > 1 and icg == 1:
             op.kind = "dwconv"
         elif math.prod(w.shape[2:]) == 1:

@@ -1,0 +1,147 @@
+"""Target boards: the ``kind: target`` config model and the catalogue in ``configs/targets/*.yaml``.
+
+A target names a board's core, clock, memories, runtime and power; the profiler turns those into feasibility and
+per-target latency/energy estimates. Users add boards by writing one YAML file (anywhere) with the same schema.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tinymlops.config import Strict, load
+from tinymlops.errors import ConfigError
+
+Core = Literal["cortex-m0plus", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55", "xtensa-lx7", "cortex-a53",
+               "cortex-a72", "x86-64"]
+Runtime = Literal["tflm-reference", "tflm-cmsis-nn", "x-cube-ai", "vendor-optimized", "tflite", "onnxruntime"]
+Dtype = Literal["int8", "uint8", "int16", "float16", "float32"]
+
+MCU_CORES = {"cortex-m0plus", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55", "xtensa-lx7"}
+APP_RUNTIMES = {"tflite", "onnxruntime"}
+
+#: code size of the runtime linked into the firmware (bytes) when the target does not say: TFLM with the ops of a
+#: typical CNN ~60-100 KB (tflite-micro "memory_footprint" docs, Arduino builds), CMSIS-NN kernels add ~20 KB,
+#: X-CUBE-AI's network runtime library ~30 KB (UM2526), shared libraries for Linux runtimes.
+DEFAULT_RUNTIME_FLASH_BYTES: dict[str, int] = {
+    "tflm-reference": 90_000, "tflm-cmsis-nn": 110_000, "x-cube-ai": 40_000, "vendor-optimized": 40_000,
+    "tflite": 4_500_000, "onnxruntime": 18_000_000,
+}
+#: RAM the runtime needs besides the tensor arena (stack, interpreter objects; process RSS on Linux)
+DEFAULT_RUNTIME_RAM_BYTES: dict[str, int] = {
+    "tflm-reference": 6_144, "tflm-cmsis-nn": 6_144, "x-cube-ai": 4_096, "vendor-optimized": 4_096,
+    "tflite": 12_000_000, "onnxruntime": 30_000_000,
+}
+DEFAULT_DTYPES: dict[str, list[str]] = {
+    "tflm-reference": ["int8", "int16", "float32"], "tflm-cmsis-nn": ["int8", "int16", "float32"],
+    "x-cube-ai": ["int8", "float32"], "vendor-optimized": ["int8"],
+    "tflite": ["int8", "uint8", "int16", "float16", "float32"],
+    "onnxruntime": ["int8", "uint8", "int16", "float16", "float32"],
+}
+
+
+class CommandRunner(Strict):
+    """A command that measures a model on the real device and prints one JSON object (see profile.device)."""
+
+    kind: Literal["command"]
+    command: str = Field(description="shell-free command template; {model} is replaced by the model path, "
+                                     "{target} by the target name")
+    timeout_s: float = Field(300.0, gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_model(self) -> CommandRunner:
+        if "{model}" not in self.command:
+            raise ValueError("command must contain the {model} placeholder")
+        return self
+
+
+class TargetConfig(Strict):
+    """One board: core, clock, memories, runtime, power, and optional latency SLO and device runner."""
+
+    kind: Literal["target"] = "target"
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="identifier used in metrics and aliases")
+    description: str = ""
+    core: Core
+    clock_mhz: float = Field(gt=0, le=10_000)
+    sram_bytes: int = Field(gt=0, description="RAM available to the application (bytes)")
+    flash_bytes: int = Field(gt=0, description="storage for code and model (bytes)")
+    runtime: Runtime
+    active_power_mw: float = Field(gt=0, description="power while running inference (mW)")
+    idle_power_mw: float | None = Field(None, ge=0)
+    latency_slo_ms: float | None = Field(None, gt=0)
+    runtime_ram_bytes: int | None = Field(None, ge=0, description="RAM used besides the arena; default by runtime")
+    runtime_flash_bytes: int | None = Field(None, ge=0, description="runtime code size; default by runtime")
+    dtypes: list[Dtype] | None = Field(None, description="tensor dtypes the runtime runs; default by runtime")
+    host: bool = Field(False, description="this machine: measure with onnxruntime/TFLite here")
+    runner: CommandRunner | None = None
+
+    @model_validator(mode="after")
+    def _runtime_fits_core(self) -> TargetConfig:
+        if self.core in MCU_CORES and self.runtime in APP_RUNTIMES:
+            raise ValueError(f"runtime {self.runtime!r} needs an application processor, not {self.core}")
+        if self.core not in MCU_CORES and self.runtime not in APP_RUNTIMES:
+            raise ValueError(f"runtime {self.runtime!r} is a microcontroller runtime; {self.core} runs "
+                             "tflite or onnxruntime")
+        return self
+
+    @property
+    def ram_overhead_bytes(self) -> int:
+        return self.runtime_ram_bytes if self.runtime_ram_bytes is not None else DEFAULT_RUNTIME_RAM_BYTES[
+            self.runtime]
+
+    @property
+    def flash_overhead_bytes(self) -> int:
+        return self.runtime_flash_bytes if self.runtime_flash_bytes is not None else DEFAULT_RUNTIME_FLASH_BYTES[
+            self.runtime]
+
+    @property
+    def supported_dtypes(self) -> list[str]:
+        return list(self.dtypes) if self.dtypes is not None else DEFAULT_DTYPES[self.runtime]
+
+
+DEFAULT_TARGETS_DIR = "configs/targets"
+
+
+def load_target(path: str | Path) -> TargetConfig:
+    """Load one target YAML file (ConfigError naming file and key on any problem)."""
+    cfg = load(path, "target")
+    assert isinstance(cfg, TargetConfig)
+    return cfg
+
+
+def catalogue(targets_dir: str | Path = DEFAULT_TARGETS_DIR) -> dict[str, TargetConfig]:
+    """Load every ``*.yaml`` target in a directory, keyed by target name (sorted)."""
+    d = Path(targets_dir)
+    if not d.is_dir():
+        raise ConfigError(f"{d}: targets directory not found")
+    out: dict[str, TargetConfig] = {}
+    for p in sorted(d.glob("*.y*ml")):
+        t = load_target(p)
+        if t.name in out:
+            raise ConfigError(f"{p}: target name {t.name!r} is already used by another file in {d}")
+        out[t.name] = t
+    return dict(sorted(out.items()))
+
+
+def resolve_target(name_or_path: str | Path, targets_dir: str | Path = DEFAULT_TARGETS_DIR) -> TargetConfig:
+    """Return a target by catalogue name, or load it from a YAML path (boards outside the catalogue)."""
+    p = Path(name_or_path)
+    if p.suffix.lower() in (".yaml", ".yml") or p.is_file():
+        return load_target(p)
+    cat = catalogue(targets_dir)
+    if str(name_or_path) not in cat:
+        raise ConfigError(f"unknown target {str(name_or_path)!r}; catalogue {targets_dir} has: "
+                          f"{', '.join(cat) or '(none)'} (or pass a target YAML path)")
+    return cat[str(name_or_path)]
+
+
+def resolve_targets(targets: list[str] | str, targets_dir: str | Path = DEFAULT_TARGETS_DIR) -> list[TargetConfig]:
+    """Return targets from 'all' or a list of names/paths."""
+    if targets == "all" or targets == ["all"]:
+        return list(catalogue(targets_dir).values())
+    if isinstance(targets, str):
+        targets = [targets]
+    return [resolve_target(t, targets_dir) for t in targets]
