@@ -1,9 +1,86 @@
-"""CLI commands of the profile area."""
+"""CLI commands of the profile area: ``tinymlops profile`` (one model on targets) and ``tinymlops targets``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from tinymlops.cli._common import handle_errors, print_json, print_table
+
+PROFILE_HELP = """Profile a .tflite/.onnx model on a target board: latency, energy, peak RAM, flash, fits.
+
+TARGET is a catalogue name (see `tinymlops targets`) or the path of a target YAML file, so you can add your own
+board. Figures are estimated by static analysis + a per-op-kind cost model, replaced by measurements where one
+was made: TFLite Micro's real arena for tflm-* runtimes, onnxruntime/TFLite timing on this host for `host: true`
+targets, and a target's own device runner. The JSON says which figure came from where (`sources`, `measured`).
+
+Examples:
+
+  tinymlops profile --model model.tflite --target nucleo-l4r5zi --json
+
+  tinymlops profile --model model.onnx --target my-board.yaml --target host-onnxruntime
+"""
+
+
+def _row(r: dict[str, Any]) -> list[Any]:
+    return [r["target"], r["runtime"], f"{r['latency_ms']:.4g}", r["sources"].get("latency_ms", ""),
+            f"{r['energy_uj']:.4g}", f"{r['peak_ram_bytes']:,}", f"{r['flash_bytes']:,}",
+            "yes" if r["fits"] else "no", "; ".join(r["reasons"])]
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the main app."""
+
+    @app.command("profile", help=PROFILE_HELP)
+    @handle_errors
+    def profile(
+        model: Path = typer.Option(..., "--model", "-m", help="model file (.tflite or .onnx)"),
+        target: list[str] = typer.Option(..., "--target", "-t",
+                                         help="target name or YAML path; repeat for several; 'all' = catalogue"),
+        targets_dir: Path = typer.Option(Path("configs/targets"), "--targets-dir",
+                                         help="catalogue directory of target YAML files"),
+        as_json: bool = typer.Option(False, "--json", help="print JSON (one object for one target, else a list)"),
+        measure: bool = typer.Option(True, "--measure/--no-measure",
+                                     help="run TFLite Micro, host timing and device runners (else static only)"),
+        layers: bool = typer.Option(False, "--layers", help="include the per-layer breakdown in the JSON"),
+    ) -> None:
+        from tinymlops.profile.profiler import ProfileCache, profile_model
+        from tinymlops.profile.targets import resolve_targets
+
+        targets = resolve_targets(target if target != ["all"] else "all", targets_dir)
+        cache = ProfileCache()
+        results = [profile_model(model, t, cache, measure_tflm=measure, measure_host=measure,
+                                 run_device=measure, layers=layers) for t in targets]
+        if as_json:
+            print_json(results[0] if len(results) == 1 else results)
+            return
+        st = results[0]["static"]
+        print_table(f"{model.name}: {st['macs']:,} MACs, {st['params']:,} params, {st['model_bytes']:,} B "
+                    f"({st['format']})",
+                    ["target", "runtime", "latency ms", "latency from", "energy uJ", "peak RAM B", "flash B",
+                     "fits", "reasons"], [_row(r) for r in results])
+        for r in results:
+            m = r.get("measured", {})
+            if "tflm_arena_bytes" in m:
+                print(f"{r['target']}: TFLM arena measured {m['tflm_arena_bytes']:,} B, static estimate "
+                      f"{m['tflm_arena_estimate_bytes']:,} B ({m['tflm_arena_error_pct']:+.1f} %)")
+                break
+
+    @app.command("targets", help="List the target catalogue (boards the profiler knows).")
+    @handle_errors
+    def targets(
+        targets_dir: Path = typer.Option(Path("configs/targets"), "--targets-dir", help="catalogue directory"),
+        as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    ) -> None:
+        from tinymlops.profile.targets import catalogue
+
+        cat = catalogue(targets_dir)
+        if as_json:
+            print_json([t.model_dump(mode="json") for t in cat.values()])
+            return
+        print_table(f"targets in {targets_dir}", ["name", "core", "MHz", "SRAM B", "flash B", "runtime", "mW",
+                                                  "SLO ms"],
+                    [[t.name, t.core, f"{t.clock_mhz:g}", f"{t.sram_bytes:,}", f"{t.flash_bytes:,}", t.runtime,
+                      f"{t.active_power_mw:g}", t.latency_slo_ms or ""] for t in cat.values()])

@@ -1,0 +1,55 @@
+"""Profile flow: every registered version with a package x every target -> feasibility, per-target pick, MLflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tinymlops.profile.matrix import profile_registered
+
+
+@task(name="profile-matrix", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def profile_task(model_name: str, targets_dir: str, targets: list[str] | str, experiment: str) -> dict[str, Any]:
+    """Profile all packaged versions on all targets, log metrics/tags/aliases/artifacts, return the summary."""
+    return profile_registered(model_name, targets_dir, targets, experiment)
+
+
+@flow(name="profile", log_prints=True)
+def profile_flow(model_name: str, targets_dir: str = "configs/targets", targets: list[str] | str = "all",
+                 experiment: str | None = None) -> dict[str, Any]:
+    """Profile a registered model on every target and recommend one version per target."""
+    summary = profile_task(model_name, targets_dir, targets, experiment or f"{model_name}/profile")
+    create_table_artifact(key="profile-recommendations", table=recommendation_table(summary),
+                          description=f"recommended version of {model_name} per target")
+    get_run_logger().info("profiled %d versions on %d targets in %.1f s", len(summary["versions"]),
+                          len(summary["targets"]), summary["seconds"])
+    print(text_table(recommendation_table(summary)))
+    summary.pop("rows", None)
+    return summary
+
+
+def recommendation_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return one row per target: recommended version, variant and its figures (or why nothing fits)."""
+    rows = []
+    for target, rec in summary["targets"].items():
+        rows.append({
+            "target": target, "version": rec["recommended_version"] or "-", "variant": rec["variant"] or "-",
+            "accuracy": "" if rec["accuracy"] is None else f"{rec['accuracy']:.4f}",
+            "latency_ms": "" if rec["latency_ms"] is None else f"{rec['latency_ms']:.4g}",
+            "energy_uj": "" if rec["energy_uj"] is None else f"{rec['energy_uj']:.4g}",
+            "peak_ram_bytes": rec["peak_ram_bytes"] or "", "pareto": ",".join(rec["pareto_versions"]),
+            "why_none": "; ".join(rec["reasons"][:3]),
+        })
+    return rows
+
+
+def text_table(rows: list[dict[str, Any]]) -> str:
+    """Render the recommendation table as aligned text (printed at the end of the profile stage)."""
+    cols = ["target", "version", "variant", "accuracy", "latency_ms", "energy_uj", "peak_ram_bytes"]
+    width = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols}
+    lines = ["recommended version per target", "  ".join(c.ljust(width[c]) for c in cols)]
+    lines += ["  ".join(str(r[c]).ljust(width[c]) for c in cols) for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,238 @@
+"""Profile every registered version of a model on every target, pick per-target recommendations, log to MLflow.
+
+This is the work behind ``flows/profile.py`` (the flow is a thin wrapper). Per version x target it records
+feasibility and figures; per target the recommended version (highest accuracy among feasible, ties to lower
+energy) and the accuracy/latency Pareto front. MLflow gets: metrics ``<target>.<figure>`` and tags
+``fits.<target>`` on each version's run, version tags ``fits.<target>``, alias ``candidate-<target>`` on the
+recommended version, and a ``profile`` run with the CSV matrix, the PNG chart and the JSON summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tinymlops import registry
+from tinymlops.errors import RegistryError, TinyMLOpsError
+from tinymlops.profile.profiler import HOST_RUNTIME, RUNTIME_FORMATS, ProfileCache, profile_model
+from tinymlops.profile.select import pareto_front, recommend
+from tinymlops.profile.targets import TargetConfig, resolve_targets
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ["target", "version", "variant", "format", "accuracy", "fits", "latency_ms", "energy_uj",
+               "peak_ram_bytes", "flash_bytes", "macs", "params", "latency_source", "pareto", "recommended",
+               "reasons"]
+
+
+def fetch_versions(model_name: str, work_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Download every version that has a package; return (versions, skipped notes)."""
+    versions, skipped = [], []
+    for mv in registry.list_versions(model_name):
+        try:
+            pkg = registry.download_package(model_name, mv.version, work_dir / f"v{mv.version}")
+            manifest = registry.read_manifest(pkg)
+            model_file = pkg / manifest["file"]
+            if not model_file.is_file():
+                raise FileNotFoundError(model_file)
+        except (TinyMLOpsError, OSError, KeyError, ValueError) as exc:
+            skipped.append(f"version {mv.version}: no usable package ({type(exc).__name__}: {exc})"[:300])
+            continue
+        except Exception as exc:  # MLflow raises its own types for missing artifacts
+            skipped.append(f"version {mv.version}: no usable package ({type(exc).__name__})")
+            continue
+        accuracy = (manifest.get("metrics") or {}).get("accuracy")
+        if accuracy is None:
+            try:
+                accuracy = registry.get_run(mv.run_id).data.metrics.get("accuracy")
+            except RegistryError:
+                accuracy = None
+        versions.append({"version": str(mv.version), "run_id": mv.run_id, "path": model_file,
+                         "variant": mv.tags.get("variant", manifest.get("variant", "")),
+                         "format": mv.tags.get("format", manifest.get("format", "")),
+                         "accuracy": None if accuracy is None else float(accuracy)})
+    return versions, skipped
+
+
+def profile_matrix(versions: list[dict[str, Any]], targets: list[TargetConfig],
+                   cache: ProfileCache | None = None) -> list[dict[str, Any]]:
+    """Profile each version on each target; return flat rows (one per version x target)."""
+    cache = cache or ProfileCache()
+    # one host worker for all host measurements (one TensorFlow import), before the per-target loop
+    host_items = [(v["path"], HOST_RUNTIME[t.runtime]) for t in targets if t.host and t.runtime in HOST_RUNTIME
+                  for v in versions if v["path"].suffix.lstrip(".") in RUNTIME_FORMATS[t.runtime]]
+    cache.prefetch_host(list(dict.fromkeys(host_items)))
+    rows = []
+    for v in versions:
+        for t in targets:
+            try:
+                r = profile_model(v["path"], t, cache)
+            except TinyMLOpsError as exc:
+                r = {"target": t.name, "fits": False, "reasons": [str(exc)], "latency_ms": float("nan"),
+                     "energy_uj": float("nan"), "peak_ram_bytes": 0, "flash_bytes": 0, "macs": 0, "params": 0,
+                     "sources": {}}
+            rows.append({**r, "version": v["version"], "variant": v["variant"], "run_id": v["run_id"],
+                         "accuracy": v["accuracy"], "format": v["format"] or r.get("format", "")})
+    return rows
+
+
+def select_per_target(rows: list[dict[str, Any]], targets: list[TargetConfig]) -> dict[str, dict[str, Any]]:
+    """Return per target: recommended row summary, Pareto front versions, counts."""
+    out = {}
+    for t in targets:
+        trow = [r for r in rows if r["target"] == t.name]
+        best = recommend(trow)
+        front = pareto_front(trow)
+        for r in trow:
+            r["pareto"] = any(r is f for f in front)
+            r["recommended"] = best is r
+        out[t.name] = {
+            "recommended_version": best["version"] if best else None,
+            "variant": best["variant"] if best else None,
+            "accuracy": best["accuracy"] if best else None,
+            "latency_ms": best["latency_ms"] if best else None,
+            "energy_uj": best["energy_uj"] if best else None,
+            "peak_ram_bytes": best["peak_ram_bytes"] if best else None,
+            "flash_bytes": best["flash_bytes"] if best else None,
+            "fits": best is not None,
+            "latency_source": (best.get("sources") or {}).get("latency_ms") if best else None,
+            "pareto_versions": [f["version"] for f in front],
+            "feasible_versions": [r["version"] for r in trow if r.get("fits")],
+            "reasons": [] if best else sorted({f"v{r['version']}: {x}" for r in trow for x in r["reasons"]})[:20],
+        }
+    return out
+
+
+def matrix_csv(rows: list[dict[str, Any]]) -> str:
+    """Render rows as CSV text."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "latency_source": (r.get("sources") or {}).get("latency_ms", ""),
+                    "reasons": "; ".join(r.get("reasons", []))})
+    return buf.getvalue()
+
+
+def chart(rows: list[dict[str, Any]], targets: list[TargetConfig]) -> Any:
+    """Plot accuracy vs latency per target (log latency), feasible/infeasible, Pareto front and recommendation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(targets)
+    cols = min(4, max(n, 1))
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False)
+    for ax, t in zip(axes.flat, targets, strict=False):
+        trow = [r for r in rows if r["target"] == t.name and r.get("accuracy") is not None
+                and r["latency_ms"] == r["latency_ms"]]
+        for fits, marker, color in ((True, "o", "tab:blue"), (False, "x", "tab:gray")):
+            pts = [r for r in trow if bool(r.get("fits")) is fits]
+            ax.scatter([r["latency_ms"] for r in pts], [r["accuracy"] for r in pts], marker=marker, c=color,
+                       label="fits" if fits else "does not fit")
+        front = sorted((r for r in trow if r.get("pareto")), key=lambda r: r["latency_ms"])
+        if front:
+            ax.plot([r["latency_ms"] for r in front], [r["accuracy"] for r in front], "-", c="tab:orange",
+                    label="Pareto front")
+        for r in trow:
+            if r.get("recommended"):
+                ax.scatter([r["latency_ms"]], [r["accuracy"]], marker="*", s=220, c="tab:red", label="recommended")
+            ax.annotate(r["variant"] or f"v{r['version']}", (r["latency_ms"], r["accuracy"]), fontsize=6)
+        if t.latency_slo_ms:
+            ax.axvline(t.latency_slo_ms, ls="--", c="tab:red", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(t.name, fontsize=9)
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("accuracy")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def log_results(model_name: str, rows: list[dict[str, Any]], per_target: dict[str, dict[str, Any]],
+                targets: list[TargetConfig], experiment: str, summary: dict[str, Any]) -> str:
+    """Log per-version metrics/tags, move candidate aliases, and record a profile run with artifacts."""
+    by_version: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_version.setdefault(r["version"], []).append(r)
+    for version, vrows in by_version.items():
+        run_id = vrows[0]["run_id"]
+        metrics, tags = {}, {}
+        for r in vrows:
+            t = r["target"]
+            tags[f"fits.{t}"] = str(bool(r["fits"])).lower()
+            if r["latency_ms"] == r["latency_ms"]:  # not NaN
+                metrics.update({f"{t}.latency_ms": r["latency_ms"], f"{t}.energy_uj": r["energy_uj"],
+                                f"{t}.peak_ram_bytes": r["peak_ram_bytes"], f"{t}.flash_bytes": r["flash_bytes"]})
+            metrics[f"{t}.fits"] = 1.0 if r["fits"] else 0.0
+        registry.log_metrics(run_id, metrics)
+        registry.set_tags(run_id, tags)
+        registry.set_version_tags(model_name, version, tags)
+    for t in targets:
+        alias = f"candidate-{t.name}"
+        rec = per_target[t.name]
+        current = registry.get_alias(model_name, alias)
+        current_v = current.version if current is not None else None
+        if rec["recommended_version"] is None:
+            if current_v is not None:
+                registry.set_alias(model_name, alias, None, f"no registered version fits {t.name}")
+            continue
+        if str(current_v) != rec["recommended_version"]:
+            reason = (f"profile: highest accuracy among feasible versions on {t.name} "
+                      f"({rec['variant']}, {rec['latency_ms']:.4g} ms, {rec['energy_uj']:.4g} uJ)")
+            figures = {k: float(rec[k]) for k in ("latency_ms", "energy_uj", "peak_ram_bytes", "flash_bytes")}
+            if rec["accuracy"] is not None:
+                figures["accuracy"] = float(rec["accuracy"])
+            registry.set_alias(model_name, alias, rec["recommended_version"], reason, figures)
+    with registry.run(experiment, f"profile {model_name}", tags={"stage": "profile", "model": model_name}) as pr:
+        registry.log_params(pr.run_id, {"targets": ",".join(t.name for t in targets),
+                                        "versions": ",".join(by_version)})
+        registry.log_text(pr.run_id, matrix_csv(rows), "profile/matrix.csv")
+        registry.log_dict(pr.run_id, summary, "profile/summary.json")
+        fig = chart(rows, targets)
+        registry.log_figure(pr.run_id, fig, "profile/accuracy_vs_latency.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        return pr.run_id
+
+
+def profile_registered(model_name: str, targets_dir: str | Path = "configs/targets",
+                       targets: list[str] | str = "all", experiment: str | None = None,
+                       work_dir: str | Path | None = None) -> dict[str, Any]:
+    """Profile all packaged versions of a registered model on targets; log to MLflow; return a JSON summary."""
+    t0 = time.perf_counter()
+    tlist = resolve_targets(targets, targets_dir)
+    tmp = tempfile.TemporaryDirectory(prefix="tinymlops-profile-") if work_dir is None else None
+    wdir = Path(tmp.name if tmp else work_dir)  # type: ignore[arg-type]
+    try:
+        versions, skipped = fetch_versions(model_name, wdir)
+        if not versions:
+            raise RegistryError(f"registered model {model_name!r} has no version with a package to profile"
+                                + (f" ({'; '.join(skipped)})" if skipped else ""))
+        rows = profile_matrix(versions, tlist)
+        per_target = select_per_target(rows, tlist)
+        summary: dict[str, Any] = {
+            "model": model_name, "versions": [v["version"] for v in versions], "skipped": skipped,
+            "targets": per_target, "seconds": None,
+        }
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        summary["profile_run_id"] = log_results(model_name, rows, per_target, tlist,
+                                                experiment or f"{model_name}/profile", summary)
+        summary["rows"] = [{k: r.get(k) for k in CSV_COLUMNS} for r in rows]
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        return summary
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
