@@ -230,7 +230,7 @@ def evidently_section(ctx: ModelContext, reports: Sequence[DeviceReport], cfg: D
         out["data_drift"] = {"skipped": f"{n_samples} opt-in samples < {cfg.evidently.min_samples}"
                              if reference_rows is not None else "no reference sample logged by the train stage"}
     labelled = [r for r in ok if r.feedback_true is not None and r.feedback_pred is not None]
-    n_fb = int(sum(len(r.feedback_true) for r in labelled))  # type: ignore[arg-type]
+    n_fb = sum(len(r.feedback_true) for r in labelled if r.feedback_true is not None)
     if n_fb >= cfg.thresholds.performance.min_feedback:
         res_c = evidently_report.classification(
             np.concatenate([r.feedback_true for r in labelled]),  # type: ignore[misc]

@@ -7,7 +7,7 @@ Per feature and overall, with the reasons and figures behind every level. Window
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -188,8 +188,9 @@ def decide(figures: DriftFigures, thresholds: Thresholds) -> Verdict:
     reasons: list[str] = []
     for r in figures.rejected:
         checks.append(Check(kind="sketch", name=r.device, level="warn", reasons=[r.reason]))
-    base = {"model": figures.model, "version": figures.version, "target": figures.target, "cohort": figures.cohort,
-            "n_inferences": figures.n_inferences, "n_devices": figures.n_devices}
+    base: dict[str, Any] = {"model": figures.model, "version": figures.version, "target": figures.target,
+                            "cohort": figures.cohort, "n_inferences": figures.n_inferences,
+                            "n_devices": figures.n_devices}
     summary: dict[str, float | int | None] = {"n_inferences": figures.n_inferences, "n_devices": figures.n_devices,
                                                "rejected_sketches": len(figures.rejected)}
     if figures.n_inferences == 0 and figures.rejected and figures.n_devices == 0:
