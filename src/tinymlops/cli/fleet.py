@@ -71,7 +71,9 @@ def serve(db: DbOpt = None,
           port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8700,
           poll_interval: Annotated[float, typer.Option(min=0.1, help="seconds devices wait between polls")] = 5.0,
           targets_dir: Annotated[Path | None, typer.Option(help="target catalogue; devices must enrol "
-                                                                "as one of its targets")] = None) -> None:
+                                                                "as one of its targets")] = None,
+          workers: Annotated[int, typer.Option(min=1, max=64, help="server processes (one per core)")] = 1,
+          ) -> None:
     """Run the fleet service (FastAPI + SQLAlchemy; OpenAPI at /docs and /openapi.json).
 
     On first start it creates an operator token, prints it once and stores it (mode 0600) in
@@ -87,10 +89,17 @@ def serve(db: DbOpt = None,
         path = _write_token(token)
         err_console.print(f"operator token (stored in {path}): {token}", highlight=False, soft_wrap=True)
     catalogue = packages.list_targets(targets_dir)
-    app = service.create_app(st=st, poll_interval_s=poll_interval, known_targets=set(catalogue) or None)
-    err_console.print(f"fleet service on http://{host}:{port}  db={st.url}  targets={sorted(catalogue)}",
-                      highlight=False, soft_wrap=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    err_console.print(f"fleet service on http://{host}:{port}  db={st.url}  workers={workers}  "
+                      f"targets={sorted(catalogue)}", highlight=False, soft_wrap=True)
+    if workers == 1:
+        app = service.create_app(st=st, poll_interval_s=poll_interval, known_targets=set(catalogue) or None)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        return
+    st.dispose()  # migrated once here; each worker process opens its own engine
+    os.environ.update({"TINYMLOPS_FLEET_DB": st.url, "TINYMLOPS_FLEET_POLL_S": str(poll_interval),
+                       "TINYMLOPS_FLEET_TARGETS": ",".join(sorted(catalogue))})
+    uvicorn.run("tinymlops.fleet.service:create_app_from_env", factory=True, workers=workers, host=host,
+                port=port, log_level="warning", access_log=False)
 
 
 @fleet_app.command("operator-token")
