@@ -82,7 +82,7 @@ def retrain_task(model: str, level: str, config_path: str, details: dict[str, An
 
 
 def _table(result: CheckResult) -> list[dict[str, Any]]:
-    return [{"target": g.target or "", "cohort": g.cohort or "", "verdict": g.verdict.level,
+    return [{"version": g.verdict.version, "target": g.target or "", "cohort": g.cohort or "", "verdict": g.verdict.level,
              "inferences": g.verdict.n_inferences, "devices": g.verdict.n_devices,
              "drifted_features": len(g.verdict.drifted_features),
              "evidently_drifted": len((g.evidently or {}).get("data_drift", {}).get("drifted", [])),
@@ -98,7 +98,7 @@ def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str
     registry.connect(tracking_uri)
     result = check_task(model, config_path, version, target, cohort, window, until)
     for g in result.groups:
-        logger.info("%s v%s %s/%s: %s (%s)", model, result.version, g.target, g.cohort, g.verdict.level,
+        logger.info("%s v%s %s/%s: %s (%s)", model, g.verdict.version, g.target, g.cohort, g.verdict.level,
                     "; ".join(g.verdict.reasons[:2]))
     key = f"drift-{model}".lower().replace("_", "-").replace("/", "-").replace(".", "-")
     create_table_artifact(key=key, table=_table(result), description=f"drift verdicts of {model} v{result.version}")
@@ -106,11 +106,21 @@ def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str
                              description=f"drift report of {model} v{result.version}")
     summary = result.as_dict()
     if result.level == "retrain":
-        details = {"version": result.version, "groups": [(g.target, g.cohort) for g in result.groups
-                                                          if g.verdict.level == "retrain"]}
+        details = {"groups": [(g.verdict.version, g.target, g.cohort) for g in result.groups
+                              if g.verdict.level == "retrain"]}
         summary["retrain"] = retrain_task(model, "retrain", config_path, details)
         logger.info("retrain: %s", summary["retrain"]["decision"]["reason"])
     return summary
+
+
+def pipeline_drift_stage(pipeline_config: str, until: float | None = None) -> dict[str, Any]:
+    """Run the drift check of a pipeline config's model with the drift config it names (the demo's stage)."""
+    from tinymlops.config import load_pipeline, resolve_relative
+
+    cfg = load_pipeline(pipeline_config)
+    drift_path = resolve_relative(pipeline_config, cfg.drift) if cfg.drift else REPO / "configs" / "drift.yaml"
+    return drift_flow(cfg.mlflow.registered_model, str(drift_path), until=until,
+                      tracking_uri=cfg.mlflow.tracking_uri)
 
 
 def read_prefect_deployments(prefect_file: str | Path = REPO / "prefect.yaml") -> list[dict[str, Any]]:

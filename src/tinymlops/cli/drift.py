@@ -20,8 +20,8 @@ def drift(
     model: Annotated[str, typer.Argument(help="registered model name, e.g. vibration-classifier")],
     config: Annotated[Path, typer.Option("--config", "-c", help="drift YAML: thresholds, window, retrain"
                                          )] = Path("configs/drift.yaml"),
-    version: Annotated[str | None, typer.Option(help="version to check (default: the config's alias, else the "
-                                                     "latest)")] = None,
+    version: Annotated[str | None, typer.Option(help="version to check (default: the config's alias, else every "
+                                                     "version that reported in the window)")] = None,
     target: Annotated[str | None, typer.Option(help="only devices of this target")] = None,
     cohort: Annotated[str | None, typer.Option(help="only devices of this cohort")] = None,
     window: Annotated[str | None, typer.Option(help="telemetry window ending now, e.g. 30m, 1h, 7d (default: "
@@ -70,11 +70,11 @@ def drift(
     if json_out:
         print_json(out)
         return
-    rows = [[g.target or "-", g.cohort or "-", f"[{_COLOURS.get(g.verdict.level, 'white')}]{g.verdict.level}[/]",
+    rows = [[g.verdict.version, g.target or "-", g.cohort or "-", f"[{_COLOURS.get(g.verdict.level, 'white')}]{g.verdict.level}[/]",
              g.verdict.n_inferences, g.verdict.n_devices, len(g.verdict.drifted_features),
              "; ".join(g.verdict.reasons[:3])] for g in result.groups]
-    print_table(f"drift of {model} v{result.version} over {result.until_unix_s - result.since_unix_s:.0f} s",
-                ["target", "cohort", "verdict", "inferences", "devices", "drifted features", "reasons"], rows)
+    print_table(f"drift of {model} over {result.until_unix_s - result.since_unix_s:.0f} s",
+                ["version", "target", "cohort", "verdict", "inferences", "devices", "drifted features", "reasons"], rows)
     if "retrain" in out:
         console.print(f"retrain: {out['retrain']['decision']['reason']}"
                       + (f" -> started {out['retrain']['started']}" if "started" in out["retrain"] else ""))

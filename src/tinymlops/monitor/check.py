@@ -55,7 +55,7 @@ class GroupResult:
 
 @dataclass
 class CheckResult:
-    """The outcome of one drift check over all target x cohort groups of a version."""
+    """The outcome of one drift check over all version x target x cohort groups (``version``: the newest)."""
 
     model: str
     version: str
@@ -71,7 +71,8 @@ class CheckResult:
         """Return a JSON-friendly summary (CLI --json, Prefect results)."""
         return {"model": self.model, "version": self.version, "level": self.level,
                 "since_unix_s": self.since_unix_s, "until_unix_s": self.until_unix_s,
-                "groups": [{"target": g.target, "cohort": g.cohort, "level": g.verdict.level,
+                "groups": [{"version": g.verdict.version, "target": g.target, "cohort": g.cohort,
+                            "level": g.verdict.level,
                             "reasons": g.verdict.reasons, "drifted_features": g.verdict.drifted_features,
                             "summary": g.verdict.summary, "evidently": g.evidently, "mlflow_run_id": g.run_id}
                            for g in self.groups]}
@@ -172,9 +173,9 @@ def reports_from_fleet(records: Sequence[Any], known_versions: set[str]) -> list
     return out
 
 
-def fleet_reports(model: str, version: str, since: float, until: float, target: str | None = None,
-                  cohort: str | None = None, store_url: str | None = None) -> list[DeviceReport]:
-    """Read the window's telemetry of ``version`` (and of versions the registry does not know) from the fleet."""
+def fleet_reports(model: str, since: float, until: float, target: str | None = None, cohort: str | None = None,
+                  store_url: str | None = None) -> list[DeviceReport]:
+    """Read the window's telemetry of every version of a model from the fleet store."""
     from tinymlops.fleet.store import open_store, telemetry_window
 
     store = open_store(store_url)
@@ -182,13 +183,15 @@ def fleet_reports(model: str, version: str, since: float, until: float, target: 
         records = telemetry_window(store, model, None, target=target, cohort=cohort, since=since, until=until)
     finally:
         store.dispose()
+    return reports_from_fleet(records, registered_versions(model))
+
+
+def registered_versions(model: str) -> set[str]:
+    """Return the registered versions of a model (empty if the model is unknown)."""
     try:
-        known = {str(v.version) for v in registry.list_versions(model)}
+        return {str(v.version) for v in registry.list_versions(model)}
     except RegistryError:
-        known = set()
-    reports = reports_from_fleet(records, known)
-    # other registered versions are other checks' business; unknown ones are reported as incompatible here
-    return [r for r in reports if r.version == str(version) or r.version not in known]
+        return set()
 
 
 def group_reports(reports: Sequence[DeviceReport]) -> dict[tuple[str | None, str | None], list[DeviceReport]]:
@@ -308,23 +311,41 @@ def run_check(model: str, cfg: DriftConfig, version: str | None = None, target: 
               cohort: str | None = None, until: float | None = None, window_s: float | None = None,
               reports: Sequence[DeviceReport] | None = None, store_url: str | None = None,
               log: bool = True) -> CheckResult:
-    """Run a drift check: every target x cohort of a version over the window ending at ``until`` (now)."""
-    version = resolve_version(model, version, cfg.alias)
-    ctx = load_context(model, version)
+    """Run a drift check over the window ending at ``until`` (now): every version x target x cohort.
+
+    Without ``version`` (or the config's alias) every registered version that reported in the window is
+    checked; reports for versions the registry does not know join the newest version's groups and are
+    rejected there as incompatible sketches (never merged).
+    """
+    known = registered_versions(model)
+    if not known:
+        raise RegistryError(f"registered model {model!r} does not exist or has no versions")
     until = time.time() if until is None else until
     since = until - (window_s if window_s is not None else cfg.window_s)
     if reports is None:
-        reports = fleet_reports(model, version, since, until, target, cohort, store_url)
-    groups = group_reports(reports) or {(target, cohort): []}
-    has_samples = any(r.samples is not None for r in reports)
-    ref_rows = reference_sample(ctx, cfg.evidently.reference_rows) if has_samples and cfg.evidently.enabled \
-        else None
-    result = CheckResult(model=model, version=version, since_unix_s=since, until_unix_s=until)
-    for (t, c), reps in groups.items():
-        with tempfile.TemporaryDirectory(prefix="tinymlops-evidently-") as d:
-            html_dir = Path(d) if log else None
-            g = evaluate_group(ctx, reps, cfg, t, c, reference_rows=ref_rows, html_dir=html_dir)
-            if log:
-                g.run_id = log_group(g, cfg, since, until, html_dir)
-        result.groups.append(g)
+        reports = fleet_reports(model, since, until, target, cohort, store_url)
+    if version or cfg.alias:
+        versions = [resolve_version(model, version, cfg.alias)]
+    else:
+        versions = sorted({r.version for r in reports if r.version in known}, key=_version_key) or [
+            resolve_version(model)]
+    result = CheckResult(model=model, version=versions[-1], since_unix_s=since, until_unix_s=until)
+    for v in versions:
+        ctx = load_context(model, v)
+        mine = [r for r in reports if r.version == v or (r.version not in known and v == versions[-1])]
+        groups = group_reports(mine) or {(target, cohort): []}
+        has_samples = any(r.samples is not None for r in mine)
+        ref_rows = reference_sample(ctx, cfg.evidently.reference_rows) if has_samples and cfg.evidently.enabled \
+            else None
+        for (t, c), reps in groups.items():
+            with tempfile.TemporaryDirectory(prefix="tinymlops-evidently-") as d:
+                html_dir = Path(d) if log else None
+                g = evaluate_group(ctx, reps, cfg, t, c, reference_rows=ref_rows, html_dir=html_dir)
+                if log:
+                    g.run_id = log_group(g, cfg, since, until, html_dir)
+            result.groups.append(g)
     return result
+
+
+def _version_key(v: str) -> tuple[int, str]:
+    return (int(v), v) if v.isdigit() else (1 << 62, v)
