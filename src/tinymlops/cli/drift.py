@@ -70,11 +70,14 @@ def drift(
     if json_out:
         print_json(out)
         return
-    rows = [[g.verdict.version, g.target or "-", g.cohort or "-", f"[{_COLOURS.get(g.verdict.level, 'white')}]{g.verdict.level}[/]",
-             g.verdict.n_inferences, g.verdict.n_devices, len(g.verdict.drifted_features),
-             "; ".join(g.verdict.reasons[:3])] for g in result.groups]
+    rows = [[g.verdict.version, g.target or "-", g.cohort or "-",
+             f"[{_COLOURS.get(g.verdict.level, 'white')}]{g.verdict.level}[/]", g.verdict.n_inferences,
+             g.verdict.n_devices, len(g.verdict.drifted_features)] for g in result.groups]
     print_table(f"drift of {model} over {result.until_unix_s - result.since_unix_s:.0f} s",
-                ["version", "target", "cohort", "verdict", "inferences", "devices", "drifted features", "reasons"], rows)
+                ["version", "target", "cohort", "verdict", "inferences", "devices", "drifted features"], rows)
+    for g in result.groups:
+        console.print(f"[bold]v{g.verdict.version} {g.target or '-'}/{g.cohort or '-'}[/]: "
+                      + "; ".join(g.verdict.reasons[:4]), highlight=False)
     if "retrain" in out:
         console.print(f"retrain: {out['retrain']['decision']['reason']}"
                       + (f" -> started {out['retrain']['started']}" if "started" in out["retrain"] else ""))
