@@ -94,6 +94,11 @@ class _Variant(Strict):
     name: str | None = Field(None, description="registered variant name; default: the technique")
 
 
+class _FineTuned(_Variant):
+    learning_rate: float | None = Field(None, gt=0, lt=1, description="fine-tuning learning rate; default: a "
+                                        "fraction of train.learning_rate chosen per technique")
+
+
 class PtqInt8(_Variant):
     technique: Literal["ptq-int8"]
     representative_samples: int = Field(200, ge=1)
@@ -107,29 +112,33 @@ class Fp16(_Variant):
     technique: Literal["fp16"]
 
 
-class Prune(_Variant):
+class Prune(_FineTuned):
     technique: Literal["prune"]
     target_sparsity: float = Field(0.8, gt=0, lt=1)
+    min_layer_weights: int = Field(256, ge=0, description="prune only Dense/Conv2D layers with at least this many "
+                                   "weights (tiny first/last layers stay dense)")
     epochs: int = Field(8, ge=1)
     representative_samples: int = Field(200, ge=1)
 
 
-class Cluster(_Variant):
+class Cluster(_FineTuned):
     technique: Literal["cluster"]
     clusters: int = Field(16, ge=2, le=256)
     epochs: int = Field(4, ge=1)
     representative_samples: int = Field(200, ge=1)
 
 
-class QatInt8(_Variant):
+class QatInt8(_FineTuned):
     technique: Literal["qat-int8"]
     epochs: int = Field(4, ge=1)
     representative_samples: int = Field(200, ge=1)
 
 
-class PruneClusterQat(_Variant):
+class PruneClusterQat(_FineTuned):
     technique: Literal["prune-cluster-qat"]
     target_sparsity: float = Field(0.75, gt=0, lt=1)
+    min_layer_weights: int = Field(256, ge=0, description="prune only Dense/Conv2D layers with at least this many "
+                                   "weights (tiny first/last layers stay dense)")
     clusters: int = Field(16, ge=2, le=256)
     epochs: int = Field(4, ge=1)
     representative_samples: int = Field(200, ge=1)

@@ -353,3 +353,33 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# runs that outlive one block (a stage whose nested runs are mapped over Prefect tasks)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def start_run(experiment: str, name: str, parent_run_id: str | None = None,
+              tags: dict[str, str] | None = None) -> RunRef:
+    """Open a run left RUNNING until ``end_run`` (for stages whose work is spread over tasks)."""
+    exp_id = ensure_experiment(experiment)
+    all_tags = {"mlflow.runName": name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    r = client().create_run(exp_id, run_name=name, tags=all_tags)
+    return RunRef(r.info.run_id, exp_id)
+
+
+def end_run(run_id: str, error: str | None = None) -> None:
+    """End a run FINISHED, or FAILED with the error recorded as its ``error`` tag."""
+    if error:
+        with contextlib.suppress(Exception):
+            client().set_tag(run_id, "error", error[:4900])
+    client().set_terminated(run_id, "FAILED" if error else "FINISHED")
+
+
+def child_runs(parent_run_id: str, experiment_id: str) -> list[Any]:
+    """Return the runs nested directly under a run, oldest first."""
+    return client().search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                max_results=1000, order_by=["attributes.start_time ASC"])

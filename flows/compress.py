@@ -1,0 +1,67 @@
+"""Compress flow: one float version → every configured variant (mapped tasks), each evaluated and registered."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tinymlops.compress import stage
+from tinymlops.config import load_pipeline
+
+#: variants run in this many threads; TF fine-tuning of tiny models is dispatch-bound, so 2 threads on 2 cores
+#: overlap one variant's conversion/evaluation with another's training (benchmarks/compress.py measures both)
+WORKERS = int(os.environ.get("TINYMLOPS_COMPRESS_WORKERS", "2"))
+
+
+@task(name="compress-open", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def open_task(config_path: str, version: str, parent_run_id: str | None) -> dict[str, Any]:
+    """Check the parent version, open the compress run and measure the float reference."""
+    return stage.open_stage(load_pipeline(config_path), version, parent_run_id).to_dict()
+
+
+@task(name="compress-variant", cache_policy=NO_CACHE, task_run_name="variant-{name}")
+def variant_task(config_path: str, ref: dict[str, Any], name: str) -> dict[str, Any]:
+    """Build, evaluate in its runtime and register one variant (a failure is returned, not raised)."""
+    logger = get_run_logger()
+    return stage.run_variant(load_pipeline(config_path), stage.StageRef(**ref), name, progress=logger.info)
+
+
+@flow(name="compress", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
+def compress_flow(config_path: str = "configs/pipeline.yaml", version: str = "1",
+                  parent_run_id: str | None = None) -> dict[str, Any]:
+    """Produce, evaluate and register every configured variant of a registered float model version."""
+    t0 = time.perf_counter()
+    cfg = load_pipeline(config_path)
+    ref = open_task(config_path, str(version), parent_run_id)
+    names = [stage.variant_name(s) for s in cfg.compress.variants]
+    try:
+        results = [f.result() for f in variant_task.map(config_path, unmapped(ref), names)]
+    except BaseException as exc:
+        stage.fail_stage(stage.StageRef(**ref), exc)
+        raise
+    summary = stage.close_stage(stage.StageRef(**ref), results, time.perf_counter() - t0)
+    create_table_artifact(key="compress-variants", table=_table(summary),
+                          description=f"variants of {ref['model_name']}/{version} evaluated in their runtimes")
+    return summary
+
+
+def _table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{100 * v:.2f}"
+
+    rows = [{"variant": "float32 (parent)", "version": summary["parent_version"], "format": "onnx / tflite",
+             "size_bytes": f"{summary['float_onnx_bytes']} / {summary['float_tflite_bytes']}",
+             "gzip_bytes": f"{summary['float_onnx_gzip_bytes']} / {summary['float_tflite_gzip_bytes']}",
+             "accuracy_pct": pct(summary["float_accuracy"]), "delta_pts": "", "status": "parent", "error": ""}]
+    for v in summary["variants"]:
+        rows.append({"variant": v["variant"], "version": v.get("version") or "", "format": v.get("format") or "",
+                     "size_bytes": v.get("size_bytes") or "", "gzip_bytes": v.get("gzip_bytes") or "",
+                     "accuracy_pct": pct(v.get("accuracy")), "delta_pts": pct(v.get("accuracy_delta")),
+                     "status": v["status"], "error": v.get("error") or ""})
+    return rows

@@ -1,0 +1,102 @@
+"""Lineage and variant listings read back from the registry (light: MLflow through tinymlops.registry only)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tinymlops import registry
+from tinymlops.errors import RegistryError
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(v: Any) -> int | None:
+    f = _float(v)
+    return None if f is None else int(f)
+
+
+def variants(model_name: str) -> list[dict[str, Any]]:
+    """Return every version with variant, technique, format, sizes, accuracy and delta vs its float parent."""
+    versions = registry.list_versions(model_name)
+    by_version = {v.version: v for v in versions}
+    rows = []
+    for v in versions:
+        t = v.tags
+        acc = _float(t.get("accuracy"))
+        parent_v = t.get("parent_version")
+        parent_acc = _float(by_version[parent_v].tags.get("accuracy")) if parent_v in by_version else None
+        delta = _float(t.get("accuracy_delta"))
+        if delta is None and acc is not None and parent_acc is not None:
+            delta = acc - parent_acc
+        rows.append({"version": v.version, "variant": t.get("variant"), "technique": t.get("technique"),
+                     "format": t.get("format"), "parent_version": parent_v, "size_bytes": _int(t.get("size_bytes")),
+                     "gzip_bytes": _int(t.get("gzip_bytes")), "accuracy": acc,
+                     "accuracy_delta": delta if parent_v else None, "sparsity": _float(t.get("sparsity")),
+                     "aliases": list(getattr(v, "aliases", []) or []), "run_id": v.run_id})
+    return rows
+
+
+def _dataset_step(train_run: Any) -> dict[str, Any]:
+    splits = {}
+    source = ""
+    for inp in train_run.inputs.dataset_inputs:
+        context = next((t.value for t in inp.tags if t.key == "mlflow.data.context"), inp.dataset.name)
+        splits[context] = {"name": inp.dataset.name, "digest": inp.dataset.digest}
+        try:
+            source = json.loads(inp.dataset.source).get("tags", {}).get("generator", source)
+        except (TypeError, ValueError):
+            source = source or str(inp.dataset.source)
+    p = train_run.data.params
+    rows = {k: _int(p.get(f"dataset.{k}_rows")) for k in ("train", "val", "test")}
+    return {"step": "dataset", "name": p.get("dataset.name"), "source": source, "splits": splits,
+            "rows": rows, "digest": splits.get("train", {}).get("digest")}
+
+
+def _train_step(train_run: Any) -> dict[str, Any]:
+    m, p = train_run.data.metrics, train_run.data.params
+    figures = {k: m[k] for k in ("test_accuracy", "test_macro_f1", "train_seconds", "epochs_run",
+                                 "size_bytes_tflite_fp32", "size_bytes_onnx_fp32") if k in m}
+    params = {k: v for k, v in p.items() if k.startswith(("model.", "train."))}
+    return {"step": "train_run", "run_id": train_run.info.run_id, "status": train_run.info.status,
+            "config_hash": train_run.data.tags.get("config_hash"), "git_commit": train_run.data.tags.get("git_commit"),
+            "figures": figures, "params": params}
+
+
+def _version_step(step: str, mv: Any) -> dict[str, Any]:
+    t = mv.tags
+    figures = {k: _float(t[k]) for k in ("accuracy", "macro_f1", "accuracy_delta", "size_bytes", "gzip_bytes",
+                                         "sparsity") if k in t}
+    return {"step": step, "version": mv.version, "variant": t.get("variant"), "technique": t.get("technique"),
+            "format": t.get("format"), "run_id": mv.run_id, "figures": figures,
+            "params": {k.removeprefix("param."): v for k, v in t.items() if k.startswith("param.")},
+            "description": mv.description or ""}
+
+
+def lineage(model_name: str, version: str | int) -> dict[str, Any]:
+    """Return the chain dataset → train run → parent version → variant, with the figures at each step."""
+    mv = registry.get_version(model_name, version)
+    train_run_id = mv.tags.get("train_run_id")
+    if not train_run_id:
+        raise RegistryError(f"{model_name}/{version} has no train_run_id tag; its lineage was not recorded")
+    train_run = registry.get_run(train_run_id)
+    chain = [_dataset_step(train_run), _train_step(train_run)]
+    parent_v = mv.tags.get("parent_version")
+    if parent_v:
+        chain.append(_version_step("parent_version", registry.get_version(model_name, parent_v)))
+        step = _version_step("variant", mv)
+        variant_run = registry.get_run(mv.run_id)
+        step["figures"].update({k: v for k, v in variant_run.data.metrics.items()
+                                if k in ("agreement_with_float", "tflm_tflite_agreement", "tflm_accuracy",
+                                         "tflm_arena_bytes", "size_ratio", "gzip_ratio", "build_seconds")})
+        step["compress_run_id"] = mv.tags.get("compress_run_id")
+        chain.append(step)
+    else:
+        chain.append(_version_step("version", mv))
+    return {"model": model_name, "version": str(mv.version), "model_uri": f"models:/{model_name}/{mv.version}",
+            "chain": chain}

@@ -1,0 +1,283 @@
+"""Compression techniques: Keras float model → one exported artifact per variant (TensorFlow/TFMOT boundary).
+
+Every builder takes the float Keras model (never modified: techniques work on clones), the training data and the
+variant's spec, and writes one model file. Heavy imports stay inside the functions; only heavy code imports this.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinymlops.config import (
+    Cluster,
+    Fp16,
+    OnnxFp32,
+    OnnxInt8,
+    Prune,
+    PruneClusterQat,
+    PtqDynamic,
+    PtqInt8,
+    QatInt8,
+)
+
+#: default fine-tuning learning rate as a fraction of the training one: pruning must move weights to recover
+#: from removed connections; clustering and QAT only nudge a converged model
+LR_FACTOR = {"prune": 1.0, "cluster": 0.3, "qat": 0.3}
+
+
+@dataclass
+class FloatSource:
+    """What every technique starts from: the float model, its exports and the training data."""
+
+    keras_path: Path
+    onnx_path: Path
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    batch_size: int = 32
+    learning_rate: float = 0.003
+    seed: int = 0
+
+    def load_model(self) -> Any:
+        """Load a fresh copy of the float Keras model."""
+        from tinymlops.tf import keras
+
+        return keras.models.load_model(self.keras_path, compile=False)
+
+
+@dataclass
+class Built:
+    """An exported variant artifact and what building it measured."""
+
+    path: Path
+    fmt: str
+    #: full-integer int8 TFLite: the artifact microcontroller runtimes run (evaluated in TFLM too)
+    mcu_int8: bool
+    params: dict[str, Any]
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+def representative_rows(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Pick ``n`` rows of the training split (seeded) for calibration."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(x), size=min(n, len(x)), replace=False)
+    return np.asarray(x[np.sort(idx)], dtype=np.float32)
+
+
+def _rep_dataset(rows: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    def gen() -> Iterator[list[np.ndarray]]:
+        for r in rows:
+            yield [r[None]]
+
+    return gen
+
+
+def convert_int8(model: Any, rows: np.ndarray) -> bytes:
+    """Convert to a full-integer TFLite model (int8 weights, activations, inputs and outputs)."""
+    from tinymlops.compress.export import tflite_converter
+    from tinymlops.tf import tf
+
+    conv = tflite_converter(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = _rep_dataset(rows)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def convert_dynamic(model: Any) -> bytes:
+    """Convert with dynamic-range quantisation (int8 weights, float activations)."""
+    from tinymlops.compress.export import tflite_converter
+    from tinymlops.tf import tf
+
+    conv = tflite_converter(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    return conv.convert()
+
+
+def convert_fp16(model: Any) -> bytes:
+    """Convert with float16 weights."""
+    from tinymlops.compress.export import tflite_converter
+    from tinymlops.tf import tf
+
+    conv = tflite_converter(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_types = [tf.float16]
+    return conv.convert()
+
+
+def _fine_tune(model: Any, src: FloatSource, epochs: int, learning_rate: float,
+               callbacks: list[Any] | None = None, select_from_epoch: int = 0) -> dict[str, float]:
+    """Compile and fit a wrapped model on the training split, keeping the epoch with the best validation loss.
+
+    Epochs before ``select_from_epoch`` are never kept (pruning has not reached its target sparsity yet).
+    Returns the kept epoch's figures.
+    """
+    from tinymlops.tf import keras
+
+    keras.utils.set_random_seed(src.seed)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    start = min(select_from_epoch, epochs - 1)
+    # small fine-tunes are noisy epoch to epoch: keep the best epoch on the validation split (never the test split)
+    best = keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs, restore_best_weights=True,
+                                         start_from_epoch=start)
+    t0 = time.perf_counter()
+    hist = model.fit(src.x_train, src.y_train, validation_data=(src.x_val, src.y_val), epochs=epochs,
+                     batch_size=src.batch_size, callbacks=[*(callbacks or []), best], verbose=0)
+    kept = best.best_epoch if best.best_weights is not None else epochs - 1
+    figs = {f"fine_tune_{k}": float(v[kept]) for k, v in hist.history.items()}
+    figs["fine_tune_kept_epoch"] = float(kept + 1)
+    figs["fine_tune_seconds"] = time.perf_counter() - t0
+    figs["fine_tune_learning_rate"] = learning_rate
+    return figs
+
+
+def _steps_per_epoch(src: FloatSource) -> int:
+    return int(np.ceil(len(src.x_train) / src.batch_size))
+
+
+def _lr(src: FloatSource, kind: str, learning_rate: float | None) -> float:
+    return learning_rate if learning_rate is not None else src.learning_rate * LR_FACTOR[kind]
+
+
+def pruned_model(model: Any, src: FloatSource, target_sparsity: float, epochs: int,
+                 learning_rate: float | None = None, min_layer_weights: int = 0) -> tuple[Any, dict[str, float]]:
+    """Prune weights by magnitude to the target sparsity (polynomial decay), fine-tune and strip the wrappers."""
+    import tensorflow_model_optimization as tfmot
+
+    # reach the target after ~2/3 of the fine-tuning steps, leaving the rest to recover accuracy at full sparsity
+    end_step = max(1, int(_steps_per_epoch(src) * epochs * 2 / 3))
+    schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=target_sparsity,
+                                                    begin_step=0, end_step=end_step, frequency=max(1, end_step // 20))
+    from tinymlops.tf import keras
+
+    def wrap(layer: Any) -> Any:
+        # tiny layers (first conv, classifier head) carry few weights but much of the accuracy: keep them dense
+        if layer.count_params() >= min_layer_weights and isinstance(layer, keras.layers.Dense | keras.layers.Conv2D):
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    wrapped = keras.models.clone_model(model, clone_function=wrap)
+    reached = int(np.ceil(end_step / _steps_per_epoch(src)))  # first epoch that ends at the target sparsity
+    figs = _fine_tune(wrapped, src, epochs, _lr(src, "prune", learning_rate),
+                      [tfmot.sparsity.keras.UpdatePruningStep()], select_from_epoch=reached)
+    return tfmot.sparsity.keras.strip_pruning(wrapped), figs
+
+
+def clustered_model(model: Any, src: FloatSource, clusters: int, epochs: int, preserve_sparsity: bool = False,
+                    learning_rate: float | None = None) -> tuple[Any, dict[str, float]]:
+    """Cluster each layer's weights to ``clusters`` centroids (k-means++), fine-tune and strip the wrappers."""
+    import tensorflow_model_optimization as tfmot
+
+    ck = tfmot.clustering.keras
+    params: dict[str, Any] = {"number_of_clusters": clusters,
+                              "cluster_centroids_init": ck.CentroidInitialization.KMEANS_PLUS_PLUS}
+    if preserve_sparsity:
+        params["preserve_sparsity"] = True
+    wrapped = ck.cluster_weights(model, **params)
+    figs = _fine_tune(wrapped, src, epochs, _lr(src, "cluster", learning_rate))
+    return ck.strip_clustering(wrapped), figs
+
+
+def qat_model(model: Any, src: FloatSource, epochs: int, scheme: str = "default",
+              learning_rate: float | None = None) -> tuple[Any, dict[str, float]]:
+    """Quantisation-aware training (8-bit); ``scheme`` preserves clusters (and sparsity) of an optimised model."""
+    import tensorflow_model_optimization as tfmot
+
+    q = tfmot.quantization.keras
+    if scheme == "default":
+        wrapped = q.quantize_model(model)
+    else:
+        from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+            default_8bit_cluster_preserve_quantize_scheme as cqat,
+        )
+
+        annotated = q.quantize_annotate_model(model)
+        wrapped = q.quantize_apply(annotated, cqat.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True))
+    figs = _fine_tune(wrapped, src, epochs, _lr(src, "qat", learning_rate))
+    return wrapped, figs
+
+
+def _write(dst: Path, data: bytes) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data)
+    return dst
+
+
+def build(spec: Any, src: FloatSource, out_dir: Path) -> Built:
+    """Build the variant the spec describes from the float source; write its artifact under ``out_dir``."""
+    name = spec.name or spec.technique
+    params = spec.model_dump(exclude={"name", "technique"})
+    tfl = out_dir / f"{name}.tflite"
+    t0 = time.perf_counter()
+    figs: dict[str, float] = {}
+    if isinstance(spec, OnnxFp32):
+        shutil.copyfile(src.onnx_path, out_dir / f"{name}.onnx")
+        return Built(out_dir / f"{name}.onnx", "onnx", False, params, {"build_seconds": time.perf_counter() - t0})
+    if isinstance(spec, OnnxInt8):
+        path = quantize_onnx_int8(src.onnx_path, out_dir / f"{name}.onnx",
+                                  representative_rows(src.x_train, spec.calibration_samples, src.seed))
+        return Built(path, "onnx", False, params, {"build_seconds": time.perf_counter() - t0})
+
+    model = src.load_model()
+    mcu = True
+    if isinstance(spec, PtqInt8):
+        data = convert_int8(model, representative_rows(src.x_train, spec.representative_samples, src.seed))
+    elif isinstance(spec, PtqDynamic):
+        data, mcu = convert_dynamic(model), False
+    elif isinstance(spec, Fp16):
+        data, mcu = convert_fp16(model), False
+    elif isinstance(spec, Prune):
+        pruned, figs = pruned_model(model, src, spec.target_sparsity, spec.epochs, spec.learning_rate,
+                                    spec.min_layer_weights)
+        data = convert_int8(pruned, representative_rows(src.x_train, spec.representative_samples, src.seed))
+    elif isinstance(spec, Cluster):
+        clustered, figs = clustered_model(model, src, spec.clusters, spec.epochs, learning_rate=spec.learning_rate)
+        data = convert_int8(clustered, representative_rows(src.x_train, spec.representative_samples, src.seed))
+    elif isinstance(spec, QatInt8):
+        qat, figs = qat_model(model, src, spec.epochs, learning_rate=spec.learning_rate)
+        data = convert_int8(qat, representative_rows(src.x_train, spec.representative_samples, src.seed))
+    elif isinstance(spec, PruneClusterQat):
+        # collaborative optimisation: each step preserves what the previous one achieved
+        lr = spec.learning_rate
+        pruned, f1 = pruned_model(model, src, spec.target_sparsity, spec.epochs, lr, spec.min_layer_weights)
+        clustered, f2 = clustered_model(pruned, src, spec.clusters, spec.epochs, True, lr)
+        pcqat, f3 = qat_model(clustered, src, spec.epochs, "cluster-preserve", lr)
+        figs = {**{f"prune_{k}": v for k, v in f1.items()}, **{f"cluster_{k}": v for k, v in f2.items()},
+                **{f"qat_{k}": v for k, v in f3.items()}}
+        data = convert_int8(pcqat, representative_rows(src.x_train, spec.representative_samples, src.seed))
+    else:  # the config's discriminated union makes this unreachable for validated specs
+        raise ValueError(f"unknown technique {getattr(spec, 'technique', spec)!r}")
+    figs["build_seconds"] = time.perf_counter() - t0
+    return Built(_write(tfl, data), "tflite", mcu, params, figs)
+
+
+def quantize_onnx_int8(src: Path, dst: Path, rows: np.ndarray) -> Path:
+    """Quantise an ONNX model statically (QDQ, int8 weights and activations) calibrated on training rows."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    input_name = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(rows[i:i + 1] for i in range(len(rows)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._it, None)
+            return None if batch is None else {input_name: batch}
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
+    return dst
