@@ -20,6 +20,19 @@ from tinymlops.profile.targets import catalogue
 
 # reference figures from ../shared/reference/mlperf_tiny_models.md (params excl. BN, MACs)
 REFERENCE = {"kws": (22_604, 2.66e6), "vww": (210_850, 7.49e6), "ic": (77_706, 12.50e6), "ad": (265_864, 0.264e6)}
+#: published MLPerf Tiny v1.0 latencies (ms = 1000 / median throughput) of boards other than the calibration one,
+#: from mlcommons/tiny_results_v1.0 closed/<submitter>/results/<system>/<benchmark>/performance/results.txt.
+#: X-CUBE-AI 7.1 rows are compared as ratios to the same software on NUCLEO-L4R5ZI (the calibration rows are
+#: X-CUBE-AI 9.0, 25-60 % faster); microTVM + CMSIS-NN rows are the same software as the calibration rows.
+VALIDATION = [
+    # system, core, MHz, runtime, {benchmark: ms}, {benchmark: ms on NUCLEO-L4R5ZI with the same software}
+    ("NUCLEO-H7A3ZI-Q (STMicroelectronics)", "cortex-m7", 280, "x-cube-ai",
+     {"kws": 16.76, "vww": 50.70, "ic": 54.35, "ad": 1.826}, {"kws": 75.06, "vww": 230.5, "ic": 226.9, "ad": 7.579}),
+    ("NUCLEO-U575ZI-Q (STMicroelectronics)", "cortex-m33", 160, "x-cube-ai",
+     {"kws": 44.23, "vww": 133.4, "ic": 139.7, "ad": 4.849}, {"kws": 75.06, "vww": 230.5, "ic": 226.9, "ad": 7.579}),
+    ("NRF5340-DK (OctoML microTVM+CMSIS-NN)", "cortex-m33", 128, "tflm-cmsis-nn",
+     {"kws": 76.09, "vww": 232.0, "ic": 316.2, "ad": 6.266}, None),
+]
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mlperf_tiny_calibration.csv"
 
 
@@ -89,6 +102,21 @@ def main() -> None:
                    for r in rows if r["runtime"] == runtime]
             fit = costmodel.fit_runtime(obs, costmodel.runtime_prior(runtime))
             print("    fit:", {k: round(v, 3) for k, v in fit.items()})
+
+    print("\n== other boards (MLPerf Tiny v1.0; M7/M33 factors were set from these ratios, see costmodel.CORES)")
+    for system, core, mhz, runtime, published, base in VALIDATION:
+        tgt = board.model_copy(update={"core": core, "clock_mhz": float(mhz), "runtime": runtime})
+        cells, errs = [], []
+        for bench, ms in published.items():
+            est = profile_model(paths[bench], tgt, cache, measure_tflm=False, measure_host=False)["latency_ms"]
+            if base is not None:  # compare the speed-up over L4R5 with the same software version
+                ref = profile_model(paths[bench], board.model_copy(update={"runtime": runtime}), cache,
+                                    measure_tflm=False, measure_host=False)["latency_ms"]
+                est = base[bench] * est / ref
+            e = est / ms - 1
+            errs.append(abs(e))
+            cells.append(f"{bench} {est:.4g}/{ms:.4g} ms {100 * e:+.1f}%")
+        print(f"{system:40} median |err| {100 * statistics.median(errs):4.1f} %\n    " + "; ".join(cells))
 
     print("\n== estimates on every catalogue target (ms / uJ / fits)")
     t1 = time.perf_counter()
