@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from starlette.requests import ClientDisconnect
 
 from tinymlops.fleet import api, auth, store
 from tinymlops.fleet.store import (
@@ -566,8 +567,10 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
         # parsed by pydantic-core straight from bytes: several times faster than FastAPI's json + validate
         try:
             report = api.TelemetryReport.model_validate_json(await request.body())
+        except ClientDisconnect:  # the device went away mid-upload (crash, power loss): nothing to answer
+            return Response(status_code=400)
         except ValidationError as exc:
-            raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
+            raise HTTPException(422, exc.errors(include_url=False, include_context=False, include_input=False)) from None
         if report.device_id is not None and report.device_id != ctx.id:
             raise HTTPException(403, "a device may only post its own telemetry")
         if report.samples is not None and not ctx.samples_opt_in:
