@@ -130,6 +130,15 @@ def main() -> None:
             cells.append(f"{t.name}={r['latency_ms']:.3g}ms/{'Y' if r['fits'] else 'N'}")
         print(f"{name}: " + "  ".join(cells))
     dt = time.perf_counter() - t1
+    print("\n== this host: cost-model estimate vs host-measured (TFLite, 1 thread)")
+    for name, p in paths.items():
+        r = profile_model(p, targets["host"], cache2)
+        h = r.get("measured", {}).get("host", {})
+        if "latency_ms" in h:
+            print(f"{name:4} estimate {r['estimated']['latency_ms']:.4f} ms, measured median {h['latency_ms']:.4f} ms "
+                  f"(p95 {h['latency_p95_ms']:.4f}, CV {100 * h['latency_cv']:.1f} %, converged {h['converged']}, "
+                  f"cold load {h['load_ms']:.1f} ms, RSS +{h['peak_rss_increase_bytes'] or 0:,} B) "
+                  f"ratio {r['estimated']['latency_ms'] / h['latency_ms']:.2f}")
     print(f"\nprofiled {n} model x target pairs (incl. TFLM arena + host timing per artifact) in {dt:.1f} s "
           f"({dt / n * 1000:.0f} ms per pair)")
 

@@ -102,7 +102,7 @@ def _same(v: float) -> dict[str, float]:
 #   Cortex-A53  in-order dual-issue, NEON 128-bit: ~2x the cycles of a Cortex-A72 on NEON GEMM kernels
 #               (Arm Cortex-A optimisation guides; XNNPACK end-to-end benchmarks Pi 3 vs Pi 4 per clock).
 #   Cortex-A72  out-of-order, 2 NEON pipes: anchor of tflite/onnxruntime.
-#   x86-64      AVX2/FMA: ~0.5x the A72 cycles per MAC (256-bit vectors), lower dispatch overhead.
+#   x86-64      AVX2/AVX-512 (VNNI): 256/512-bit vectors, lower dispatch overhead (factors measured here).
 CORES: dict[str, CoreSpec] = {
     "cortex-m4": CoreSpec(1.0, _same(1.0)),
     "cortex-m0plus": CoreSpec(1.39, None, fpu=False),
@@ -116,7 +116,10 @@ CORES: dict[str, CoreSpec] = {
     "xtensa-lx7": CoreSpec(1.37, {"conv": 1.0, "conv_shallow": 1.2, "dwconv": 1.2, "pwconv": 0.9, "fc": 1.2}),
     "cortex-a53": CoreSpec(2.0, _same(2.0), app=True),
     "cortex-a72": CoreSpec(1.0, _same(1.0), app=True),
-    "x86-64": CoreSpec(0.6, _same(0.5), app=True),
+    # x86-64: set from this repository's host measurements (AMD EPYC, AVX-512 VNNI, TFLite/XNNPACK int8, one
+    # thread, benchmarks/profile_mlperf_tiny.py): 3x3 convs run ~50 int8 MACs/cycle there, depthwise far fewer
+    "x86-64": CoreSpec(0.3, {"conv": 0.075, "conv_shallow": 0.15, "dwconv": 0.25, "pwconv": 0.17, "fc": 0.25},
+                       app=True),
 }
 
 #: float compute without an FPU goes through software floating point (libgcc __aeabi_fmul/fadd ~ 30-60 cycles)
