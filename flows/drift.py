@@ -148,5 +148,12 @@ def build_deployments(prefect_file: str | Path = REPO / "prefect.yaml",
     return out
 
 
+def serve_deployments(deployments: list[Any]) -> None:
+    """Serve runner deployments from this process until interrupted (schedules fire here; no work pool)."""
+    from prefect import serve
+
+    serve(*deployments, print_starting_message=False)
+
+
 if __name__ == "__main__":
     drift_flow(sys.argv[1], *sys.argv[2:3])

@@ -101,9 +101,13 @@ def schedule(
     """
     if not prefect_file.is_file():
         raise UsageError(f"{prefect_file}: not found (run from the repository root or pass --prefect-file)")
+    import os
+
     from tinymlops.settings import prepare_environment
 
     prepare_environment()
+    # no phoning home from a local scheduler (and its heartbeat races SQLite at start-up: "database is locked")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.drift import build_deployments, read_prefect_deployments
 
     entries = read_prefect_deployments(prefect_file)
@@ -120,10 +124,10 @@ def schedule(
             print_table("deployments", ["deployment", "schedules", "parameters"],
                         [[x["deployment"], ", ".join(x["schedules"]), x["parameters"]] for x in listing])
         return
-    from prefect import serve
+    from flows.drift import serve_deployments
 
     console.print("serving " + ", ".join(x["deployment"] for x in listing) + " (Ctrl-C to stop)")
-    serve(*deployments, print_starting_message=False)
+    serve_deployments(deployments)
 
 
 def register(app: typer.Typer) -> None:
