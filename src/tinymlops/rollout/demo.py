@@ -1,0 +1,238 @@
+"""Demo and test harness: a real fleet service, a simulated fleet per target, and faults bound to a package.
+
+``run_demo`` starts ``tinymlops fleet serve`` on a fresh database, enrols simulated devices per target (the real
+agent code, async mode) running a baseline version, then rolls each target's candidate out in stages. One target's
+candidate carries an injected fault — it only misbehaves on devices that run that package, exactly like a bad
+model would — so the rollout of that target fails its canary gate and is rolled back automatically while the
+healthy target's candidate reaches 100 % and becomes ``production-<target>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinymlops import registry, settings
+from tinymlops.errors import UsageError
+from tinymlops.fleet.simulator import CohortSpec, FaultSpec, Simulation, publish
+from tinymlops.fleet.store import Store, list_devices, open_store
+
+#: faults the demo and tests can bind to a candidate package
+FAULTS: dict[str, FaultSpec] = {
+    "latency": FaultSpec(slow_inference_ms=120.0),
+    "crash": FaultSpec(crash_after_s=0.8),
+    "corrupt": FaultSpec(corrupt_output_rate=0.5),
+}
+
+
+def free_port() -> int:
+    """Return a TCP port that is free right now on localhost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fleet_service(db_url: str, port: int | None = None, poll_interval_s: float = 1.0,
+                  targets_dir: str | Path | None = None, log_path: Path | None = None) -> Iterator[str]:
+    """Run ``tinymlops fleet serve`` in a subprocess for the block; yield its URL."""
+    import httpx
+
+    port = port or free_port()
+    argv = [sys.executable, "-c", "from tinymlops.cli import main; main()", "fleet", "serve", "--db", db_url,
+            "--port", str(port), "--poll-interval", str(poll_interval_s)]
+    if targets_dir is not None:
+        argv += ["--targets-dir", str(targets_dir)]
+    log = (log_path or settings.home() / "fleet-service.log").open("ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, "TINYMLOPS_HOME": str(settings.home())})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise UsageError(f"fleet service exited with code {proc.returncode} (log: {log.name})")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise UsageError(f"fleet service did not answer on {url} within 60 s (log: {log.name})")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+class PackageFaults:
+    """Make simulated devices misbehave while, and only while, they run a given version on a given target."""
+
+    def __init__(self, sim: Simulation, target: str, version: str, fault: FaultSpec) -> None:
+        self.sim, self.target, self.version, self.fault = sim, target, str(version), fault
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="package-faults", daemon=True)
+        self.devices_affected: set[str] = set()
+
+    def start(self) -> PackageFaults:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for agent in list(self.sim.agents.values()):
+                inst = agent.installed
+                bad = (inst is not None and inst.manifest.get("target") == self.target
+                       and str(inst.manifest.get("model_version")) == self.version)
+                f = agent.cfg.faults
+                if bad:
+                    self.devices_affected.add(agent.cfg.device_id)
+                    f.crash_after_s = self.fault.crash_after_s
+                    f.slow_inference_ms = self.fault.slow_inference_ms
+                    f.corrupt_output_rate = self.fault.corrupt_output_rate
+                else:
+                    f.crash_after_s, f.slow_inference_ms, f.corrupt_output_rate = None, 0.0, 0.0
+            self._stop.wait(0.05)
+
+
+@dataclass
+class SimulatedFleet:
+    """A running simulation in a background thread (async mode) and how to stop it."""
+
+    sim: Simulation
+    thread: threading.Thread
+    faults: list[PackageFaults] = field(default_factory=list)
+    error: list[BaseException] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for f in self.faults:
+            f.stop()
+        deadline = time.monotonic() + 30
+        while self.thread.is_alive() and time.monotonic() < deadline:
+            for a in list(self.sim.agents.values()):
+                a.cfg.duration_s = 0.0
+                a.cfg.faults.crash_after_s = None
+            self.thread.join(timeout=0.5)
+
+
+def start_fleet(server_url: str, operator_token: str, cohorts: list[CohortSpec], state_root: Path,
+                report_interval_s: float = 2.0, inference_interval_s: float = 0.1, duration_s: float = 600.0,
+                targets_dir: Path | None = None, seed: int = 0) -> SimulatedFleet:
+    """Enrol and run simulated devices in a background thread until stopped (or ``duration_s``)."""
+    sim = Simulation(server_url, operator_token, cohorts, state_root=state_root, mode="async",
+                     report_interval_s=report_interval_s, inference_interval_s=inference_interval_s, seed=seed,
+                     targets_dir=targets_dir)
+    fleet = SimulatedFleet(sim, threading.Thread())
+
+    def run() -> None:
+        try:
+            sim.run(duration_s=duration_s)
+        except BaseException as exc:  # surfaced by wait_installed / the caller
+            fleet.error.append(exc)
+
+    fleet.thread = threading.Thread(target=run, name="simulated-fleet", daemon=True)
+    fleet.thread.start()
+    return fleet
+
+
+def wait_installed(st: Store, expected: dict[str, str], devices: dict[str, int], timeout_s: float = 90.0,
+                   fleet: SimulatedFleet | None = None) -> None:
+    """Wait until every simulated device of each target runs its expected package (target -> package id)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if fleet is not None and fleet.error:
+            raise UsageError(f"simulated fleet failed: {fleet.error[0]}")
+        done = all(sum(1 for d in list_devices(st, target=t) if d.current_package_id == pid) >= devices[t]
+                   for t, pid in expected.items())
+        if done:
+            return
+        if time.monotonic() > deadline:
+            state = {t: sum(1 for d in list_devices(st, target=t) if d.current_package_id == pid)
+                     for t, pid in expected.items()}
+            raise UsageError(f"devices did not install their baseline within {timeout_s:.0f} s: {state}")
+        time.sleep(0.5)
+
+
+def pick_versions(model_name: str, target: str, targets_dir: Path | None = None) -> tuple[str, str]:
+    """Return (baseline, candidate) versions for a target: candidate alias; production alias or oldest fitting."""
+    from tinymlops.fleet import packages
+
+    runtime = packages.get_target(target, targets_dir)["runtime"]
+    fitting = [str(v.version) for v in registry.list_versions(model_name)
+               if packages.format_fits(v.tags.get("format", ""), runtime)]
+    cand = registry.get_alias(model_name, f"candidate-{target}")
+    candidate = str(cand.version) if cand is not None else (fitting[-1] if fitting else None)
+    if candidate is None:
+        raise UsageError(f"no version of {model_name} runs on {target} ({runtime})")
+    prod = registry.get_alias(model_name, f"production-{target}")
+    others = [v for v in fitting if v != candidate]
+    if prod is not None and str(prod.version) != candidate:
+        baseline = str(prod.version)
+    elif others:
+        baseline = others[0]
+    else:
+        raise UsageError(f"{model_name} has only one version that runs on {target} (v{candidate}): a rollout needs a "
+                         "baseline version on the devices and a different candidate")
+    return baseline, candidate
+
+
+def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
+             faulty_target: str = "raspberry-pi-zero-2-w", config_path: str | Path = "configs/rollout.yaml",
+             devices_per_target: int = 20, fault: str = "latency", targets_dir: Path | None = None,
+             versions: dict[str, tuple[str, str]] | None = None, work_dir: Path | None = None,
+             max_s: float = 240.0) -> dict[str, Any]:
+    """Run the staged-rollout demo on a fresh simulated fleet; return the rollout summary (with ``table``).
+
+    Args:
+        versions: per target (baseline, candidate); default from aliases (see :func:`pick_versions`).
+        fault: which fault the faulty target's candidate carries: latency, crash or corrupt.
+    """
+    from tinymlops.fleet import service
+    from tinymlops.rollout.run import run_rollout
+
+    if fault not in FAULTS:
+        raise UsageError(f"fault must be one of {sorted(FAULTS)}, not {fault!r}")
+    registry.client()
+    targets = [healthy_target, faulty_target]
+    chosen = {t: (versions or {}).get(t) or pick_versions(model_name, t, targets_dir) for t in targets}
+    work = Path(work_dir or settings.home() / "rollout-demo")
+    shutil.rmtree(work, ignore_errors=True)  # a fresh fleet every run: old simulated devices would be offline
+    work.mkdir(parents=True)
+    db_url = f"sqlite:///{work / 'fleet.db'}"
+    st = open_store(db_url)
+    token = service.create_operator_token(st, "rollout-demo")
+    with fleet_service(db_url, targets_dir=targets_dir, log_path=work / "service.log") as url:
+        cohorts = [CohortSpec(name=t, devices=devices_per_target, target=t, feedback_opt_in=True) for t in targets]
+        baseline_pkgs = {t: publish(url, token, model_name, [chosen[t][0]], [t], cohorts={t: t},
+                                    reason="demo baseline", targets_dir=targets_dir)[t] for t in targets}
+        fleet = start_fleet(url, token, cohorts, work / "devices", targets_dir=targets_dir,
+                            duration_s=max_s + 120)
+        fleet.faults.append(PackageFaults(fleet.sim, faulty_target, chosen[faulty_target][1], FAULTS[fault]).start())
+        try:
+            wait_installed(st, baseline_pkgs, {t: devices_per_target for t in targets}, fleet=fleet)
+            out = run_rollout(model_name, targets, config_path, fleet_url=url, operator_token=token, store=st,
+                              versions={t: chosen[t][1] for t in targets}, max_s=max_s,
+                              targets_dir=targets_dir)
+        finally:
+            fleet.stop()
+    out["baselines"] = {t: chosen[t][0] for t in targets}
+    out["fault"] = {"target": faulty_target, "kind": fault, **FAULTS[fault].model_dump(exclude_defaults=True)}
+    out["fleet_db"] = db_url
+    return out
