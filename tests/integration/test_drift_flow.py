@@ -161,6 +161,17 @@ def test_flow_catches_the_drifted_cohort_logs_evidently_and_starts_one_retrain(w
     html = registry.download(run_b.info.run_id, "drift/evidently_data_drift.html")
     assert html.stat().st_size > 10_000
 
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=["drift-drift-test-model", "drift-drift-test-model-report"])))
+    kinds = {a.key: a.type for a in arts}
+    assert kinds == {"drift-drift-test-model": "table", "drift-drift-test-model-report": "markdown"}
+    report = next(a for a in arts if a.type == "markdown")
+    assert "Drift verdict: **retrain**" in str(report.data)
+
     assert out["retrain"]["decision"]["start"] is True
     assert out["retrain"]["started"]["how"] == "deployment"
     runs = _pipeline_runs(pipeline_deployment)
