@@ -212,6 +212,8 @@ def check_sketch(sk: Sketch, pkg: PackageCtx) -> str | None:
         return "counts out of range"
     if any(s + nf != n for s, nf in zip(map(sum, sk.feature_counts), sk.nonfinite_counts, strict=True)):
         return "each feature histogram (plus non-finite count) must sum to n_inferences"
+    if sum(sk.prediction_counts) != n or sum(sk.confidence_counts) != n or sum(sk.latency_counts) != n:
+        return "prediction, confidence and latency histograms must sum to n_inferences"
     floats = [sk.latency_max_ms, sk.energy_uj_total, sk.window_start or 0.0, sk.window_end or 0.0]
     if any(not (abs(f) < 1e15) for f in floats) or sk.latency_max_ms < 0 or sk.energy_uj_total < 0:
         return "latency, energy and window times must be finite and non-negative"
@@ -570,7 +572,8 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
         except ClientDisconnect:  # the device went away mid-upload (crash, power loss): nothing to answer
             return Response(status_code=400)
         except ValidationError as exc:
-            raise HTTPException(422, exc.errors(include_url=False, include_context=False, include_input=False)) from None
+            raise HTTPException(422, exc.errors(include_url=False, include_context=False,
+                                                include_input=False)) from None
         if report.device_id is not None and report.device_id != ctx.id:
             raise HTTPException(403, "a device may only post its own telemetry")
         if report.samples is not None and not ctx.samples_opt_in:
