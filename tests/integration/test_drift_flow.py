@@ -203,3 +203,26 @@ def test_cli_drift_json_for_one_cohort_and_an_empty_window(world):
     assert json.loads(r.stdout)["level"] == "insufficient data"
     r = runner.invoke(app, ["drift", "no-such-model", "-c", world["config"], "--no-log"])
     assert r.exit_code != 0 and "does not exist" in r.output and "Traceback" not in r.output
+
+
+def test_reference_sample_is_rebuilt_from_the_logged_dataset_config(world):
+    """Without reference/sample.csv, Evidently's reference rows come from the train run's pipeline config."""
+    from tinymlops import preprocessing
+    from tinymlops.config import load_pipeline
+    from tinymlops.data import load_dataset, split
+    from tinymlops.monitor.check import ModelContext, reference_sample
+
+    registry = world["registry"]
+    cfg = load_pipeline(REPO / "configs/pipeline.yaml")
+    cfg.dataset.vibration.windows_per_class = 40
+    train = split(load_dataset(cfg.dataset), cfg.dataset.seed, cfg.dataset.val_fraction,
+                  cfg.dataset.test_fraction)["train"]
+    spec = preprocessing.fit(cfg.preprocessing, train.X, cfg.dataset.vibration.sample_rate_hz)
+    with registry.run("drift-test", "train-without-sample") as r:
+        registry.log_dict(r.run_id, cfg.model_dump(mode="json"), "config/pipeline.json")
+    ctx = ModelContext(model=MODEL, version="1", reference=None, feature_names=spec.feature_names,  # type: ignore[arg-type]
+                       tags={}, train_run_id=r.run_id, preprocessing=spec.model_dump())
+    rows = reference_sample(ctx, 100)
+    assert rows is not None and rows.shape == (100, len(spec.feature_names))
+    full = preprocessing.transform(spec, train.X)
+    assert abs(rows.mean(axis=0) - full.mean(axis=0)).max() < 0.5  # a sample of the same standardised split

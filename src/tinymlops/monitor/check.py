@@ -38,6 +38,7 @@ class ModelContext:
     feature_names: list[str]
     tags: dict[str, str]
     train_run_id: str | None
+    preprocessing: dict[str, Any] | None = None
 
 
 @dataclass
@@ -110,7 +111,8 @@ def load_context(model: str, version: str) -> ModelContext:
     reference = ReferenceProfile.model_validate(manifest["reference"])
     names = list(manifest.get("preprocessing", {}).get("feature_names") or [f.name for f in reference.features])
     return ModelContext(model=model, version=str(version), reference=reference, feature_names=names,
-                        tags=dict(mv.tags), train_run_id=mv.tags.get("train_run_id"))
+                        tags=dict(mv.tags), train_run_id=mv.tags.get("train_run_id"),
+                        preprocessing=manifest.get("preprocessing"))
 
 
 def expectation_from_tags(tags: dict[str, str], target: str | None) -> DeviceExpectation:
@@ -138,7 +140,7 @@ def expectation_from_tags(tags: dict[str, str], target: str | None) -> DeviceExp
 
 
 def reference_sample(ctx: ModelContext, max_rows: int) -> np.ndarray | None:
-    """Return the model-input reference sample logged by the train stage (None when absent)."""
+    """Return model-input reference rows: the train stage's logged sample, else rebuilt from its dataset config."""
     if not ctx.train_run_id:
         return None
     import pandas as pd
@@ -148,13 +150,35 @@ def reference_sample(ctx: ModelContext, max_rows: int) -> np.ndarray | None:
             with tempfile.TemporaryDirectory(prefix="tinymlops-ref-") as d:
                 path = registry.download(ctx.train_run_id, name, d)
                 df = pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
-        except Exception:  # artifact missing in this store: try the next format
+        except Exception:  # artifact missing in this store: try the next source
             continue
         cols = [c for c in ctx.feature_names if c in df.columns]
-        if len(cols) != len(ctx.feature_names):
-            return None
-        return df[cols].to_numpy(dtype=np.float64)[:max_rows]
-    return None
+        if len(cols) == len(ctx.feature_names):
+            return df[cols].to_numpy(dtype=np.float64)[:max_rows]
+    return _sample_from_dataset_config(ctx, max_rows)
+
+
+def _sample_from_dataset_config(ctx: ModelContext, max_rows: int) -> np.ndarray | None:
+    """Rebuild the train split from the train run's logged pipeline config and the manifest's pre-processing."""
+    if ctx.preprocessing is None or not ctx.train_run_id:
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix="tinymlops-ref-") as d:
+            path = registry.download(ctx.train_run_id, "config/pipeline.json", d)
+            raw = json.loads(Path(path).read_text())
+    except Exception:  # no logged config: nothing to rebuild from
+        return None
+    from tinymlops import preprocessing
+    from tinymlops.config import PipelineConfig
+    from tinymlops.data import load_dataset, split
+
+    cfg = PipelineConfig.model_validate(raw)
+    ds = cfg.dataset
+    train = split(load_dataset(ds), ds.seed, ds.val_fraction, ds.test_fraction)["train"]
+    spec = preprocessing.FittedPreprocessing.model_validate(ctx.preprocessing)
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(len(train.y), size=min(max_rows, len(train.y)), replace=False))
+    return preprocessing.transform(spec, train.X[idx]).astype(np.float64)
 
 
 def reports_from_fleet(records: Sequence[Any], known_versions: set[str]) -> list[DeviceReport]:

@@ -263,6 +263,11 @@ def decide(figures: DriftFigures, thresholds: Thresholds) -> Verdict:
         reasons.append(f"device metrics off profile on {len(anomalous)} device(s): "
                        + "; ".join(f"{c.name}: {c.reasons[0]}" for c in anomalous[:3]))
     summary["device_anomalies"] = len(anomalous)
+    if figures.fleet_device is not None:
+        fd = figures.fleet_device
+        summary.update({"latency_p50_ms": fd.latency_p50_ms, "latency_p95_ms": fd.latency_p95_ms,
+                        "latency_max_ms": fd.latency_max_ms, "peak_memory_bytes": fd.peak_memory_bytes,
+                        "energy_uj_per_inference": fd.energy_uj_per_inference, "error_rate": fd.error_rate})
     if figures.rejected:
         reasons.append(f"{len(figures.rejected)} report(s) rejected as incompatible sketch (not merged)")
     level = _worst(levels)
