@@ -288,3 +288,32 @@ def test_cache_analyses_each_artifact_once(tmp_path: Path) -> None:
     profile_model(SINE, t, cache, measure_tflm=False)
     profile_model(copy, t, cache, measure_tflm=False)
     assert len(cache.static) == 1
+
+
+def test_onnx_qdq_int8_counts_weights_once_and_runs_integer_kernels(tmp_path: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    fp32 = _onnx_cnn(tmp_path / "f.onnx")
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"x": rng.standard_normal((1, 1, 16, 16)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self) -> dict | None:
+            return next(self.it, None)
+
+    q = tmp_path / "q.onnx"
+    quantize_static(str(fp32), str(q), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8)
+    gf, gq = load_graph(fp32), load_graph(q)
+    assert gq.macs == gf.macs
+    assert gq.params == gf.params  # dequantised weights are not counted a second time
+    mac_ops = [o for o in gq.ops if o.macs]
+    assert mac_ops and all(o.compute_dtype == "int8" for o in mac_ops)
+    assert all(o.kind == "reshape" for o in gq.ops if o.op_type in ("QuantizeLinear", "DequantizeLinear"))
+    wb: dict[str, int] = {}
+    for o in gq.ops:
+        for k, v in o.weight_bytes.items():
+            wb[k] = wb.get(k, 0) + v
+    assert wb.get("int8", 0) >= 8 * 9 + 8 * 9 + 16 * 8 + 160

@@ -36,6 +36,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str
     const: bool
+    folded: bool = False  # computed from constants only (dequantised weights): no activation, no new parameters
 
     @property
     def elements(self) -> int:
@@ -282,6 +283,7 @@ def _parse_onnx(path: Path, buf: bytes) -> Graph:
         dims = tuple((d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1) for d in tt.shape.dim)
         add(vi.name, dims, dtype_name(tt.elem_type), False)
     ops: list[OpInfo] = []
+    dequantized: dict[int, str] = {}  # DequantizeLinear output -> integer dtype it came from
     for node in g.node:
         if node.op_type == "Constant":
             continue
@@ -290,6 +292,17 @@ def _parse_onnx(path: Path, buf: bytes) -> Graph:
         info = OpInfo(len(ops), node.op_type, _ONNX_KIND.get(node.op_type, "other"), ins, outs)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         _fill_onnx_op(info, tensors, attrs, [n for n in node.input])
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            # QDQ graphs: runtimes fuse Q/DQ pairs into integer kernels, so these nodes cost nothing themselves
+            info.kind, info.elem_ops = "reshape", 0
+            if node.op_type == "DequantizeLinear" and ins and outs:
+                dequantized[outs[0]] = tensors[ins[0]].dtype
+                if tensors[ins[0]].const or tensors[ins[0]].folded:
+                    tensors[outs[0]].const = tensors[outs[0]].folded = True
+        if info.kind in MAC_KINDS:
+            act = next((i for i in ins if not tensors[i].const), None)
+            if act is not None and act in dequantized:
+                info.compute_dtype = dequantized[act]
         ops.append(info)
     inits = {i.name for i in g.initializer}
     inputs = [index[i.name] for i in g.input if i.name not in inits]
@@ -307,7 +320,7 @@ def _fill_onnx_op(op: OpInfo, tensors: list[TensorInfo], attrs: dict[str, Any], 
     if op.op_type not in _SHAPE_ARG_OPS:
         positions = [p for p, n in enumerate(names) if n]
         for pos, t in zip(positions, ins, strict=False):
-            if t.const and pos not in qskip and t.dtype not in ("int64",):
+            if t.const and not t.folded and pos not in qskip and t.dtype not in ("int64",):
                 op.params += t.elements
                 op.weight_bytes[t.dtype] = op.weight_bytes.get(t.dtype, 0) + t.nbytes
     if out is None or not out.shape:
