@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -106,7 +107,7 @@ class Controller:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.clock = clock
         self.record_mlflow = record_mlflow
-        self.targets_dir = targets_dir
+        self.targets_dir = Path(targets_dir) if targets_dir else None
         self._cache = PackageInfoCache(st)
         self._last_logged: dict[str, tuple[int, str, tuple[str, ...]]] = {}
 
@@ -362,9 +363,9 @@ class Controller:
         if not self.record_mlflow:
             return
         previous = registry.get_alias(r.model_name, f"production-{r.target}")
+        replaces = f" (replaces v{previous.version})" if previous and str(previous.version) != r.version else ""
         history.move_alias(r.model_name, f"production-{r.target}", r.version,
-                           f"rollout {r.id} passed all stages"
-                           + (f" (replaces v{previous.version})" if previous else ""), figures)
+                           f"rollout {r.id} passed all stages{replaces}", figures)
         history.move_alias(r.model_name, f"canary-{r.target}", None, f"rollout {r.id} promoted to production")
         registry.set_version_tags(r.model_name, r.version, {f"rollout.{r.target}": "production"})
 

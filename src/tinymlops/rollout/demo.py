@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,12 +197,14 @@ def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
              faulty_target: str = "raspberry-pi-zero-2-w", config_path: str | Path = "configs/rollout.yaml",
              devices_per_target: int = 20, fault: str = "latency", targets_dir: Path | None = None,
              versions: dict[str, tuple[str, str]] | None = None, work_dir: Path | None = None,
-             max_s: float = 240.0) -> dict[str, Any]:
+             max_s: float = 240.0, runner: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run the staged-rollout demo on a fresh simulated fleet; return the rollout summary (with ``table``).
 
     Args:
         versions: per target (baseline, candidate); default from aliases (see :func:`pick_versions`).
         fault: which fault the faulty target's candidate carries: latency, crash or corrupt.
+        runner: what drives the rollouts (default :func:`tinymlops.rollout.run.run_rollout`; the Prefect flow
+            ``flows.rollout.rollout_flow`` takes the same arguments).
     """
     from tinymlops.fleet import service
     from tinymlops.rollout.run import run_rollout
@@ -227,9 +229,10 @@ def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
         fleet.faults.append(PackageFaults(fleet.sim, faulty_target, chosen[faulty_target][1], FAULTS[fault]).start())
         try:
             wait_installed(st, baseline_pkgs, {t: devices_per_target for t in targets}, fleet=fleet)
-            out = run_rollout(model_name, targets, config_path, fleet_url=url, operator_token=token, store=st,
-                              versions={t: chosen[t][1] for t in targets}, max_s=max_s,
-                              targets_dir=targets_dir)
+            out = (runner or run_rollout)(
+                model_name, targets, str(config_path), fleet_url=url, operator_token=token, db_url=db_url,
+                versions={t: chosen[t][1] for t in targets}, max_s=max_s,
+                targets_dir=str(targets_dir) if targets_dir else None)
         finally:
             fleet.stop()
     out["baselines"] = {t: chosen[t][0] for t in targets}

@@ -31,7 +31,7 @@ def move_alias(model_name: str, alias: str, version: str | None, reason: str,
     does not record a second move when it repeats the step.
     """
     current = registry.get_alias(model_name, alias)
-    if (current.version if current else None) == (str(version) if version is not None else None):
+    if (str(current.version) if current else None) == (str(version) if version is not None else None):
         return False
     clean = {k: float(v) for k, v in (figures or {}).items() if isinstance(v, int | float)}
     registry.set_alias(model_name, alias, version, reason, clean, actor="tinymlops.rollout")
