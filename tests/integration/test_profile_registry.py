@@ -40,6 +40,24 @@ def test_reference_counts_arena_and_calibration(ref_models: dict[str, Path]) -> 
         assert r["fits"] and r["sources"]["peak_ram_bytes"].startswith("tflm-measured")
 
 
+def test_tflm_abort_becomes_fits_false_with_reason(tmp_path: Path) -> None:
+    """MobileNetV1 with all-zero biases makes tflite-micro's Python interpreter SIGABRT: no crash, a reason."""
+    from tinymlops.profile.profiler import ProfileCache, profile_model
+    from tinymlops.profile.reference_models import build_reference, to_tflite_int8
+    from tinymlops.profile.targets import resolve_target
+
+    path = tmp_path / "vww_zero_bias.tflite"
+    path.write_bytes(to_tflite_int8(build_reference("vww", random_bias=False), representative_samples=2))
+    cache = ProfileCache()
+    r = profile_model(path, resolve_target("nucleo-l4r5zi", TARGETS), cache, measure_host=False)
+    assert r["fits"] is False
+    assert any("TFLite Micro aborted" in x for x in r["reasons"])
+    assert "SIGABRT" in r["measured"]["tflm_error"]
+    assert r["estimated"]["arena_bytes"] > 0
+    # a non-TFLM runtime is not judged by the TFLM interpreter
+    assert profile_model(path, resolve_target("nucleo-h7a3zi-q", TARGETS), cache)["fits"] is True
+
+
 def _register(model_name: str, path: Path, variant: str, accuracy: float, work: Path) -> str:
     from tinymlops import registry
 

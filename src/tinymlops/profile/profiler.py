@@ -225,9 +225,10 @@ def profile_model(path: str | Path, target: TargetConfig, cache: ProfileCache | 
                 100.0 * (st.tflm_arena_bytes["tflm-reference"] - m["arena_bytes"]) / m["arena_bytes"], 2)
             sources["peak_ram_bytes"] = "tflm-measured arena + runtime overhead"
         elif m.get("abort"):
+            # an abort cannot be told apart from a model the interpreter really cannot run: do not recommend it
             measured["tflm_error"] = m["error"]
-            notes.append("TFLite Micro's Python interpreter aborted on this model; the arena is the static "
-                         "estimate (the model still has to be verified on the device)")
+            reasons.append("TFLite Micro aborted on this model (" + m["error"].split(": TFLite Micro ", 1)[-1][:200]
+                           + "); the static arena estimate is reported but the model is unverified on " + rt)
         else:
             measured["tflm_error"] = m["error"]
             reasons.append(f"TFLite Micro cannot run this model: {m['error'].split(': ', 1)[-1][:300]}")

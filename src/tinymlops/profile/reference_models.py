@@ -19,8 +19,8 @@ REFERENCE_MODELS: dict[str, tuple[str, tuple[int, ...], int]] = {
 }
 
 
-def build_reference(name: str, seed: int = 0):  # noqa: ANN201  (a tf_keras.Model)
-    """Build one reference model in Keras with seeded random weights."""
+def build_reference(name: str, seed: int = 0, random_bias: bool = True):  # noqa: ANN201  (a tf_keras.Model)
+    """Build one reference model in Keras with seeded random weights (and random biases, as trained models have)."""
     from tinymlops.models import build
     from tinymlops.tf import tf
 
@@ -28,7 +28,7 @@ def build_reference(name: str, seed: int = 0):  # noqa: ANN201  (a tf_keras.Mode
     arch, shape, classes = REFERENCE_MODELS[name]
     model = build(arch, shape, classes)
     rng = np.random.default_rng(seed)
-    for layer in model.layers:
+    for layer in model.layers if random_bias else []:
         # trained models have non-zero biases; zero biases would let the converter drop them from the graph
         bias = getattr(layer, "bias", None)
         if bias is not None:
