@@ -48,6 +48,9 @@ def _telemetry_rows(sc, now: float) -> tuple[list[dict], list[dict]]:
         add(f"a{k}", "a", sc.device_report(f"a{k}", "1", VibrationParams(), 100 + k, 100, t0=now - 600))
         add(f"b{k}", "b", sc.device_report(f"b{k}", "1", VibrationParams(gain=1.15), 200 + k, 100, t0=now - 600,
                                             keep_samples=True, feedback=30))
+    # cohort d: normal inputs, but one device runs 4.5x slower than profiled for the target
+    add("d-ok", "d", sc.device_report("d-ok", "1", VibrationParams(), 400, 250, t0=now - 600))
+    add("d-slow", "d", sc.device_report("d-slow", "1", VibrationParams(), 401, 250, t0=now - 600, latency_ms=9.0))
     # cohort c: a device on other bins (a foreign reference) and one reporting a version nobody registered
     foreign = compute_reference(sc.reference_features + 3.0, sc.predict_proba(sc.reference_features),
                                 sc.spec.feature_names, sc.reference.class_names)
@@ -93,8 +96,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> Iterator
         registry.log_artifact(train.run_id, work / "package", "package")
     version = registry.register_version(MODEL, train.run_id, {
         "variant": "float32", "format": "onnx", "task": "vibration", "train_run_id": train.run_id,
-        "dataset_digest": "test", "profile.cortex-m4.latency_ms": "2.0",
-        "profile.cortex-m4.peak_ram_bytes": "20000", "profile.cortex-m4.energy_uj": "50"}, "drift test")
+        "dataset_digest": "test", "profile.cortex-m4.peak_ram_bytes": "20000"}, "drift test")
+    # what the profile stage logs on the version's run
+    registry.log_metrics(train.run_id, {"cortex-m4.latency_ms": 2.0, "cortex-m4.energy_uj": 50.0})
     store = open_store()
     devices, rows = _telemetry_rows(sc, now)
     with store.session() as s:
@@ -142,6 +146,8 @@ def test_flow_catches_the_drifted_cohort_logs_evidently_and_starts_one_retrain(w
     assert by["a"]["level"] == "ok", by["a"]["reasons"]
     assert by["b"]["level"] == "retrain", by["b"]["reasons"]
     assert by["c"]["level"] == "incompatible sketch"
+    assert by["d"]["level"] == "warn" and by["d"]["drifted_features"] == []
+    assert any("d-slow: p95 latency" in r and "profiled 2 ms on cortex-m4" in r for r in by["d"]["reasons"])
     assert any("bin edges" in r for r in by["c"]["reasons"])
     assert any("unknown version 42" in r for r in by["c"]["reasons"])
     assert len(by["b"]["drifted_features"]) >= 10

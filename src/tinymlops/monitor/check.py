@@ -7,6 +7,7 @@ MLflow. Prefect is not imported here: ``flows/drift.py`` wraps these functions a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -39,6 +40,7 @@ class ModelContext:
     tags: dict[str, str]
     train_run_id: str | None
     preprocessing: dict[str, Any] | None = None
+    run_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,31 +114,30 @@ def load_context(model: str, version: str) -> ModelContext:
     names = list(manifest.get("preprocessing", {}).get("feature_names") or [f.name for f in reference.features])
     return ModelContext(model=model, version=str(version), reference=reference, feature_names=names,
                         tags=dict(mv.tags), train_run_id=mv.tags.get("train_run_id"),
-                        preprocessing=manifest.get("preprocessing"))
+                        preprocessing=manifest.get("preprocessing"),
+                        run_metrics=dict(registry.get_run(mv.run_id).data.metrics) if mv.run_id else {})
 
 
-def expectation_from_tags(tags: dict[str, str], target: str | None) -> DeviceExpectation:
-    """Read the profiled expectation of a target from version tags (``profile.<target>.<metric>``)."""
-    exp = DeviceExpectation(target=target or "")
+def expectation_for(ctx: ModelContext, target: str | None) -> DeviceExpectation:
+    """Return the profiled expectation of a version on a target.
+
+    The profile stage logs ``<target>.latency_ms``, ``<target>.peak_ram_bytes`` and ``<target>.energy_uj`` on the
+    version's run; version tags ``profile.<target>.<metric>`` override them (hand-entered lab measurements).
+    """
     if not target:
-        return exp
-
-    def num(*keys: str) -> float | None:
-        for k in keys:
-            v = tags.get(k)
-            if v not in (None, ""):
-                try:
-                    return float(v)  # type: ignore[arg-type]
-                except ValueError:
-                    continue
-        return None
-
-    p = f"profile.{target}."
-    lat = num(p + "latency_ms", p + "latency_p50_ms", p + "estimated_latency_ms")
-    ram = num(p + "peak_ram_bytes", p + "arena_bytes")
-    energy = num(p + "energy_uj", p + "energy_uj_per_inference")
-    return DeviceExpectation(target=target, latency_ms=lat, peak_ram_bytes=int(ram) if ram else None,
-                             energy_uj=energy)
+        return DeviceExpectation()
+    values: dict[str, float] = {}
+    for metric in ("latency_ms", "peak_ram_bytes", "energy_uj"):
+        v = ctx.run_metrics.get(f"{target}.{metric}")
+        tag = ctx.tags.get(f"profile.{target}.{metric}")
+        if tag not in (None, ""):
+            with contextlib.suppress(ValueError):
+                v = float(tag)  # type: ignore[arg-type]
+        if v is not None and np.isfinite(v) and v > 0:
+            values[metric] = float(v)
+    ram = values.get("peak_ram_bytes")
+    return DeviceExpectation(target=target, latency_ms=values.get("latency_ms"),
+                             peak_ram_bytes=int(ram) if ram else None, energy_uj=values.get("energy_uj"))
 
 
 def reference_sample(ctx: ModelContext, max_rows: int) -> np.ndarray | None:
@@ -279,7 +280,7 @@ def evaluate_group(ctx: ModelContext, reports: Sequence[DeviceReport], cfg: Drif
                    reference_rows: np.ndarray | None = None, html_dir: Path | None = None) -> GroupResult:
     """Measure and judge one target x cohort (no MLflow, no Prefect)."""
     figures = compute_figures(ctx.reference, ctx.model, ctx.version, reports,
-                              expected or expectation_from_tags(ctx.tags, target), target=target, cohort=cohort)
+                              expected or expectation_for(ctx, target), target=target, cohort=cohort)
     verdict = decide(figures, cfg.thresholds)
     ev = evidently_section(ctx, reports, cfg, reference_rows, html_dir) if verdict.level not in (
         "incompatible sketch",) else None
