@@ -62,7 +62,8 @@ class RuntimeCost:
 # slower than their 3x3 convs.)
 RUNTIME_COSTS: dict[str, RuntimeCost] = {
     "tflm-reference": RuntimeCost({"conv": 6.65, "conv_shallow": 8.91, "dwconv": 10.25, "pwconv": 8.41, "fc": 4.49}, 5.0, 2000, False, 1.0),
-    "tflm-cmsis-nn": RuntimeCost({"conv": 3.54, "conv_shallow": 5.37, "dwconv": 3.72, "pwconv": 4.36, "fc": 3.67}, 2.0, 3025, True, 2.6),
+    # (float ops of a CMSIS-NN build run the reference kernels: see estimate())
+    "tflm-cmsis-nn": RuntimeCost({"conv": 3.54, "conv_shallow": 5.37, "dwconv": 3.72, "pwconv": 4.36, "fc": 3.67}, 2.0, 3025, True, 1.0),
     "x-cube-ai": RuntimeCost({"conv": 1.48, "conv_shallow": 3.53, "dwconv": 2.67, "pwconv": 1.20, "fc": 2.33}, 1.0, 1002, True, 2.5),
     "vendor-optimized": RuntimeCost({"conv": 1.50, "conv_shallow": 3.63, "dwconv": 2.74, "pwconv": 1.37, "fc": 1.80}, 1.0, 501, True, 2.5),
     # Cortex-A72 anchors: TFLite+XNNPACK int8 MobileNetV1-1.0 ~ 0.2 cycles/MAC single-threaded (Raspberry Pi 4
@@ -167,7 +168,6 @@ def _kind_factor(core: CoreSpec, rc: RuntimeCost, runtime: str, kind: str) -> tu
 
 def estimate(graph: Graph, core: str, runtime: str, clock_mhz: float, active_power_mw: float) -> Estimate:
     """Estimate cycles, latency and energy of one inference of a graph on a core/runtime/clock."""
-    rc = RUNTIME_COSTS[runtime]
     spec = CORES[core]
     notes: list[str] = []
     per_kind: dict[str, float] = {}
@@ -175,24 +175,28 @@ def estimate(graph: Graph, core: str, runtime: str, clock_mhz: float, active_pow
     for op in graph.ops:
         if op.kind == "reshape":
             continue
+        is_float = op.compute_dtype in ("float32", "float16", "float64")
+        # CMSIS-NN has integer kernels only: TFLM runs float ops of a CMSIS-NN build with its reference kernels
+        op_rt = "tflm-reference" if (is_float and runtime == "tflm-cmsis-nn") else runtime
+        rc_op = RUNTIME_COSTS[op_rt]
         dtype_factor = 1.0
-        if op.compute_dtype in ("float32", "float16", "float64"):
-            dtype_factor = rc.float_factor if (spec.simd is not None or runtime in APP_RUNTIMES) else 1.0
+        if is_float:
+            dtype_factor = rc_op.float_factor if (spec.simd is not None or runtime in APP_RUNTIMES) else 1.0
             if not spec.fpu:
                 dtype_factor *= SOFT_FLOAT_FACTOR
         elif op.compute_dtype == "int16":
             dtype_factor = INT16_FACTOR
-        cyc = rc.op_overhead_cycles * spec.scalar
+        cyc = rc_op.op_overhead_cycles * spec.scalar
         if op.kind in MAC_KINDS:
             kind = cost_kind(op)
-            kf, note = _kind_factor(spec, rc, runtime, kind)
+            kf, note = _kind_factor(spec, rc_op, op_rt, kind)
             msg = f"{core} has no SIMD/DSP: {runtime} kernels run their plain-C path"
             if note and msg not in notes:
                 notes.append(msg)
-            cyc += op.macs * rc.cycles_per_mac[kind] * kf * dtype_factor
+            cyc += op.macs * rc_op.cycles_per_mac[kind] * kf * dtype_factor
         else:
-            ef = spec.scalar if (spec.simd is None or not rc.simd) else min(spec.simd.values())
-            cyc += op.elem_ops * rc.cycles_per_element * ef * (dtype_factor if dtype_factor > 1 else 1.0)
+            ef = spec.scalar if (spec.simd is None or not rc_op.simd) else min(spec.simd.values())
+            cyc += op.elem_ops * rc_op.cycles_per_element * ef * (dtype_factor if dtype_factor > 1 else 1.0)
         total += cyc
         per_kind[op.kind] = per_kind.get(op.kind, 0.0) + cyc
     hz = clock_mhz * 1e6
