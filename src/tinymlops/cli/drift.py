@@ -40,7 +40,8 @@ def drift(
     Merges the devices' sketches on the model's reference bins, measures PSI / Jensen-Shannon / Wasserstein per
     feature and the prediction/confidence shift, compares device latency/memory/energy with the target's
     profile, runs Evidently where devices shared samples or labels, and decides ok / warn / retrain (exit 0
-    in every case; bad input exits 2). Example: tinymlops drift vibration-classifier --window 1h --json
+    whatever the verdict; bad input exits 2, an unknown model 1). Example:
+    tinymlops drift vibration-classifier --window 1h --json
     """
     from tinymlops import registry
     from tinymlops.config import load
