@@ -24,7 +24,7 @@ def _int(v: Any) -> int | None:
 def variants(model_name: str) -> list[dict[str, Any]]:
     """Return every version with variant, technique, format, sizes, accuracy and delta vs its float parent."""
     versions = registry.list_versions(model_name)
-    by_version = {v.version: v for v in versions}
+    by_version = {str(v.version): v for v in versions}
     rows = []
     for v in versions:
         t = v.tags
@@ -34,7 +34,7 @@ def variants(model_name: str) -> list[dict[str, Any]]:
         delta = _float(t.get("accuracy_delta"))
         if delta is None and acc is not None and parent_acc is not None:
             delta = acc - parent_acc
-        rows.append({"version": v.version, "variant": t.get("variant"), "technique": t.get("technique"),
+        rows.append({"version": str(v.version), "variant": t.get("variant"), "technique": t.get("technique"),
                      "format": t.get("format"), "parent_version": parent_v, "size_bytes": _int(t.get("size_bytes")),
                      "gzip_bytes": _int(t.get("gzip_bytes")), "accuracy": acc,
                      "accuracy_delta": delta if parent_v else None, "sparsity": _float(t.get("sparsity")),
@@ -72,7 +72,7 @@ def _version_step(step: str, mv: Any) -> dict[str, Any]:
     t = mv.tags
     figures = {k: _float(t[k]) for k in ("accuracy", "macro_f1", "accuracy_delta", "size_bytes", "gzip_bytes",
                                          "sparsity") if k in t}
-    return {"step": step, "version": mv.version, "variant": t.get("variant"), "technique": t.get("technique"),
+    return {"step": step, "version": str(mv.version), "variant": t.get("variant"), "technique": t.get("technique"),
             "format": t.get("format"), "run_id": mv.run_id, "figures": figures,
             "params": {k.removeprefix("param."): v for k, v in t.items() if k.startswith("param.")},
             "description": mv.description or ""}

@@ -180,6 +180,11 @@ def clustered_model(model: Any, src: FloatSource, clusters: int, epochs: int, pr
     import tensorflow_model_optimization as tfmot
 
     ck = tfmot.clustering.keras
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is not None and int(np.prod(kernel.shape)) < clusters:
+            raise ValueError(f"cluster: {clusters} clusters but layer {layer.name!r} has only "
+                             f"{int(np.prod(kernel.shape))} weights; use clusters <= {int(np.prod(kernel.shape))}")
     params: dict[str, Any] = {"number_of_clusters": clusters,
                               "cluster_centroids_init": ck.CentroidInitialization.KMEANS_PLUS_PLUS}
     if preserve_sparsity:
