@@ -68,8 +68,11 @@ def generate(p: VibrationParams, per_class: int, seed: int) -> tuple[np.ndarray,
     return X, y.astype(np.int64)
 
 
-def stream(p: VibrationParams, seed: int, class_weights: tuple[float, ...] = (0.7, 0.1, 0.1, 0.1)):
-    """Yield an endless stream of (window, label) pairs, as a device's sensor would produce them."""
+def stream(p: VibrationParams, seed: int, class_weights: tuple[float, ...] = (0.25, 0.25, 0.25, 0.25)):
+    """Yield an endless stream of (window, label) pairs, as a device's sensor would produce them.
+
+    The default class mix is the training mix, so a drift check on an undrifted stream compares like with like.
+    """
     rng = np.random.default_rng(seed)
     probs = np.asarray(class_weights, dtype=float) / sum(class_weights)
     while True:
