@@ -75,7 +75,7 @@ class AgentConfig:
     enrolment_token: str | None = None
     report_interval_s: float = 10.0
     inference_interval_s: float = 0.1
-    stream: VibrationParams = field(default_factory=VibrationParams)
+    stream: VibrationParams = field(default_factory=lambda: VibrationParams())
     stream_seed: int = 0
     drift: VibrationParams | None = None
     drift_after_s: float = 0.0
@@ -453,7 +453,8 @@ class Agent:
             self._pending_errors += 1
             return
         now = time.time()
-        memory = int(getattr(self.runner, "arena_bytes", 0) or self.installed.manifest["size_bytes"])
+        size_bytes = self.installed.manifest["size_bytes"] if self.installed else 0
+        memory = int(getattr(self.runner, "arena_bytes", 0) or size_bytes)
         energy = latency_ms * self.cfg.energy_mw if self.cfg.energy_mw else 0.0  # mW x ms = uJ
         self.builder.add(feats, out, latency_ms=latency_ms, timestamp=now, energy_uj=energy, memory_bytes=memory)
         self.inferences += 1

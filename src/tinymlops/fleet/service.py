@@ -24,14 +24,14 @@ import threading
 import time
 from dataclasses import dataclass
 from itertools import chain
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import unquote
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import ClientDisconnect
 
@@ -162,7 +162,7 @@ class TelemetryWriter:
         with self.store.engine.begin() as conn:
             if rows:
                 conn.execute(_insert_ignore(conn.dialect.name), rows)
-            dev = Device.__table__
+            dev = cast("Table", Device.__table__)
             from sqlalchemy import bindparam
 
             conn.execute(update(dev).where(dev.c.id == bindparam("did")).values(
@@ -180,7 +180,7 @@ def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
 
 def _insert_ignore(dialect: str) -> Any:
     """Return an INSERT into telemetry that skips a repeated (device_id, seq) (retries are idempotent)."""
-    table = Telemetry.__table__
+    table = cast("Table", Telemetry.__table__)
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -556,7 +556,7 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
             # conditional update: of two concurrent enrolments with one token, exactly one wins
             claimed = s.execute(update(EnrolmentToken).where(EnrolmentToken.token_hash == h,
                                                              EnrolmentToken.used_unix_s.is_(None))
-                                .values(used_unix_s=now, device_id=req.device_id)).rowcount
+                                .values(used_unix_s=now, device_id=req.device_id)).rowcount  # type: ignore[attr-defined]
             if claimed != 1:
                 raise HTTPException(403, "enrolment token unknown, already used or expired")
             s.add(Device(id=req.device_id, target=req.target, cohort=tok.cohort, labels=dict(tok.labels or {}),
@@ -566,7 +566,8 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
             cohort, samples, feedback = tok.cohort, tok.samples_opt_in, tok.feedback_opt_in
             s.flush()
             cd = s.get(CohortDesiredState, cohort)
-            cd_target = s.get(Package, cd.package_id).target if cd else None
+            cd_pkg = s.get(Package, cd.package_id) if cd else None
+            cd_target = cd_pkg.target if cd_pkg else None
         if cd is not None and cd_target == req.target:
             store.set_desired(st, cd.package_id, [req.device_id], reason=f"cohort {cohort}: {cd.reason}")
         return api.EnrolResponse(device_id=req.device_id, credential=credential, target=req.target,

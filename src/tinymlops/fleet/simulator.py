@@ -61,9 +61,9 @@ class CohortSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=48)
     devices: int = Field(ge=1, le=100000)
     target: str
-    drift: DriftSpec = Field(default_factory=DriftSpec)
+    drift: DriftSpec = Field(default_factory=lambda: DriftSpec())
     drift_after_s: float = Field(0.0, ge=0)
-    faults: FaultSpec = Field(default_factory=FaultSpec)
+    faults: FaultSpec = Field(default_factory=lambda: FaultSpec())
     samples_opt_in: bool = False
     feedback_opt_in: bool = False
 
@@ -348,10 +348,10 @@ class Simulation:
                     res.installed = devices[did]["current_package_id"]
             for model in {p["model_name"] for p in op.packages()}:
                 for t in op.telemetry(model, since=since, limit=10000):
-                    res = by_id.get(t["device_id"])
-                    if res is not None:
-                        res.reports_sent += 1
-                        res.inferences += t["sketch"]["n_inferences"]
+                    found = by_id.get(t["device_id"])
+                    if found is not None:
+                        found.reports_sent += 1
+                        found.inferences += t["sketch"]["n_inferences"]
 
     # ---- entry ----------------------------------------------------------------------------------------------
 
