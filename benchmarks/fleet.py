@@ -94,7 +94,9 @@ class Conn:
 
 
 async def load(server: str, creds: list[tuple[str, str]], package_id: str, sketches: list[dict], rate: float,
-               seconds: float) -> tuple[list[float], int, int]:
+               seconds: float, warmup_s: float = 0.0, server_pid: int | None = None,
+               marks: dict | None = None) -> tuple[list[float], int, int]:
+    """Run the devices for warmup + seconds; return latencies, errors and requests of the measured part."""
     host, port = server.split("//")[1].split(":")
     n = len(creds)
     period = n / rate  # each device reports every `period` seconds
@@ -103,7 +105,8 @@ async def load(server: str, creds: list[tuple[str, str]], package_id: str, sketc
     sent = 0
     bodies = [json.dumps(s).encode() for s in sketches]
     conns = [Conn(host, int(port)) for _ in range(n)]  # one keep-alive connection per device
-    t_end = time.perf_counter() + seconds
+    t_measure = time.perf_counter() + warmup_s  # connections open and caches fill during the warm-up
+    t_end = t_measure + seconds
 
     async def device(i: int, did: str, cred: str) -> None:
         nonlocal errors, sent
@@ -122,13 +125,20 @@ async def load(server: str, creds: list[tuple[str, str]], package_id: str, sketc
                 ok = await conns[i].post(f"/v1/devices/{did}/telemetry", body, headers) == 202
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 ok, conns[i] = False, Conn(host, int(port))
-            latencies.append((time.perf_counter() - t0) * 1000)
-            sent += 1
-            errors += not ok
+            if t0 >= t_measure:
+                latencies.append((time.perf_counter() - t0) * 1000)
+                sent += 1
+                errors += not ok
             nxt += period
 
+    async def mark() -> None:  # CPU counters at the start of the measured part
+        await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
+        if marks is not None:
+            marks["loader"] = time.process_time()
+            marks["server"] = cpu_seconds(server_pid) if server_pid else 0.0
+
     try:
-        await asyncio.gather(*(device(i, d, c) for i, (d, c) in enumerate(creds)))
+        await asyncio.gather(mark(), *(device(i, d, c) for i, (d, c) in enumerate(creds)))
     finally:
         for c in conns:
             await c.close()
@@ -139,7 +149,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=500)
     ap.add_argument("--rate", type=float, default=1200.0, help="offered reports/s over the whole fleet")
-    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--seconds", type=float, default=15.0, help="measured duration")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     ap.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite file in a temp dir)")
     ap.add_argument("--workers", type=int, default=2, help="server processes")
     args = ap.parse_args()
@@ -187,12 +198,13 @@ def main() -> None:
         sketches = make_sketches(ReferenceProfile.model_validate(manifest["reference"]), 64, 0)
         body_bytes = len(json.dumps({"seq": 1, "package_id": pid, "sketch": sketches[0]}))
 
-        cpu0, server_cpu0 = time.process_time(), cpu_seconds(proc.pid)
+        marks: dict = {}
         t0 = time.perf_counter()
-        lat, errors, sent = asyncio.run(load(server, creds, pid, sketches, args.rate, args.seconds))
-        wall = time.perf_counter() - t0
-        cpu_loader = time.process_time() - cpu0
-        cpu_server = cpu_seconds(proc.pid) - server_cpu0
+        lat, errors, sent = asyncio.run(load(server, creds, pid, sketches, args.rate, args.seconds, args.warmup,
+                                             proc.pid, marks))
+        wall = time.perf_counter() - t0 - args.warmup
+        cpu_loader = time.process_time() - marks["loader"]
+        cpu_server = cpu_seconds(proc.pid) - marks["server"]
         stored = sum(len(op.get("/v1/telemetry", params={"model_name": "bench", "device_id": d,
                                                          "limit": 10000}).json()) for d, _ in creds[:20])
         a = np.asarray(lat)
@@ -203,7 +215,8 @@ def main() -> None:
               f"{args.devices / enrol_s:.0f} enrolments/s)")
         print(f"  report body                 {body_bytes} bytes (sketch of 50 inferences, "
               f"{len(manifest['reference']['features'])} features)")
-        print(f"  offered rate                {args.rate:.0f} reports/s for {args.seconds:.0f} s")
+        print(f"  offered rate                {args.rate:.0f} reports/s for {args.seconds:.0f} s "
+              f"(after {args.warmup:.0f} s warm-up)")
         print(f"  acknowledged                {ok} reports in {wall:.1f} s = {ok / wall:.0f} reports/s")
         print(f"  errors                      {errors}")
         print(f"  latency ms p50/p95/p99/max  {np.percentile(a, 50):.1f} / {np.percentile(a, 95):.1f} / "

@@ -149,9 +149,13 @@ class TelemetryWriter:
                 self._commit(batch)
             except Exception as exc:  # reported to every waiting request, the writer keeps going
                 error = exc
+            # one wake-up per event loop and batch, not per report (each is a syscall on the loop's self-pipe)
+            by_loop: dict[Any, list[asyncio.Future[None]]] = {}
             for _payload, loop, fut in batch:
                 if fut is not None:
-                    loop.call_soon_threadsafe(_resolve, fut, error)
+                    by_loop.setdefault(loop, []).append(fut)
+            for loop, futs in by_loop.items():
+                loop.call_soon_threadsafe(_resolve_all, futs, error)
 
     def _commit(self, batch: list[Any]) -> None:
         rows = [p for p, _l, f in batch if f is not None]
@@ -169,13 +173,14 @@ class TelemetryWriter:
                 last_seen_unix_s=bindparam("ts")), [{"did": d, "ts": t} for d, t in seen.items()])
 
 
-def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)
+def _resolve_all(futs: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for fut in futs:
+        if fut.done():
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
 
 
 def _insert_ignore(dialect: str) -> Any:
