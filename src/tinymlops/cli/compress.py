@@ -61,10 +61,12 @@ def compress(
     else:
         rows = [[v["variant"], v.get("version") or "", v.get("format") or "", v.get("size_bytes") or "",
                  v.get("gzip_bytes") or "", _pct(v.get("accuracy")), _pts(v.get("accuracy_delta")),
-                 v["status"], v.get("error") or ""] for v in out["variants"]]
+                 "ok" if v["status"] == "registered" else "FAILED"] for v in out["variants"]]
         print_table(f"variants of {out['model_name']}/{version} (float accuracy {_pct(out['float_accuracy'])})",
-                    ["variant", "version", "format", "bytes", "gzip bytes", "accuracy", "Δ pts", "status", "error"],
-                    rows)
+                    ["variant", "ver", "fmt", "bytes", "gzip", "acc", "Δ pts", "status"], rows)
+        for v in out["variants"]:
+            if v["status"] != "registered":
+                console.print(f"[red]{v['variant']} failed:[/] {v['error']}", highlight=False)
     if out["failed"]:
         raise typer.Exit(1)
 
@@ -81,10 +83,11 @@ def variants(model: Annotated[str, typer.Argument(help="registered model name, e
     if json_out:
         print_json({"model": model, "versions": rows})
         return
-    print_table(f"{model}: registered versions", ["ver", "variant", "format", "parent", "bytes", "gzip",
-                                                   "accuracy", "Δ pts", "aliases"],
-                [[r["version"], r["variant"], r["format"], r["parent_version"] or "", r["size_bytes"],
-                  r["gzip_bytes"], _pct(r["accuracy"]), _pts(r["accuracy_delta"]), ",".join(r["aliases"])]
+    with_aliases = any(r["aliases"] for r in rows)
+    print_table(f"{model}: registered versions",
+                ["ver", "variant", "fmt", "parent", "bytes", "gzip", "acc", "Δ pts"] + (["aliases"] * with_aliases),
+                [[r["version"], r["variant"], r["format"], r["parent_version"] or "", r["size_bytes"], r["gzip_bytes"],
+                  _pct(r["accuracy"]), _pts(r["accuracy_delta"])] + ([",".join(r["aliases"])] * with_aliases)
                  for r in rows])
 
 
