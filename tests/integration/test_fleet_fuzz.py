@@ -18,7 +18,7 @@ from hypothesis.errors import Unsatisfiable
 
 from tinymlops.fleet import demo_model, packages, service, store
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXAMPLES_PER_MODE = 40
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from tinymlops.fleet import agent, demo_model, packages, service, store
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TRIALS = 51
 PARALLEL = 3
 PAD_BYTES = 3_000_000  # large enough that download + fsync + rename take tens of milliseconds
