@@ -204,7 +204,7 @@ def check_sketch(sk: Sketch, pkg: PackageCtx) -> str | None:
         return f"sketch bins {sk.edges_digest!r} differ from the package's reference bins {pkg.digest!r}"
     if len(sk.feature_counts) != pkg.n_features or len(sk.nonfinite_counts) != pkg.n_features:
         return f"sketch has {len(sk.feature_counts)} features, the package has {pkg.n_features}"
-    if tuple(len(c) for c in sk.feature_counts) != pkg.feature_bins:
+    if tuple(map(len, sk.feature_counts)) != pkg.feature_bins:
         return "feature histograms do not have the reference's number of bins"
     if len(sk.prediction_counts) != pkg.n_classes or len(sk.confidence_counts) != pkg.confidence_bins:
         return "prediction or confidence histogram has the wrong length"
@@ -218,7 +218,7 @@ def check_sketch(sk: Sketch, pkg: PackageCtx) -> str | None:
         return "counts must not be negative"
     if max(flat) > 2**53:
         return "counts out of range"
-    if any(s + nf != n for s, nf in zip(map(sum, sk.feature_counts), sk.nonfinite_counts, strict=True)):
+    if list(map(sum, sk.feature_counts)) != [n - nf for nf in sk.nonfinite_counts]:
         return "each feature histogram (plus non-finite count) must sum to n_inferences"
     if sum(sk.prediction_counts) != n or sum(sk.confidence_counts) != n or sum(sk.latency_counts) != n:
         return "prediction, confidence and latency histograms must sum to n_inferences"
@@ -336,7 +336,9 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
         yield
         writer.close()
 
+    # FastAPI's built-in OpenTelemetry hooks cost a provider lookup per request; this service exports none
     app = FastAPI(title="tinymlops fleet service", version=API_VERSION, lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Devices enrol, pull their desired model package, and report privacy-preserving "
                               "telemetry sketches; operators manage packages, desired state and enrolment.")
     app.state.store = st
