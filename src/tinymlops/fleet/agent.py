@@ -510,7 +510,7 @@ class Agent:
                                        json=self.pending[0])
             if r.status_code in (401, 403):
                 raise AgentStopped(f"{self.cfg.device_id}: telemetry refused: {r.text[:200]}")
-            if r.status_code == 422:  # never acceptable: drop it rather than block the queue forever
+            if 400 <= r.status_code < 500:  # never acceptable: drop it rather than block the queue forever
                 log.warning("%s: server refused report: %s", self.cfg.device_id, r.text[:300])
                 self.pending.pop(0)
                 continue

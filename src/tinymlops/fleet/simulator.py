@@ -217,13 +217,16 @@ class Simulation:
 
     async def _supervise(self, res: DeviceResult, cfg: AgentConfig, client: Any, runners: _SharedRunners,
                          deadline: float | None) -> None:
+        report_budget = cfg.max_reports
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
             cfg.duration_s = left
-            if cfg.max_reports is not None:
-                cfg.max_reports = max(0, cfg.max_reports - res.reports_sent)
+            if report_budget is not None:
+                cfg.max_reports = max(0, report_budget - res.reports_sent)
+                if cfg.max_reports == 0:
+                    return
             agent = Agent(cfg, client=client, runner_factory=runners)
             self.agents[cfg.device_id] = agent
             try:
