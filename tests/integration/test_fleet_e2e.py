@@ -165,3 +165,12 @@ def test_simulator_process_mode_runs_real_agent_processes(env: Any) -> None:
     s = result.summary()["cohorts"]["proc"]
     assert result.mode == "processes" and s["installed"] == 2 and s["reports"] >= 2 and s["inferences"] > 0
     assert s["restarts"] >= 1 and s["stopped"] == 0
+
+
+def test_fleet_simulate_command(env: Any) -> None:
+    out = _cli("fleet", "simulate", "--devices", "3", "--model", "e2e", "--target", "host-onnxruntime",
+               "--duration", "3", "--report-interval", "0.5", "--inference-interval", "0.02", "--mode", "async",
+               "--server", env["srv"].url, "--token", env["token"], "--json")
+    c = out["cohorts"]["sim-host-onnxruntime"]
+    assert out["mode"] == "async" and c["devices"] == 3 and c["installed"] == 3 and c["reports"] >= 3
+    assert out["packages"]["host-onnxruntime"].startswith("e2e-v")

@@ -263,6 +263,9 @@ def simulate(devices: Annotated[int, typer.Option("--devices", "-n", min=1, max=
     catalogue = packages.list_targets(targets_dir)
     if not catalogue:
         raise UsageError(f"the target catalogue {targets_dir or packages.targets_dir()} is empty")
+    sim_spec = validate_data(read_yaml(spec), simulator.SimulationSpec, spec) if spec is not None else None
+    with _client(server, op_token) as op:
+        op.health()  # fail fast, before any training or packaging, if the service is not there
     try:
         versions = [v.version for v in registry.list_versions(model)]
     except RegistryError:
@@ -273,8 +276,7 @@ def simulate(devices: Annotated[int, typer.Option("--devices", "-n", min=1, max=
         versions = [demo_model.register_demo_model(model, fmt=f) for f in ("onnx", "tflite")]
     versions = [str(v) for v in (version or versions)]
     formats = {registry.get_version(model, v).tags.get("format", "") for v in versions}
-    if spec is not None:
-        sim_spec = validate_data(read_yaml(spec), simulator.SimulationSpec, spec)
+    if sim_spec is not None:
         cohorts = sim_spec.cohorts
         duration, report_interval = sim_spec.duration_s, sim_spec.report_interval_s
         inference_interval = sim_spec.inference_interval_s
