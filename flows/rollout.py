@@ -7,6 +7,7 @@ re-run task resumes the same rollout instead of starting a new one.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,20 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tinymlops import registry
-from tinymlops.fleet.store import open_store
+from tinymlops.fleet.store import Store, open_store
 from tinymlops.rollout.controller import TickResult, list_rollouts
 from tinymlops.rollout.run import drive, load_config, start_all, summary
+
+_stores: dict[str | None, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def _store(db_url: str | None) -> Store:
+    """Open a fleet DB once per process: alembic's migration context is global, so parallel tasks must not race."""
+    with _stores_lock:
+        if db_url not in _stores:
+            _stores[db_url] = open_store(db_url)
+        return _stores[db_url]
 
 
 def _key(text: str) -> str:
@@ -46,7 +58,7 @@ def start_task(model_name: str, targets: list[str], config_path: str, fleet_url:
 
         client = OperatorClient(fleet_url, operator_token or "")
     try:
-        return start_all(open_store(db_url), model_name, targets, load_config(config_path), client, versions,
+        return start_all(_store(db_url), model_name, targets, load_config(config_path), client, versions,
                          override, Path(targets_dir) if targets_dir else None)
     finally:
         if client is not None:
@@ -58,7 +70,7 @@ def drive_task(rollout_id: str, db_url: str | None, targets_dir: str | None,
                max_s: float | None = None) -> dict[str, Any]:
     """Drive one target's rollout to its end; publish a table artifact for every stage decision."""
     logger = get_run_logger()
-    st = open_store(db_url)
+    st = _store(db_url)
 
     def on_tick(res: TickResult) -> None:
         if res.action in ("advance", "complete", "rollback", "stop") and res.decision is not None:
@@ -87,7 +99,7 @@ def rollout_flow(model_name: str, targets: list[str], config_path: str = "config
     futures = [drive_task.submit(rid, db_url, targets_dir, max_s) for rid in ids.values()]
     for f in futures:
         f.result()
-    rows = {r["id"]: r for r in list_rollouts(open_store(db_url), model_name)}
+    rows = {r["id"]: r for r in list_rollouts(_store(db_url), model_name)}
     out = summary(model_name, [rows[i] for i in ids.values()], time.monotonic() - t0)
     tbl = out["table"]
     create_table_artifact(key=_key(f"rollout-summary-{model_name}"),

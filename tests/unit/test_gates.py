@@ -216,9 +216,12 @@ def test_accuracy_collapse_on_feedback_fails():
     assert gates.decide(f, STAGE, TH).outcome == "fail"
 
 
-def test_accuracy_skipped_without_enough_feedback_and_uses_reference_without_control_feedback():
+def test_accuracy_skipped_without_feedback_waits_for_enough_and_uses_reference_without_control_feedback():
     f = healthy()
-    assert gates.check_accuracy(f.model_copy(update={"candidate": arm(f, feedback_n=5)}), TH).outcome == "skipped"
+    assert gates.check_accuracy(f.model_copy(update={"candidate": arm(f, feedback_n=0)}), TH).outcome == "skipped"
+    some = f.model_copy(update={"candidate": arm(f, feedback_n=5, feedback_correct=5)})
+    assert gates.check_accuracy(some, TH).outcome == "inconclusive"
+    assert gates.decide(some, STAGE, TH).outcome == "inconclusive"
     no_ctl = f.model_copy(update={"control": f.control.model_copy(update={"feedback_n": 0})})  # type: ignore
     c = gates.check_accuracy(no_ctl, TH)
     assert c.outcome == "pass" and "vs reference" in c.reason

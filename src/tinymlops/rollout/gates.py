@@ -226,10 +226,16 @@ def check_confidence(f: StageFigures, th: GateThresholds, stage: StageConfig) ->
 
 
 def check_accuracy(f: StageFigures, th: GateThresholds) -> Check:
-    """Fail when accuracy on labelled feedback dropped vs control (or reference); skipped without feedback."""
+    """Fail when accuracy on labelled feedback dropped vs control (or reference); skipped without feedback.
+
+    Once feedback arrives, the gate waits for enough of it: a stage must not pass on the strength of the other
+    checks while the one signal that sees wrong answers is still accumulating.
+    """
     c = f.candidate
+    if c.feedback_n == 0:
+        return Check(name="accuracy", outcome="skipped", reason="no labelled feedback from the stage devices")
     if c.feedback_n < th.min_feedback:
-        return Check(name="accuracy", outcome="skipped",
+        return Check(name="accuracy", outcome="inconclusive",
                      reason=f"{c.feedback_n} labelled feedback, {th.min_feedback} needed to judge accuracy")
     acc = c.feedback_correct / c.feedback_n
     ctl = f.control
