@@ -101,7 +101,7 @@ def evaluate_artifact(path: Path, x_test: np.ndarray, y_test: np.ndarray, n_clas
     if mcu_int8:
         with open_runner(path, "tflm") as tflm:
             out_mcu = tflm.predict(x_test)
-            figures["tflm_arena_bytes"] = tflm.arena_bytes
+            figures["tflm_arena_bytes"] = getattr(tflm, "arena_bytes", 0)
         figures["tflm_accuracy"] = classification_metrics(y_test, out_mcu, n_classes)["accuracy"]
         figures["tflm_tflite_agreement"] = agreement(out_mcu, out)
     figures.update(weight_stats(path))

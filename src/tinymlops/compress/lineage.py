@@ -90,7 +90,7 @@ def lineage(model_name: str, version: str | int) -> dict[str, Any]:
     if parent_v:
         chain.append(_version_step("parent_version", registry.get_version(model_name, parent_v)))
         step = _version_step("variant", mv)
-        variant_run = registry.get_run(mv.run_id)
+        variant_run = registry.get_run(str(mv.run_id))
         step["figures"].update({k: v for k, v in variant_run.data.metrics.items()
                                 if k in ("agreement_with_float", "tflm_tflite_agreement", "tflm_accuracy",
                                          "tflm_arena_bytes", "size_ratio", "gzip_ratio", "build_seconds")})

@@ -249,7 +249,7 @@ def _build_and_register(cfg: PipelineConfig, ref: StageRef, spec: Any, run_id: s
         ref_profile = compute_reference(x_train, predict_train(built.path, x_train),
                                         prep.preprocessing.feature_names, prep.class_names,
                                         metrics={"accuracy": fig["accuracy"], "macro_f1": fig["macro_f1"]})
-        measured = {k: numeric[k] for k in ("accuracy", "macro_f1", "agreement_with_float", "size_bytes",
+        measured: dict[str, float] = {k: numeric[k] for k in ("accuracy", "macro_f1", "agreement_with_float", "size_bytes",
                                             "gzip_bytes", "sparsity", "tflm_tflite_agreement", "tflm_arena_bytes")
                     if k in numeric}
         manifest = base_manifest(cfg, prep, name, built.fmt, ref_profile.model_dump(), measured, n_classes)
