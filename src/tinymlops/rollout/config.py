@@ -65,7 +65,7 @@ class RolloutConfig(Strict):
 
     kind: Literal["rollout"] = "rollout"
     stages: list[StageConfig] = Field(min_length=1)
-    gates: GateThresholds = Field(default_factory=GateThresholds)
+    gates: GateThresholds = Field(default_factory=lambda: GateThresholds.model_validate({}))
     gate_interval_s: float = Field(10.0, gt=0, description="how often the controller re-evaluates a stage")
     hold_timeout_s: float = Field(1800.0, ge=0, description="how long an inconclusive stage holds after its "
                                                             "deadline before on_timeout applies")

@@ -67,7 +67,7 @@ def expected_latency_ms(model_name: str, version: str, target: str) -> float | N
     """Return the profiled latency of a version on a target (metric ``<target>.latency_ms`` of its run), if any."""
     mv = registry.get_version(model_name, version)
     try:
-        value = registry.get_run(mv.run_id).data.metrics.get(f"{target}.latency_ms")
+        value = registry.get_run(mv.run_id or "").data.metrics.get(f"{target}.latency_ms")
     except Exception:  # a version without a readable run simply has no expectation
         return None
     return float(value) if value is not None and value == value else None
@@ -208,12 +208,12 @@ class Controller:
     def _acquire(self, rid: str, lease_s: float) -> bool:
         now = self.clock()
         with self.store.session() as s:
-            n = s.execute(update(Rollout).where(
+            res = s.execute(update(Rollout).where(
                 Rollout.id == rid,
                 (Rollout.lease_owner.is_(None)) | (Rollout.lease_owner == self.owner)
                 | (Rollout.lease_expires_unix_s < now)).values(lease_owner=self.owner,
-                                                              lease_expires_unix_s=now + lease_s)).rowcount
-        return n == 1
+                                                              lease_expires_unix_s=now + lease_s))
+        return int(getattr(res, "rowcount", 0)) == 1
 
     def release(self, rid: str) -> None:
         """Give up the lease on a rollout (a clean exit; a killed controller's lease simply expires)."""
