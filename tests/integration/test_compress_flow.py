@@ -228,3 +228,19 @@ def test_parent_must_exist_and_be_a_float_version(trained: tuple[Path, str], com
     with pytest.raises(UsageError, match="is variant 'ptq-int8'; compress starts from a float32 version"):
         open_stage(cfg, by_variant(compressed)["ptq-int8"]["version"])
     assert np.isfinite(compressed["float_accuracy"])
+
+
+def test_an_unsupported_layer_fails_the_technique_with_its_name(trained: tuple[Path, str], tmp_path: Path) -> None:
+    from tinymlops.compress.techniques import FloatSource, build
+    from tinymlops.config import QatInt8
+    from tinymlops.tf import keras
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 6)).astype(np.float32), rng.integers(0, 2, 64)
+    inputs = keras.Input((6,))
+    h = keras.layers.LayerNormalization(name="norm")(keras.layers.Dense(8)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(h))
+    model.save(tmp_path / "m.h5")
+    src = FloatSource(tmp_path / "m.h5", tmp_path / "unused.onnx", x, y, x, y)
+    with pytest.raises(RuntimeError, match="norm.*is not supported"):
+        build(QatInt8(technique="qat-int8", epochs=1), src, tmp_path)
