@@ -20,7 +20,7 @@ from tinymlops.config import load_pipeline
 WORKERS = int(os.environ.get("TINYMLOPS_COMPRESS_WORKERS", "2"))
 
 
-@task(name="compress-open", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+@task(name="compress-open", cache_policy=NO_CACHE)
 def open_task(config_path: str, version: str, parent_run_id: str | None) -> dict[str, Any]:
     """Check the parent version, open the compress run and measure the float reference."""
     return stage.open_stage(load_pipeline(config_path), version, parent_run_id).to_dict()
