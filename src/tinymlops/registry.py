@@ -378,8 +378,3 @@ def end_run(run_id: str, error: str | None = None) -> None:
             client().set_tag(run_id, "error", error[:4900])
     client().set_terminated(run_id, "FAILED" if error else "FINISHED")
 
-
-def child_runs(parent_run_id: str, experiment_id: str) -> list[Any]:
-    """Return the runs nested directly under a run, oldest first."""
-    return client().search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                max_results=1000, order_by=["attributes.start_time ASC"])
