@@ -138,6 +138,7 @@ class InstallState:
         self.packages = self.root / "packages"
         self.staging = self.root / "staging"
         self.pointer = self.root / "current.json"
+        self.fell_back_from: str | None = None  # set by recover() when the current package no longer verified
         self.packages.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
 
@@ -165,7 +166,9 @@ class InstallState:
         self.staging.mkdir(parents=True, exist_ok=True)
         ptr = self._read_pointer()
         cur = self._verified(ptr["current"])
+        self.fell_back_from = None
         if cur is None and ptr["current"] is not None:
+            self.fell_back_from = ptr["current"]
             prev = self._verified(ptr["previous"])
             atomic_write(self.pointer, json.dumps({"current": prev.package_id if prev else None,
                                                     "previous": None}).encode())
@@ -280,6 +283,7 @@ class Agent:
         self._pending_errors = 0
         self.started = time.monotonic()
         self._drifted = False
+        self._startup_events: list[tuple[str, str | None, str]] = []
 
     # ---- plumbing -------------------------------------------------------------------------------------------
 
@@ -344,14 +348,19 @@ class Agent:
         self.reservoir, self.reservoir_seen, self.feedback = [], 0, []
 
     def start_from_disk(self) -> Installed | None:
-        """Recover the install state after a (re)start and load the current model."""
+        """Recover the install state after a (re)start and load the current model (rollbacks are reported)."""
         installed = self.state.recover()
+        if self.state.fell_back_from:
+            self._startup_events.append(("rolled_back", installed.package_id if installed else None,
+                                         f"installed package {self.state.fell_back_from} failed verification"))
         if installed is not None:
             try:
                 self._activate(installed)
             except Exception as exc:  # the current package no longer loads: fall back to the previous one
                 log.warning("%s: current package does not load (%s); rolling back", self.cfg.device_id, exc)
                 self._activate(self.state.rollback())
+                self._startup_events.append(("rolled_back", self.installed.package_id if self.installed else None,
+                                             f"package {installed.package_id} does not load: {exc}"))
         return self.installed
 
     async def event(self, kind: str, package_id: str | None, version: str | None, reason: str = "") -> None:
@@ -539,6 +548,10 @@ class Agent:
                     log.warning("%s: server unreachable (%s); retrying in %.1fs", cfg.device_id, exc, delay)
                     await asyncio.sleep(delay)
             self._backoff_s = 0.0
+            for kind, pid, reason in self._startup_events:
+                version = str(self.installed.manifest["model_version"]) if self.installed else None
+                await self.event(kind, pid, version, reason)
+            self._startup_events = []
             next_poll = time.monotonic()
             next_report = time.monotonic() + cfg.report_interval_s * self._rng.uniform(0.5, 1.0)
             while True:
