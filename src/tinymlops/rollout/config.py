@@ -67,6 +67,8 @@ class RolloutConfig(Strict):
     stages: list[StageConfig] = Field(min_length=1)
     gates: GateThresholds = Field(default_factory=lambda: GateThresholds.model_validate({}))
     gate_interval_s: float = Field(10.0, gt=0, description="how often the controller re-evaluates a stage")
+    window_s: float = Field(900.0, gt=0, description="the gate looks at telemetry of the last window_s seconds of "
+                                                     "the stage (bounds the cost of long stages on big fleets)")
     hold_timeout_s: float = Field(1800.0, ge=0, description="how long an inconclusive stage holds after its "
                                                             "deadline before on_timeout applies")
     on_timeout: Literal["fail", "stop"] = Field("fail", description="fail: roll back; stop: halt where it is")

@@ -274,8 +274,9 @@ class Controller:
         """Measure the current stage window of a rollout."""
         th = cfg.gates
         assigned = set(rows)
-        win = window_figures(self.store, r.target, r.package_id, assigned, r.stage_started_unix_s,
-                             now - th.report_grace_s, self._cache)
+        since = max(r.stage_started_unix_s, now - cfg.window_s)
+        win = window_figures(self.store, r.target, r.package_id, assigned, since, now - th.report_grace_s,
+                             self._cache)
         installed, offline = device_states(devices, assigned, r.package_id, now, th.offline_after_s)
         rejected = rejected_devices(self.store, r.package_id, assigned, r.created_unix_s)
         by_id = {d.id: d for d in devices}
