@@ -152,7 +152,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0, help="measured duration")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     ap.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite file in a temp dir)")
-    ap.add_argument("--workers", type=int, default=2, help="server processes")
+    ap.add_argument("--workers", type=int, default=1, help="server processes (fleet serve --workers)")
     args = ap.parse_args()
 
     import httpx

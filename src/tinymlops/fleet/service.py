@@ -105,9 +105,10 @@ class PackageCtx:
 class TelemetryWriter:
     """Commits queued telemetry rows and last-seen updates in batches; resolves each report once committed."""
 
-    def __init__(self, st: Store, max_batch: int = 1000) -> None:
+    def __init__(self, st: Store, max_batch: int = 1000, linger_s: float = 0.003) -> None:
         self.store = st
         self.max_batch = max_batch
+        self.linger_s = linger_s
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="telemetry-writer", daemon=True)
         self._thread.start()
@@ -135,9 +136,11 @@ class TelemetryWriter:
             if item is None:
                 break
             batch = [item]
+            # linger briefly so a burst shares one transaction: fewer, larger commits cost far less CPU
+            deadline = time.monotonic() + self.linger_s
             while len(batch) < self.max_batch:
                 try:
-                    nxt = self._q.get_nowait()
+                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:
