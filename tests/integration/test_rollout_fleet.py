@@ -123,6 +123,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> It
             os.environ[k] = v
 
 
+def decisions_of(st: Any, rollout_id: str) -> list[Any]:
+    """Return a rollout's gate decisions, oldest first."""
+    from tinymlops.rollout.state import RolloutDecision
+
+    with st.session() as s:
+        return list(s.query(RolloutDecision).filter(RolloutDecision.rollout_id == rollout_id)
+                    .order_by(RolloutDecision.id).all())
+
+
 def wait_for(pred: Any, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not pred():
@@ -169,6 +178,19 @@ def test_flow_promotes_the_healthy_candidate_and_rolls_back_every_faulty_one(fle
         # the fault is caught in the canary stage, long before the deadline
         assert len(touched) == 1
         assert r["finished_unix_s"] - r["created_unix_s"] < config.stages[0].deadline_s
+        # rolled back within one gate interval of the evidence being there
+        decisions = decisions_of(st, r["id"])
+        fail, before = decisions[-1], decisions[-2]
+        assert fail.action == "rollback"
+        if t == "slow":
+            assert json.loads(before.figures_json).get("candidate.inferences", 0) < config.gates.min_latency_samples
+        elif t == "crash":
+            assigned_at = min(row.assigned_unix_s for row in touched.values())
+            assert fail.at_unix_s - assigned_at <= config.gates.report_grace_s + 2 * config.gate_interval_s + 3
+        else:
+            figs = json.loads(before.figures_json)
+            assert (figs.get("candidate.feedback_n", 0) < config.gates.min_feedback
+                    or figs.get("candidate.inferences", 0) < config.stages[0].min_inferences)
         # nobody outside the canary cohort ever received the faulty package
         got = {e["device_id"] for e in deployment_events(st, since=t0, package_id=r["package_id"])}
         assert got <= set(touched), (t, got, set(touched))

@@ -208,6 +208,14 @@ def test_faulty_canary_is_rolled_back_on_the_first_gate_with_evidence(st: Store,
     ctl = Controller(st, clock=clock, targets_dir=home / "targets")
     rid = ctl.start(MODEL, "bad", config(), version="2", override=True, package_id=candidate)
     results = drive(ctl, rid, clock, fleet, faulty=candidate, fault=fault)
+    # rolled back on the very tick the evidence crossed the check's minimum sample size: within one gate interval
+    cfg = config()
+    need = {"errors": cfg.gates.min_error_samples, "latency": cfg.gates.min_latency_samples,
+            "collapse": cfg.stages[0].min_inferences}[fault]
+    before = results[-2].decision.figures
+    assert before["candidate.inferences"] + before["candidate.errors"] < need
+    last = results[-1].decision.figures
+    assert last["candidate.inferences"] + last["candidate.errors"] >= need
     assert results[-1].status == "rolled_back" and results[-1].stage_index == 0
     # every tick before the failure waited for evidence; the first tick that had it failed
     assert [r.decision.outcome for r in results[:-1] if r.decision] == ["inconclusive"] * (len(results) - 1)

@@ -86,6 +86,7 @@ class PackageFaults:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="package-faults", daemon=True)
         self.devices_affected: set[str] = set()
+        self._active: set[str] = set()
 
     def start(self) -> PackageFaults:
         self._thread.start()
@@ -98,16 +99,20 @@ class PackageFaults:
     def _loop(self) -> None:
         while not self._stop.is_set():
             for agent in list(self.sim.agents.values()):
+                if agent.cfg.target != self.target:
+                    continue  # other targets' devices belong to other injectors
                 inst = agent.installed
-                bad = (inst is not None and inst.manifest.get("target") == self.target
-                       and str(inst.manifest.get("model_version")) == self.version)
+                bad = inst is not None and str(inst.manifest.get("model_version")) == self.version
                 f = agent.cfg.faults
                 if bad:
                     self.devices_affected.add(agent.cfg.device_id)
+                    self._active.add(agent.cfg.device_id)
                     f.crash_after_s = self.fault.crash_after_s
                     f.slow_inference_ms = self.fault.slow_inference_ms
                     f.corrupt_output_rate = self.fault.corrupt_output_rate
-                else:
+                elif inst is not None and agent.cfg.device_id in self._active:
+                    # the device runs another package now (rolled back): it is healthy again
+                    self._active.discard(agent.cfg.device_id)
                     f.crash_after_s, f.slow_inference_ms, f.corrupt_output_rate = None, 0.0, 0.0
             self._stop.wait(0.05)
 
