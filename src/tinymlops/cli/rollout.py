@@ -144,8 +144,13 @@ def _brief(decision: dict[str, Any] | None) -> str:
     """Return a one-line summary of a decision: its outcome and the first reason."""
     if not decision:
         return ""
-    first = decision["reasons"][0] if decision["reasons"] else ""
-    return f"{decision['outcome']}: {first}"[:120]
+    reasons = decision["reasons"]
+    if decision["outcome"] == "pass":  # every check passed: show the evidence rather than the first check
+        keep = ("coverage", "latency", "prediction_shift", "accuracy")
+        first = "; ".join(r.split(": ", 1)[1] for r in reasons if r.split(":", 1)[0] in keep)
+    else:
+        first = reasons[0] if reasons else ""
+    return f"{decision['outcome']}: {first}"[:160]
 
 
 @rollout_app.command("abort")
