@@ -321,3 +321,9 @@ def test_start_refuses_a_second_version_while_one_is_active_and_is_idempotent_fo
     with pytest.raises(UsageError, match="abort it first"):
         ctl.start(MODEL, "ok", config(), version="1")
     ctl.abort(rid)
+
+
+def test_start_refuses_a_target_without_devices(st: Store, home: Path):
+    ctl = Controller(st, targets_dir=home / "targets")
+    with pytest.raises(UsageError, match="no device of target ok"):
+        ctl.start(MODEL, "ok", config(), version="2")

@@ -142,6 +142,9 @@ class Controller:
                 return r.id
             raise UsageError(f"rollout {r.id} of {model_name} v{r.version} is still {r.status} on {target}; "
                              f"abort it first (`tinymlops rollout abort {r.id}`)")
+        if not plan.eligible(fleet_store.list_devices(self.store, target=target), target):
+            raise UsageError(f"the fleet has no device of target {target} running a model (nothing to roll out to, "
+                             "nothing to roll back to)")
         if failed and not override:
             raise UsageError(f"{model_name} v{version} was rolled back on {target} before ({failed[-1].id}: "
                              f"{failed[-1].reason[:200]}); pass --override to roll it out again")
