@@ -329,7 +329,7 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
     writer = TelemetryWriter(st)
     # token hash -> (device, expiry): with several workers a revocation reaches the others within the TTL
     device_cache: dict[str, tuple[DeviceCtx | None, float]] = {}
-    operator_cache: dict[str, bool] = {}
+    operator_cache: dict[str, tuple[bool, float]] = {}  # token hash -> (valid, expiry)
     package_cache: dict[str, PackageCtx] = {}
 
     from contextlib import asynccontextmanager
@@ -365,12 +365,14 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
         if token is None:
             raise HTTPException(401, "operator token required (Authorization: Bearer tmo_op_...)")
         h = auth.hash_token(token)
-        ok = operator_cache.get(h)
-        if ok is None:
+        hit = operator_cache.get(h)
+        if hit is not None and hit[1] > time.monotonic():
+            ok = hit[0]
+        else:
             ok = await run_in_threadpool(lookup_operator, h)
             if len(operator_cache) > 10_000:
                 operator_cache.clear()
-            operator_cache[h] = ok
+            operator_cache[h] = (ok, time.monotonic() + AUTH_CACHE_TTL_S)
         if not ok:
             raise HTTPException(403, "not an operator token")
 
