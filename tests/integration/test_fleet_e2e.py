@@ -126,7 +126,7 @@ def test_simulator_cohorts_with_drift_and_faults(env: Any) -> None:
         simulator.CohortSpec(name="sim-drift", devices=2, target="host-onnxruntime",
                              drift=simulator.DriftSpec(gain=2.0, offset=0.5, noise_std=0.3)),
         simulator.CohortSpec(name="sim-faulty", devices=2, target="host-onnxruntime",
-                             faults=simulator.FaultSpec(crash_after_s=1.5, slow_inference_ms=5.0,
+                             faults=simulator.FaultSpec(crash_after_s=1.2, slow_inference_ms=5.0,
                                                         corrupt_output_rate=0.3),
                              samples_opt_in=True),
     ]
