@@ -282,3 +282,27 @@ def test_a_package_damaged_on_the_device_is_rolled_back_reported_and_repaired(fl
     assert a.installed.package_id == v2  # the desired package was fetched again, verified and installed
     dev_row = fleet.op.get(f"/v1/devices/{did}").json()
     assert dev_row["current_package_id"] == v2 and dev_row["previous_package_id"] == fleet.good_id
+
+
+def test_a_retried_report_is_stored_once_and_bad_sketches_are_refused(fleet: Fleet) -> None:
+    cred = fleet.enrol("retry-1")
+    fleet.op.put("/v1/desired-state", json={"package_id": fleet.good_id, "device_ids": ["retry-1"]})
+    from tinymlops.monitor.sketches import SketchBuilder
+
+    b = SketchBuilder(fleet_reference(fleet))
+    nf = len(fleet.manifest["preprocessing"]["feature_names"])
+    b.add(np.zeros(nf), np.array([0.7, 0.1, 0.1, 0.1]), 2.0, 1000.0)
+    report = {"seq": 42, "package_id": fleet.good_id, "sketch": b.flush().model_dump()}
+    d = dev(fleet, cred)
+    assert [d.post("/v1/devices/retry-1/telemetry", json=report).status_code for _ in range(3)] == [202] * 3
+    assert [r.seq for r in store.telemetry_window(fleet.st, "sec", device_id="retry-1")] == [42]
+    inconsistent = json.loads(json.dumps(report))
+    inconsistent["seq"] = 43
+    inconsistent["sketch"]["prediction_counts"][0] += 5  # counts that do not add up
+    r = d.post("/v1/devices/retry-1/telemetry", json=inconsistent)
+    assert r.status_code == 422 and "n_inferences" in r.json()["detail"]
+    wrong_bins = json.loads(json.dumps(report))
+    wrong_bins["seq"] = 44
+    wrong_bins["sketch"]["edges_digest"] = "0" * 16  # made on another package's bins
+    assert d.post("/v1/devices/retry-1/telemetry", json=wrong_bins).status_code == 422
+    assert [r.seq for r in store.telemetry_window(fleet.st, "sec", device_id="retry-1")] == [42]
