@@ -43,6 +43,19 @@ def pipeline_flow(config_path: str = "configs/pipeline.yaml") -> dict[str, Any]:
             targets_dir = str(resolve_relative(config_path, cfg.profile.targets_dir))
             summary["profile"] = profile_flow(cfg.mlflow.registered_model, targets_dir, cfg.profile.targets,
                                               cfg.mlflow.experiment)
+
+        if "rollout" in cfg.stages and cfg.rollout and _has("flows.rollout"):
+            # the demo fleet is simulated (fresh service + agents); real fleets: `tinymlops rollout start`
+            from flows.rollout import rollout_demo_flow
+            from tinymlops.errors import TinyMLOpsError
+
+            try:
+                summary["rollout"] = rollout_demo_flow(
+                    cfg.mlflow.registered_model, config_path=str(resolve_relative(config_path, cfg.rollout)),
+                    targets_dir=str(resolve_relative(config_path, cfg.profile.targets_dir)))
+            except TinyMLOpsError as exc:  # e.g. a single version: nothing to roll out over a baseline
+                logger.warning("rollout stage skipped: %s", exc)
+                summary["rollout"] = {"skipped": str(exc)}
     create_markdown_artifact(key="pipeline-summary", markdown=_summary_markdown(summary),
                              description=f"pipeline run for {cfg.project}")
     return summary
