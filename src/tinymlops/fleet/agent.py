@@ -87,6 +87,7 @@ class AgentConfig:
     duration_s: float | None = None
     max_reports: int | None = None
     request_timeout_s: float = 10.0
+    max_package_bytes: int = 64 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -374,9 +375,17 @@ class Agent:
         log.info("%s: downloading package %s", self.cfg.device_id, package_id)
         m = await self.client.get(self._url(f"{self.device_path}/packages/{package_id}"), headers=self._headers())
         m.raise_for_status()
-        a = await self.client.get(self._url(f"{self.device_path}/packages/{package_id}/artifact"),
-                                  headers=self._headers())
-        a.raise_for_status()
+        chunks: list[bytes] = []
+        size = 0
+        # streamed with a cap: a compromised server must not be able to exhaust the device's memory
+        async with self.client.stream("GET", self._url(f"{self.device_path}/packages/{package_id}/artifact"),
+                                      headers=self._headers()) as a:
+            a.raise_for_status()
+            async for chunk in a.aiter_bytes():
+                size += len(chunk)
+                if size > self.cfg.max_package_bytes:
+                    break
+                chunks.append(chunk)
         import base64
 
         signed = m.json()
@@ -384,9 +393,11 @@ class Agent:
             signature = base64.b64decode(signed.get("signature_b64", ""), validate=True)
         except ValueError:
             signature = b""
-        bundle = Bundle(signed.get("manifest_json", "").encode("utf-8"), signature, a.content)
+        bundle = Bundle(signed.get("manifest_json", "").encode("utf-8"), signature, b"".join(chunks))
         version = None
         try:
+            if size > self.cfg.max_package_bytes:
+                raise PackageRejected(f"package larger than this device accepts ({self.cfg.max_package_bytes} bytes)")
             log.info("%s: installing package %s", self.cfg.device_id, package_id)
             staged, manifest = await asyncio.to_thread(self.state.stage, bundle, package_id)
             version = str(manifest.get("model_version"))
