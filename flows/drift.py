@@ -34,11 +34,11 @@ def load_drift_config(config_path: str) -> DriftConfig:
 
 @task(name="drift-check", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def check_task(model: str, config_path: str, version: str | None, target: str | None, cohort: str | None,
-               window: str | None, until: float | None) -> CheckResult:
+               window: str | None, until: float | None, store_url: str | None = None) -> CheckResult:
     """Merge sketches, measure, judge and log every target x cohort of one version."""
     cfg = load_drift_config(config_path)
     return run_check(model, cfg, version=version, target=target, cohort=cohort, until=until,
-                     window_s=parse_duration_s(window) if window else None)
+                     window_s=parse_duration_s(window) if window else None, store_url=store_url)
 
 
 def start_pipeline(section: RetrainSection, model: str) -> dict[str, Any]:
@@ -92,11 +92,12 @@ def _table(result: CheckResult) -> list[dict[str, Any]]:
 @flow(name="drift", log_prints=True)
 def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str | None = None,
                target: str | None = None, cohort: str | None = None, window: str | None = None,
-               until: float | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+               until: float | None = None, tracking_uri: str | None = None,
+               store_url: str | None = None) -> dict[str, Any]:
     """Check drift of a model version per target x cohort; a retrain verdict starts the pipeline (cooldown)."""
     logger = get_run_logger()
     registry.connect(tracking_uri)
-    result = check_task(model, config_path, version, target, cohort, window, until)
+    result = check_task(model, config_path, version, target, cohort, window, until, store_url)
     for g in result.groups:
         logger.info("%s v%s %s/%s: %s (%s)", model, g.verdict.version, g.target, g.cohort, g.verdict.level,
                     "; ".join(g.verdict.reasons[:2]))
@@ -113,14 +114,15 @@ def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str
     return summary
 
 
-def pipeline_drift_stage(pipeline_config: str, until: float | None = None) -> dict[str, Any]:
+def pipeline_drift_stage(pipeline_config: str, until: float | None = None,
+                         store_url: str | None = None) -> dict[str, Any]:
     """Run the drift check of a pipeline config's model with the drift config it names (the demo's stage)."""
     from tinymlops.config import load_pipeline, resolve_relative
 
     cfg = load_pipeline(pipeline_config)
     drift_path = resolve_relative(pipeline_config, cfg.drift) if cfg.drift else REPO / "configs" / "drift.yaml"
     return drift_flow(cfg.mlflow.registered_model, str(drift_path), until=until,
-                      tracking_uri=cfg.mlflow.tracking_uri)
+                      tracking_uri=cfg.mlflow.tracking_uri, store_url=store_url)
 
 
 def read_prefect_deployments(prefect_file: str | Path = REPO / "prefect.yaml") -> list[dict[str, Any]]:

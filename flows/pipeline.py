@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -11,10 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.train import train_task
 from tinymlops import registry
 from tinymlops.config import load_pipeline, resolve_relative
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+from tinymlops.errors import TinyMLOpsError
 
 
 @flow(name="pipeline", log_prints=True)
@@ -32,33 +28,52 @@ def pipeline_flow(config_path: str = "configs/pipeline.yaml") -> dict[str, Any]:
         logger.info("registered %s (test accuracy %.2f%%)", train["model_uri"],
                     100 * train["metrics"]["test_accuracy"])
 
-        if "compress" in cfg.stages and cfg.compress.variants and _has("flows.compress"):
+        if "compress" in cfg.stages and cfg.compress.variants:
             from flows.compress import compress_flow
 
             summary["compress"] = compress_flow(config_path, train["version"], parent.run_id)
 
-        if "profile" in cfg.stages and _has("flows.profile"):
+        targets_dir = str(resolve_relative(config_path, cfg.profile.targets_dir))
+        if "profile" in cfg.stages:
             from flows.profile import profile_flow
 
-            targets_dir = str(resolve_relative(config_path, cfg.profile.targets_dir))
             summary["profile"] = profile_flow(cfg.mlflow.registered_model, targets_dir, cfg.profile.targets,
                                               cfg.mlflow.experiment)
 
-        if "rollout" in cfg.stages and cfg.rollout and _has("flows.rollout"):
+        fleet_db = None
+        if "rollout" in cfg.stages and cfg.rollout:
             # the demo fleet is simulated (fresh service + agents); real fleets: `tinymlops rollout start`
             from flows.rollout import rollout_demo_flow
-            from tinymlops.errors import TinyMLOpsError
 
+            d = cfg.demo_fleet
             try:
-                summary["rollout"] = rollout_demo_flow(
-                    cfg.mlflow.registered_model, config_path=str(resolve_relative(config_path, cfg.rollout)),
-                    targets_dir=str(resolve_relative(config_path, cfg.profile.targets_dir)))
+                rollout = rollout_demo_flow(
+                    cfg.mlflow.registered_model, d.healthy_target, d.faulty_target,
+                    str(resolve_relative(config_path, cfg.rollout)), d.devices_per_target, d.fault,
+                    targets_dir, monitor_target=d.monitor_target if "drift" in cfg.stages else None,
+                    monitor_devices=d.monitor_devices, monitor_drift=dict(d.monitor_drift))
+                summary["rollout"] = rollout
+                fleet_db = rollout["fleet_db"]
             except TinyMLOpsError as exc:  # e.g. a single version: nothing to roll out over a baseline
                 logger.warning("rollout stage skipped: %s", exc)
                 summary["rollout"] = {"skipped": str(exc)}
+
+        if "drift" in cfg.stages and cfg.drift:
+            from flows.drift import pipeline_drift_stage
+
+            drift = pipeline_drift_stage(config_path, store_url=fleet_db)
+            summary["drift"] = {**drift, "table": _drift_table(drift)}
     create_markdown_artifact(key="pipeline-summary", markdown=_summary_markdown(summary),
                              description=f"pipeline run for {cfg.project}")
     return summary
+
+
+def _drift_table(drift: dict[str, Any]) -> dict[str, Any]:
+    rows = [[g["target"] or "", g["cohort"] or "", g["version"], g["level"], "; ".join(g["reasons"][:2])[:160]]
+            for g in drift.get("groups", [])]
+    retrain = drift.get("retrain", {}).get("decision", {}).get("reason")
+    title = "drift verdicts per target x cohort" + (f" (retrain: {retrain})" if retrain else "")
+    return {"title": title, "columns": ["target", "cohort", "version", "verdict", "reasons"], "rows": rows}
 
 
 def _summary_markdown(summary: dict[str, Any]) -> str:

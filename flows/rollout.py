@@ -114,9 +114,13 @@ def rollout_flow(model_name: str, targets: list[str], config_path: str = "config
 def rollout_demo_flow(model_name: str, healthy_target: str = "raspberry-pi-4",
                       faulty_target: str = "raspberry-pi-zero-2-w", config_path: str = "configs/rollout.yaml",
                       devices_per_target: int = 20, fault: str = "latency",
-                      targets_dir: str | None = None) -> dict[str, Any]:
+                      targets_dir: str | None = None, monitor_target: str | None = None,
+                      monitor_devices: int = 5, monitor_drift: dict[str, float] | None = None) -> dict[str, Any]:
     """Run the rollout demo (fresh simulated fleet, one healthy and one faulty candidate) through the flow."""
+    from tinymlops.fleet.simulator import DriftSpec
     from tinymlops.rollout.demo import run_demo
 
     return run_demo(model_name, healthy_target, faulty_target, config_path, devices_per_target, fault,
-                    Path(targets_dir) if targets_dir else None, runner=rollout_flow)
+                    Path(targets_dir) if targets_dir else None, runner=rollout_flow,
+                    monitor_target=monitor_target, monitor_devices=monitor_devices,
+                    monitor_drift=DriftSpec(**monitor_drift) if monitor_drift else None)

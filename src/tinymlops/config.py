@@ -176,6 +176,21 @@ class ProfileSection(Strict):
     targets_dir: str = "configs/targets"
 
 
+class DemoFleetSection(Strict):
+    """The simulated fleet the rollout and drift stages run on: a fresh local fleet service and agents."""
+
+    healthy_target: str = "raspberry-pi-4"
+    faulty_target: str = "raspberry-pi-zero-2-w"
+    fault: Literal["latency", "crash", "corrupt"] = Field(
+        "latency", description="injected into the faulty target's candidate: only devices running it misbehave")
+    devices_per_target: int = Field(20, ge=1, le=1000)
+    monitor_target: str | None = Field(
+        "nucleo-l4r5zi", description="two monitored cohorts (line-a as deployed, line-b drifted) on this target")
+    monitor_devices: int = Field(5, ge=1, le=200)
+    monitor_drift: dict[Literal["gain", "offset", "noise_std", "shaft_hz"], float] = Field(
+        default_factory=lambda: {"gain": 1.15}, description="covariate shift of line-b's sensors")
+
+
 class PipelineConfig(Strict):
     """The demo project file: what to train, how to compress, where to profile, drift and rollout settings."""
 
@@ -190,8 +205,9 @@ class PipelineConfig(Strict):
     profile: ProfileSection = Field(default_factory=ProfileSection)
     drift: str | None = Field(None, description="path of a drift config, relative to this file")
     rollout: str | None = Field(None, description="path of a rollout config, relative to this file")
-    stages: list[Literal["train", "compress", "profile", "drift", "rollout"]] = Field(
-        default_factory=lambda: ["train", "compress", "profile", "drift", "rollout"]
+    demo_fleet: DemoFleetSection = Field(default_factory=DemoFleetSection)
+    stages: list[Literal["train", "compress", "profile", "rollout", "drift"]] = Field(
+        default_factory=lambda: ["train", "compress", "profile", "rollout", "drift"]
     )
 
     def config_hash(self) -> str:

@@ -14,8 +14,9 @@ from rich.table import Table
 
 from tinymlops.errors import TinyMLOpsError
 
-console = Console()
-err_console = Console(stderr=True)
+# piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default
+console = Console(width=None if sys.stdout.isatty() else 150)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

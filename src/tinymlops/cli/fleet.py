@@ -367,6 +367,9 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
           max_reports: Annotated[int | None, typer.Option(help="stop after N telemetry reports")] = None,
           targets_dir: Annotated[Path | None, typer.Option(help="target catalogue directory")] = None,
           runtime: Annotated[str | None, typer.Option(help="override the runtime named by the target")] = None,
+          emulate_target_timing: Annotated[bool, typer.Option(
+              help="simulated device: report the target's profiled latency/memory (with jitter), not this "
+                   "host's")] = False,
           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every step")] = False) -> None:
     """Run the edge agent for one device: poll desired state, install verified packages, infer, report."""
     import asyncio
@@ -395,7 +398,8 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
                       inference_interval_s=inference_interval, stream=base, stream_seed=seed, drift=drift,
                       drift_after_s=drift_after,
                       faults=Faults(fault_crash_after, fault_slow_ms, fault_corrupt_rate),
-                      energy_mw=target_power_mw(tgt), duration_s=duration, max_reports=max_reports)
+                      energy_mw=target_power_mw(tgt), duration_s=duration, max_reports=max_reports,
+                      emulate_target_timing=emulate_target_timing)
     a = Agent(cfg)
 
     async def main() -> None:

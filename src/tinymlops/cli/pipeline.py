@@ -95,10 +95,15 @@ def print_summary(out: dict[str, Any]) -> None:
         print_table("compressed variants", ["variant", "version", "format", "bytes", "accuracy", "status"], rows)
     prof = out.get("profile")
     if prof and prof.get("targets"):
-        rows = [[t_name, r.get("version"), r.get("variant"), r.get("latency_ms"), r.get("energy_uj"),
-                 r.get("peak_ram_bytes"), r.get("fits")] for t_name, r in prof["targets"].items()]
-        print_table("recommended variant per target", ["target", "version", "variant", "latency_ms",
-                                                       "energy_uj", "peak_ram_bytes", "fits"], rows)
+        rows = [[t_name, r.get("recommended_version") or "-", r.get("variant") or "-",
+                 f"{r['accuracy']:.2%}" if r.get("accuracy") is not None else "",
+                 f"{r['latency_ms']:.4g}" if r.get("latency_ms") is not None else "",
+                 f"{r['energy_uj']:.4g}" if r.get("energy_uj") is not None else "", r.get("peak_ram_bytes"),
+                 "; ".join(r.get("reasons", [])[:2]) if not r.get("recommended_version") else ""]
+                for t_name, r in prof["targets"].items()]
+        print_table("recommended variant per target (profile)", ["target", "version", "variant", "accuracy",
+                                                                 "latency_ms", "energy_uj", "peak_ram_bytes",
+                                                                 "why none fits"], rows)
     for key in ("drift", "rollout"):
         if out.get(key, {}).get("table"):
             tbl = out[key]["table"]

@@ -84,6 +84,9 @@ class AgentConfig:
     feedback_rate: float = 0.2
     feedback_delay_s: float = 1.0
     energy_mw: float | None = None
+    #: simulated devices run on this host, whose timing is not the target's: report the target's profiled
+    #: latency/energy/memory (manifest "expected") with measurement jitter, plus injected slowness
+    emulate_target_timing: bool = False
     duration_s: float | None = None
     max_reports: int | None = None
     request_timeout_s: float = 10.0
@@ -461,6 +464,9 @@ class Agent:
             log.warning("%s: inference failed: %s", self.cfg.device_id, exc)
             self._pending_errors += 1
             return
+        expected = self.installed.manifest.get("expected", {}) if self.installed else {}
+        if self.cfg.emulate_target_timing and "latency_ms" in expected:
+            latency_ms = float(expected["latency_ms"]) * self._rng.lognormvariate(0.0, 0.05)
         f = self.cfg.faults
         if f.slow_inference_ms:
             await asyncio.sleep(f.slow_inference_ms / 1000.0)
@@ -475,6 +481,8 @@ class Agent:
         now = time.time()
         size_bytes = self.installed.manifest["size_bytes"] if self.installed else 0
         memory = int(getattr(self.runner, "arena_bytes", 0) or size_bytes)
+        if self.cfg.emulate_target_timing and "peak_ram_bytes" in expected:
+            memory = int(expected["peak_ram_bytes"])
         energy = latency_ms * self.cfg.energy_mw if self.cfg.energy_mw else 0.0  # mW x ms = uJ
         self.builder.add(feats, out, latency_ms=latency_ms, timestamp=now, energy_uj=energy, memory_bytes=memory)
         self.inferences += 1

@@ -261,6 +261,15 @@ def verify_package(bundle: Bundle, trusted_keys: list[Ed25519PublicKey], target:
     return manifest
 
 
+def _profiled_expectation(run_id: str, target: str) -> dict[str, float]:
+    """Return what the profile stage estimated for this version on this target (empty if not profiled)."""
+    from tinymlops import registry
+
+    metrics = registry.get_run(run_id).data.metrics
+    keys = ("latency_ms", "energy_uj", "peak_ram_bytes")
+    return {k: float(metrics[f"{target}.{k}"]) for k in keys if f"{target}.{k}" in metrics}
+
+
 def build_package(model_name: str, version: str | int, target: str, key: Ed25519PrivateKey | None = None,
                   targets: Path | None = None) -> Bundle:
     """Build and sign a package for a target from a registered MLflow version."""
@@ -295,6 +304,7 @@ def build_package(model_name: str, version: str | int, target: str, key: Ed25519
         "output": src["output"],
         "reference": src["reference"],
         "metrics": src.get("metrics", {}),
+        "expected": _profiled_expectation(mv.run_id, target),
         "source": {"run_id": mv.run_id, "train_run_id": mv.tags.get("train_run_id", ""),
                    "dataset_digest": mv.tags.get("dataset_digest", "")},
         "created_unix_s": time.time(),

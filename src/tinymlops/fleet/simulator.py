@@ -200,7 +200,7 @@ class Simulation:
             stream=self.stream, stream_seed=self.seed * 100_003 + index,
             drift=cohort_stream(self.stream, c.drift), drift_after_s=c.drift_after_s,
             faults=Faults(**c.faults.model_dump()), energy_mw=target_power_mw(tgt), duration_s=duration_s,
-            max_reports=max_reports)
+            max_reports=max_reports, emulate_target_timing=True)
 
     def set_drift(self, cohort: str, **knobs: float) -> int:
         """Change a running cohort's stream knobs now (async mode); return the number of agents changed."""
@@ -274,7 +274,7 @@ class Simulation:
                 "--server", cfg.server, "--device-id", cfg.device_id, "--target", cfg.target,
                 "--state-dir", str(cfg.state_dir), "--trusted-key", str(self.key_path),
                 "--report-interval", str(cfg.report_interval_s), "--inference-interval",
-                str(cfg.inference_interval_s), "--seed", str(cfg.stream_seed)]
+                str(cfg.inference_interval_s), "--seed", str(cfg.stream_seed), "--emulate-target-timing"]
         if self.targets_dir is not None:
             argv += ["--targets-dir", str(self.targets_dir)]
         if cfg.enrolment_token:

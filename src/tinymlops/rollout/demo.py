@@ -24,7 +24,7 @@ from typing import Any
 
 from tinymlops import registry, settings
 from tinymlops.errors import UsageError
-from tinymlops.fleet.simulator import CohortSpec, FaultSpec, Simulation, publish
+from tinymlops.fleet.simulator import CohortSpec, DriftSpec, FaultSpec, Simulation, publish
 from tinymlops.fleet.store import Store, list_devices, open_store
 
 #: faults the demo and tests can bind to a candidate package
@@ -202,10 +202,16 @@ def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
              faulty_target: str = "raspberry-pi-zero-2-w", config_path: str | Path = "configs/rollout.yaml",
              devices_per_target: int = 20, fault: str = "latency", targets_dir: Path | None = None,
              versions: dict[str, tuple[str, str]] | None = None, work_dir: Path | None = None,
-             max_s: float = 240.0, runner: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+             max_s: float = 240.0, runner: Callable[..., dict[str, Any]] | None = None,
+             monitor_target: str | None = None, monitor_devices: int = 5,
+             monitor_drift: DriftSpec | None = None) -> dict[str, Any]:
     """Run the staged-rollout demo on a fresh simulated fleet; return the rollout summary (with ``table``).
 
     Args:
+        monitor_target: also run two monitored cohorts of ``monitor_devices`` on this target, on its candidate
+            version and out of the rollout: ``line-a`` as deployed and ``line-b`` with ``monitor_drift``
+            injected (a sensor-gain shift by default); both opt in to samples and feedback, so the drift check
+            that follows has sketches, Evidently samples and labels to judge.
         versions: per target (baseline, candidate); default from aliases (see :func:`pick_versions`).
         fault: which fault the faulty target's candidate carries: latency, crash or corrupt.
         runner: what drives the rollouts (default :func:`tinymlops.rollout.run.run_rollout`; the Prefect flow
@@ -219,6 +225,14 @@ def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
     registry.client()
     targets = [healthy_target, faulty_target]
     chosen = {t: (versions or {}).get(t) or pick_versions(model_name, t, targets_dir) for t in targets}
+    monitored: list[CohortSpec] = []
+    if monitor_target is not None:
+        if monitor_target in targets:
+            raise UsageError(f"monitor_target {monitor_target!r} must not be one of the rollout targets {targets}")
+        drift = monitor_drift or DriftSpec(gain=1.15)
+        monitored = [CohortSpec(name=name, devices=monitor_devices, target=monitor_target, samples_opt_in=True,
+                                feedback_opt_in=True, drift=d)
+                     for name, d in (("line-a", DriftSpec()), ("line-b", drift))]
     work = Path(work_dir or settings.home() / "rollout-demo")
     shutil.rmtree(work, ignore_errors=True)  # a fresh fleet every run: old simulated devices would be offline
     work.mkdir(parents=True)
@@ -229,11 +243,19 @@ def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
         cohorts = [CohortSpec(name=t, devices=devices_per_target, target=t, feedback_opt_in=True) for t in targets]
         baseline_pkgs = {t: publish(url, token, model_name, [chosen[t][0]], [t], cohorts={t: t},
                                     reason="demo baseline", targets_dir=targets_dir)[t] for t in targets}
-        fleet = start_fleet(url, token, cohorts, work / "devices", targets_dir=targets_dir,
+        installed = {t: devices_per_target for t in targets}
+        if monitored:
+            cand = registry.get_alias(model_name, f"candidate-{monitor_target}")
+            mon_versions = [str(cand.version)] if cand else [str(v.version) for v in registry.list_versions(model_name)]
+            baseline_pkgs.update(publish(url, token, model_name, mon_versions, [monitor_target],
+                                         cohorts={c.name: monitor_target for c in monitored},
+                                         reason="demo monitored cohorts", targets_dir=targets_dir))
+            installed[monitor_target] = 2 * monitor_devices
+        fleet = start_fleet(url, token, cohorts + monitored, work / "devices", targets_dir=targets_dir,
                             duration_s=max_s + 120)
         fleet.faults.append(PackageFaults(fleet.sim, faulty_target, chosen[faulty_target][1], FAULTS[fault]).start())
         try:
-            wait_installed(st, baseline_pkgs, {t: devices_per_target for t in targets}, fleet=fleet)
+            wait_installed(st, baseline_pkgs, installed, fleet=fleet)
             out = (runner or run_rollout)(
                 model_name, targets, str(config_path), fleet_url=url, operator_token=token, db_url=db_url,
                 versions={t: chosen[t][1] for t in targets}, max_s=max_s,
@@ -243,4 +265,7 @@ def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
     out["baselines"] = {t: chosen[t][0] for t in targets}
     out["fault"] = {"target": faulty_target, "kind": fault, **FAULTS[fault].model_dump(exclude_defaults=True)}
     out["fleet_db"] = db_url
+    if monitored:
+        out["monitored"] = {"target": monitor_target, "cohorts": [c.model_dump(exclude_defaults=True)
+                                                                   for c in monitored]}
     return out
