@@ -227,7 +227,7 @@ def test_controller_killed_mid_stage_resumes_where_it_was(fleet: dict[str, Any])
         return rows[0] if rows else None
 
     try:
-        wait_for(lambda: (current() or {}).get("stage_index", 0) >= 1, 90, "the kill rollout to reach stage 2")
+        wait_for(lambda: (current() or {}).get("stage_index", 0) >= 1, 180, "the kill rollout to reach stage 2")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
