@@ -260,14 +260,6 @@ def set_version_tags(model_name: str, version: str | int, tags: dict[str, Any]) 
         client().set_model_version_tag(model_name, str(version), k, str(v))
 
 
-def delete_version_tag(model_name: str, version: str | int, key: str) -> None:
-    """Remove a tag from a model version (no error if absent)."""
-    from mlflow.exceptions import MlflowException
-
-    with contextlib.suppress(MlflowException):
-        client().delete_model_version_tag(model_name, str(version), key)
-
-
 def get_run(run_id: str) -> Any:
     """Return a run (RegistryError if unknown)."""
     from mlflow.exceptions import MlflowException
