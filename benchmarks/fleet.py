@@ -167,7 +167,7 @@ def main() -> None:
     db = args.db or f"sqlite:///{tmp / 'fleet.db'}"
     port = free_port()
     server = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-c", "from tinymlops.cli import main; main()", "fleet", "serve",
+    proc = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", "fleet", "serve",
                              "--db", db, "--port", str(port), "--targets-dir", str(tmp / "targets"),
                              "--workers", str(args.workers)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

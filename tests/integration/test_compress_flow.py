@@ -164,7 +164,7 @@ def test_technique_effects_are_measured_in_the_artifact(compressed: dict[str, An
 def test_variants_listing_lineage_and_prefect_table(compressed: dict[str, Any]) -> None:
     from typer.testing import CliRunner
 
-    from tinymlops.cli import app
+    from cli import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["variants", MODEL, "--json"])

@@ -49,7 +49,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _cli(*args: str) -> Any:
-    from tinymlops.cli import app
+    from cli import app
 
     r = CliRunner().invoke(app, list(args))
     assert r.exit_code == 0, r.output
@@ -66,7 +66,7 @@ def test_registered_version_is_packaged_installed_by_an_agent_process_and_report
     assert manifest["source"]["run_id"] and manifest["reference"]["features"]
     enrol = _cli("fleet", "enrol-token", "--server", url, "--token", token, "--cohort", "gw", "--json")
     _cli("fleet", "deploy", info["package_id"], "--cohort", "gw", "--server", url, "--token", token, "--json")
-    cmd = [sys.executable, "-c", "from tinymlops.cli import main; main()", "agent", "--server", url,
+    cmd = [sys.executable, "-c", "from cli import main; main()", "agent", "--server", url,
            "--device-id", "gw-1", "--target", "host-onnxruntime", "--enrolment-token", enrol["tokens"][0],
            "--report-interval", "0.3", "--inference-interval", "0.01", "--max-reports", "3"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ.copy())

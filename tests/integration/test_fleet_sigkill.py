@@ -46,7 +46,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _agent_cmd(root: Path, url: str, device_id: str, token: str | None, max_reports: int | None = None) -> list[str]:
-    cmd = [sys.executable, "-c", "from tinymlops.cli import main; main()", "agent", "--server", url,
+    cmd = [sys.executable, "-c", "from cli import main; main()", "agent", "--server", url,
            "--device-id", device_id, "--target", "gw", "--state-dir", str(root / "dev" / device_id),
            "--trusted-key", str(root / "keys" / packages.PUBLIC_KEY_FILE), "--targets-dir", str(root / "targets"),
            "--report-interval", "0.2", "--inference-interval", "0.01", "-v"]

@@ -216,7 +216,7 @@ def test_controller_killed_mid_stage_resumes_where_it_was(fleet: dict[str, Any])
 
     st = fleet["st"]
     env = {**os.environ, "TINYMLOPS_HOME": str(fleet["home"])}
-    argv = [sys.executable, "-c", "from tinymlops.cli import main; main()", "rollout", "start", MODEL,
+    argv = [sys.executable, "-c", "from cli import main; main()", "rollout", "start", MODEL,
             "--target", "kill", "--version", "2", "--config", str(fleet["config"]), "--db", fleet["db_url"],
             "--server", fleet["url"], "--token", fleet["token"], "--targets-dir", str(fleet["targets_dir"])]
     log = (fleet["home"] / "controller.log").open("ab")

@@ -1,19 +1,26 @@
-"""Architecture boundaries: the library never imports Prefect; light modules never import heavy frameworks."""
+"""Architecture boundaries: the library never imports the app layer; light modules never import heavy frameworks.
+
+The app layer (``cli/`` and ``flows/`` at the top level) is the only code that imports Prefect or typer; the
+library (``src/tinymlops``) is importable and usable without either.
+"""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "tinymlops"
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src" / "tinymlops"
 HEAVY = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "tf2onnx", "evidently", "prefect")
+#: packages the library must never import, at module level or inside a function
+APP_LAYER = ("prefect", "typer", "cli", "flows")
 
 #: modules that must import fast: config, gates, sketches, fleet API models, registry, CLI start-up
 LIGHT = [
-    "tinymlops.config", "tinymlops.cli", "tinymlops.registry", "tinymlops.preprocessing", "tinymlops.data",
+    "tinymlops.config", "cli", "tinymlops.registry", "tinymlops.preprocessing", "tinymlops.data",
     "tinymlops.monitor.reference", "tinymlops.monitor.sketches", "tinymlops.runtimes", "tinymlops.metrics",
     "tinymlops.fleet.api", "tinymlops.fleet.store", "tinymlops.fleet.agent", "tinymlops.rollout.gates",
     "tinymlops.rollout.config", "tinymlops.monitor.verdict", "tinymlops.monitor.config", "tinymlops.monitor.drift",
@@ -28,16 +35,34 @@ def _exists(module: str) -> bool:
         return False
 
 
-def test_library_never_imports_prefect() -> None:
-    offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
-                 if re.search(r"^\s*(import prefect|from prefect)", p.read_text(), re.M)]
-    assert offenders == []
+def imported_top_levels(path: Path) -> set[str]:
+    """Return the top-level package of every import statement in a file (function-level imports included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_library_never_imports_the_app_layer() -> None:
+    offenders = {str(p.relative_to(SRC)): sorted(imported_top_levels(p) & set(APP_LAYER))
+                 for p in SRC.rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_import_scan_sees_function_level_imports(tmp_path: Path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from prefect import flow\n    import typer.main\n", encoding="utf-8")
+    assert imported_top_levels(f) == {"prefect", "typer"}
 
 
 def test_light_modules_do_not_import_heavy_frameworks() -> None:
     present = [m for m in LIGHT if _exists(m)]
-    assert "tinymlops.cli" in present and "tinymlops.config" in present
+    assert "cli" in present and "tinymlops.config" in present
     code = (f"import sys\nfor m in {present!r}:\n    __import__(m)\n"
             f"print([h for h in {HEAVY!r} if h in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tinymlops.cli import app
+from cli import app
 from tinymlops.errors import ConfigError
 
 BASE: dict[str, Any] = {
@@ -133,7 +133,7 @@ def test_weight_stats_and_evaluation_read_the_artifact(tmp_path: Path) -> None:
 
 def test_compress_modules_import_without_tensorflow() -> None:
     mods = ["tinymlops.compress.stage", "tinymlops.compress.lineage", "tinymlops.compress.evaluate",
-            "tinymlops.compress.techniques", "tinymlops.cli.compress"]
+            "tinymlops.compress.techniques", "cli.compress"]
     code = (f"import sys\nfor m in {mods!r}:\n    __import__(m)\n"
             "print([h for h in ('tensorflow', 'tf_keras', 'tensorflow_model_optimization', 'prefect') "
             "if h in sys.modules])")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tinymlops.cli import app
+from cli import app
 from tinymlops.config import PipelineConfig, detect_kind, load, load_pipeline
 from tinymlops.errors import ConfigError
 

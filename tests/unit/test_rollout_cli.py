@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tinymlops.cli import app
+from cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()

@@ -270,7 +270,7 @@ class Simulation:
     # ---- process mode ---------------------------------------------------------------------------------------
 
     def _agent_argv(self, cfg: AgentConfig, c: CohortSpec) -> list[str]:
-        argv = [sys.executable, "-c", "from tinymlops.cli import main; main()", "agent",
+        argv = [sys.executable, "-c", "from cli import main; main()", "agent",
                 "--server", cfg.server, "--device-id", cfg.device_id, "--target", cfg.target,
                 "--state-dir", str(cfg.state_dir), "--trusted-key", str(self.key_path),
                 "--report-interval", str(cfg.report_interval_s), "--inference-interval",

@@ -49,7 +49,7 @@ def fleet_service(db_url: str, port: int | None = None, poll_interval_s: float =
     import httpx
 
     port = port or free_port()
-    argv = [sys.executable, "-c", "from tinymlops.cli import main; main()", "fleet", "serve", "--db", db_url,
+    argv = [sys.executable, "-c", "from cli import main; main()", "fleet", "serve", "--db", db_url,
             "--port", str(port), "--poll-interval", str(poll_interval_s)]
     if targets_dir is not None:
         argv += ["--targets-dir", str(targets_dir)]

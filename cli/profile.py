@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from tinymlops.cli._common import handle_errors, print_json, print_table
+from cli._common import handle_errors, print_json, print_table
 
 PROFILE_HELP = """Profile a .tflite/.onnx model on a target board: latency, energy, peak RAM, flash, fits.
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tinymlops.cli._common import console, err_console, handle_errors, print_json, print_table
+from cli._common import console, err_console, handle_errors, print_json, print_table
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML (see configs/pipeline.yaml)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout instead of tables")]

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tinymlops.cli._common import console, handle_errors, print_json, print_table
+from cli._common import console, handle_errors, print_json, print_table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout instead of tables")]
 

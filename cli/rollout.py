@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tinymlops.cli._common import console, err_console, handle_errors, print_json, print_table
+from cli._common import console, err_console, handle_errors, print_json, print_table
 
 rollout_app = typer.Typer(help="Staged rollouts: canary stages per target with metric gates and automatic rollback.",
                           no_args_is_help=True)
@@ -84,7 +84,7 @@ def start(model: Annotated[str, typer.Argument(help="registered model name")],
     st = _store(db)
     client = None
     if server:
-        from tinymlops.cli.fleet import _client
+        from cli.fleet import _client
 
         client = _client(server, token)
     ctl = Controller(st, targets_dir=targets_dir)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from tinymlops.cli._common import console, err_console, handle_errors, print_json, print_table
+from cli._common import console, err_console, handle_errors, print_json, print_table
 
 DEFAULT_SERVER = "http://127.0.0.1:8700"
 fleet_app = typer.Typer(help="Fleet service, device enrolment, deployment and the fleet simulator.",

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tinymlops.cli._common import console, handle_errors, print_json, print_table
+from cli._common import console, handle_errors, print_json, print_table
 from tinymlops.errors import UsageError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout instead of tables")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from tinymlops.cli import compress, drift, fleet, pipeline, profile, rollout
+from cli import compress, drift, fleet, pipeline, profile, rollout
 
 app = typer.Typer(
     name="tinymlops",
