@@ -29,7 +29,7 @@ test-integration: $(STAMP)
 	$(PY) -m pytest -q -m integration
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src flows tests benchmarks
+	$(VENV)/bin/ruff check src flows cli tests benchmarks
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
