@@ -45,11 +45,11 @@ def run_task(config: str, serial_too: bool) -> tuple[list[tuple[str, str, bool, 
     from tinymlops import registry
     from tinymlops.compress.stage import parent, run_compress
     from tinymlops.config import load_pipeline
-    from tinymlops.train import run_training
+    from tinymlops.train import run_train
 
     cfg = load_pipeline(config)
     t0 = time.perf_counter()
-    res = run_training(cfg)
+    res = run_train(cfg)
     train_s = time.perf_counter() - t0
     out = compress_flow(config, res.version)
     v = {x["variant"]: x for x in out["variants"]}

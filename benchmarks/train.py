@@ -19,13 +19,13 @@ MAX_TRAIN_S = 60.0
 def main() -> int:
     os.environ["TINYMLOPS_HOME"] = tempfile.mkdtemp(prefix="tinymlops-bench-train-")
     from tinymlops.config import load_pipeline
-    from tinymlops.train import run_training
+    from tinymlops.train import run_train
 
     ok = True
     print(f"{'task':<10} {'accuracy':>9} {'macro_f1':>9} {'bar':>6} {'train_s':>8} {'stage_s':>8}  result")
     for name in ("pipeline.yaml", "digits.yaml"):
         cfg = load_pipeline(REPO / "configs" / name)
-        res = run_training(cfg)
+        res = run_train(cfg)
         acc, f1, fit_s = res.metrics["test_accuracy"], res.metrics["test_macro_f1"], res.metrics["train_seconds"]
         bar = BARS[cfg.dataset.name]
         passed = acc >= bar and fit_s <= MAX_TRAIN_S

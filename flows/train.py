@@ -1,4 +1,4 @@
-"""Train flow: dataset → pre-processing → model → fit → evaluate → exports → registered float version."""
+"""Train flow: a thin Prefect wrapper around :func:`tinymlops.train.run_train` plus a summary artifact."""
 
 from __future__ import annotations
 
@@ -8,19 +8,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tinymlops.config import load_pipeline
-from tinymlops.train import run_training
+from tinymlops.train import run_train
 
 
+# no retries: a failed fit is deterministic (same seed, same data) and each attempt would leave a FAILED run
 @task(name="train-and-register", cache_policy=NO_CACHE)
 def train_task(config_path: str, parent_run_id: str | None = None) -> dict[str, Any]:
     """Train, evaluate, export and register the float model the config describes."""
-    logger = get_run_logger()
-    cfg = load_pipeline(config_path)
-    res = run_training(cfg, progress=logger.info, parent_run_id=parent_run_id)
-    return {"run_id": res.run_id, "model_name": res.model_name, "version": res.version,
-            "model_uri": res.model_uri, "metrics": res.metrics, "dataset_digests": res.dataset_digests,
-            "duration_s": res.duration_s, "experiment": cfg.mlflow.experiment}
+    return run_train(config_path, parent_run_id, progress=get_run_logger().info).to_dict()
 
 
 @flow(name="train", log_prints=True)

@@ -1,6 +1,7 @@
 """The train stage: dataset → pre-processing → Keras model → fit → evaluate → exports → registered version.
 
-``prepare`` is NumPy only; ``fit`` and ``run_training`` cross the TensorFlow boundary (imported lazily).
+``run_train`` is the stage's one entry point (``flows/train.py`` wraps it; ``tinymlops train --no-prefect`` calls
+it). ``prepare`` is NumPy only; ``fit_model`` and ``run_train`` cross the TensorFlow boundary (imported lazily).
 Everything is recorded in MLflow through :mod:`tinymlops.registry`; a failure marks the run FAILED and registers
 nothing (registration is the last step).
 """
@@ -11,14 +12,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tinymlops import registry
-from tinymlops.config import PipelineConfig
+from tinymlops.config import PipelineConfig, load_pipeline
 from tinymlops.data import Dataset, load_dataset, shift_augment, split
 from tinymlops.metrics import agreement, classification_metrics, confusion
 from tinymlops.preprocessing import FittedPreprocessing, fit, transform
@@ -45,16 +46,23 @@ class Prepared:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What the train stage hands on: identifiers of the registered float version and its figures."""
+
     run_id: str
     model_name: str
     version: str
     metrics: dict[str, float]
     dataset_digests: dict[str, str]
     duration_s: float
+    experiment: str = ""
 
     @property
     def model_uri(self) -> str:
         return f"models:/{self.model_name}/{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-friendly dict (flow results, ``--json``)."""
+        return {**asdict(self), "model_uri": self.model_uri}
 
 
 def prepare(cfg: PipelineConfig) -> Prepared:
@@ -140,13 +148,16 @@ def base_manifest(cfg: PipelineConfig, prep: Prepared, variant: str, fmt: str, r
     }
 
 
-def run_training(cfg: PipelineConfig, progress: Callable[[str], None] | None = None,
-                 parent_run_id: str | None = None) -> TrainResult:
-    """Run the whole train stage and register a new float32 version; return identifiers and figures."""
-    from tinymlops.compress.export import to_onnx, to_tflite_float, write_package
-    from tinymlops.monitor.reference import compute_reference
-    from tinymlops.runtimes import open_runner
+def run_train(config: str | Path | PipelineConfig, parent_run_id: str | None = None,
+              progress: Callable[[str], None] | None = None) -> TrainResult:
+    """Run the whole train stage and register a new float32 version: THE train entry point (flows wrap it).
 
+    Args:
+        config: a pipeline config file (``kind: pipeline``) or an already loaded one.
+        parent_run_id: nest the train run under this MLflow run (the pipeline run).
+        progress: called with one line per step and epoch (the flow passes its logger).
+    """
+    cfg = config if isinstance(config, PipelineConfig) else load_pipeline(config)
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     registry.connect(cfg.mlflow.tracking_uri)
@@ -156,13 +167,7 @@ def run_training(cfg: PipelineConfig, progress: Callable[[str], None] | None = N
     tags = {"tinymlops.stage": "train", "task": cfg.project, "config_hash": cfg.config_hash(),
             "git_commit": _git_commit(), "dataset_digest": digests["train"]}
     with registry.run(cfg.mlflow.experiment, f"train-{cfg.model.arch}", parent_run_id, tags) as r:
-        for name, part in prep.splits.items():
-            registry.log_dataset(r.run_id, prep.features(name), part.y, part.name, part.digest(), part.source, name)
-        registry.log_params(r.run_id, {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
-                                       "dataset": {"name": cfg.dataset.name, "seed": cfg.dataset.seed,
-                                                   **{f"{k}_rows": len(v.y) for k, v in prep.splits.items()}},
-                                       "preprocessing": cfg.preprocessing.model_dump()})
-        registry.log_dict(r.run_id, cfg.model_dump(mode="json"), "config/pipeline.json")
+        _log_inputs(r.run_id, cfg, prep)
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
             registry.log_metrics(r.run_id, logs, step=epoch)
@@ -172,68 +177,98 @@ def run_training(cfg: PipelineConfig, progress: Callable[[str], None] | None = N
         say(f"training {cfg.model.arch} on {len(prep.splits['train'].y)} samples")
         t_fit = time.perf_counter()
         model, history = fit_model(cfg, prep, on_epoch)
-        fit_s = time.perf_counter() - t_fit
-
-        x_test, y_test = prep.features("test"), prep.splits["test"].y
-        n_classes = len(prep.class_names)
-        probs = model.predict(x_test, verbose=0)
-        test = classification_metrics(y_test, probs, n_classes)
-        metrics = {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-                   "accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "train_seconds": fit_s,
-                   "epochs_run": len(history.get("loss", []))}
-        registry.log_metrics(r.run_id, metrics)
-        cm = confusion(y_test, probs.argmax(axis=1), n_classes)
-        registry.log_figure(r.run_id, _confusion_figure(cm, prep.class_names, f"{cfg.project}: test split"),
-                            "evaluation/confusion_matrix.png")
-
+        probs, metrics = _evaluate(r.run_id, cfg, prep, model, history, time.perf_counter() - t_fit)
         say("exporting float32 Keras, TFLite and ONNX models")
-        x_train = prep.features("train")
-        ref = compute_reference(x_train, model.predict(x_train, verbose=0), prep.preprocessing.feature_names,
-                                prep.class_names, metrics={"accuracy": test["accuracy"],
-                                                           "macro_f1": test["macro_f1"]})
-        with tempfile.TemporaryDirectory(prefix="tinymlops-train-") as tmp:
-            tmpd = Path(tmp)
-            model.save(tmpd / "model.h5")
-            registry.log_artifact(r.run_id, tmpd / "model.h5", "keras")
-            (tmpd / "model_fp32.tflite").write_bytes(to_tflite_float(model))
-            to_onnx(model, tmpd / "model_fp32.onnx")
-            export_agreement = {}
-            for f in ("model_fp32.tflite", "model_fp32.onnx"):
-                with open_runner(tmpd / f) as runner:
-                    export_agreement[f] = agreement(runner.predict(x_test), probs)
-            registry.log_metrics(r.run_id, {"export_agreement_tflite": export_agreement["model_fp32.tflite"],
-                                            "export_agreement_onnx": export_agreement["model_fp32.onnx"],
-                                            "size_bytes_tflite_fp32": (tmpd / "model_fp32.tflite").stat().st_size,
-                                            "size_bytes_onnx_fp32": (tmpd / "model_fp32.onnx").stat().st_size})
-            bad = {k: v for k, v in export_agreement.items() if v < EXPORT_AGREEMENT_MIN}
-            if bad:
-                raise RuntimeError(f"exported models disagree with the Keras model: {bad}")
-            registry.log_artifact(r.run_id, tmpd / "model_fp32.tflite", "exports")
-            registry.log_artifact(r.run_id, tmpd / "model_fp32.onnx", "exports")
-            manifest = base_manifest(cfg, prep, "float32", "onnx", ref.model_dump(),
-                                     {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"]}, n_classes)
-            write_package(tmpd / "package", tmpd / "model_fp32.onnx", manifest)
-            registry.log_artifact(r.run_id, tmpd / "package", "package")
-            _log_reference_sample(r.run_id, x_train, prep, tmpd)
-            registry.log_onnx_model(r.run_id, tmpd / "model_fp32.onnx")
-
+        _export_and_log(r.run_id, cfg, prep, model, probs, metrics)
         say("registering the float32 model version")
-        description = (
-            f"{cfg.project}: float32 {cfg.model.arch} trained on {cfg.dataset.name} "
-            f"({len(prep.splits['train'].y)} train / {len(y_test)} test samples, digest {digests['train']}). "
-            f"Test accuracy {test['accuracy']:.2%}, macro-F1 {test['macro_f1']:.3f}. "
-            f"Package: ONNX fp32 + manifest (pre-processing '{cfg.preprocessing.features}', reference profile). "
-            f"Config hash {tags['config_hash']}, git {tags['git_commit']}."
-        )
-        version = registry.register_version(
-            cfg.mlflow.registered_model, r.run_id,
-            {"variant": "float32", "technique": "none", "format": "onnx", "task": cfg.project,
-             "train_run_id": r.run_id, "dataset_digest": digests["train"], "config_hash": tags["config_hash"],
-             "git_commit": tags["git_commit"], "accuracy": f"{test['accuracy']:.4f}"},
-            description)
-        registry.set_tags(r.run_id, {"registered_version": version})
+        version = _register(r.run_id, cfg, prep, metrics, digests["train"], tags)
     return TrainResult(r.run_id, cfg.mlflow.registered_model, version, metrics, digests,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, cfg.mlflow.experiment)
+
+
+def _log_inputs(run_id: str, cfg: PipelineConfig, prep: Prepared) -> None:
+    """Log the dataset splits, the parameters and the config on the train run."""
+    for name, part in prep.splits.items():
+        registry.log_dataset(run_id, prep.features(name), part.y, part.name, part.digest(), part.source, name)
+    registry.log_params(run_id, {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
+                                 "dataset": {"name": cfg.dataset.name, "seed": cfg.dataset.seed,
+                                             **{f"{k}_rows": len(v.y) for k, v in prep.splits.items()}},
+                                 "preprocessing": cfg.preprocessing.model_dump()})
+    registry.log_dict(run_id, cfg.model_dump(mode="json"), "config/pipeline.json")
+
+
+def _evaluate(run_id: str, cfg: PipelineConfig, prep: Prepared, model: Any, history: dict[str, list[float]],
+              fit_s: float) -> tuple[np.ndarray, dict[str, float]]:
+    """Evaluate the fitted model on the test split; log metrics and the confusion matrix; return (probs, metrics)."""
+    x_test, y_test = prep.features("test"), prep.splits["test"].y
+    n_classes = len(prep.class_names)
+    probs = model.predict(x_test, verbose=0)
+    test = classification_metrics(y_test, probs, n_classes)
+    metrics = {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+               "accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "train_seconds": fit_s,
+               "epochs_run": len(history.get("loss", []))}
+    registry.log_metrics(run_id, metrics)
+    cm = confusion(y_test, probs.argmax(axis=1), n_classes)
+    registry.log_figure(run_id, _confusion_figure(cm, prep.class_names, f"{cfg.project}: test split"),
+                        "evaluation/confusion_matrix.png")
+    return probs, metrics
+
+
+def _export_and_log(run_id: str, cfg: PipelineConfig, prep: Prepared, model: Any, probs: np.ndarray,
+                    metrics: dict[str, float]) -> None:
+    """Export Keras/TFLite/ONNX, check they agree with Keras, log them, the package and the reference sample."""
+    from tinymlops.compress.export import to_onnx, to_tflite_float, write_package
+    from tinymlops.monitor.reference import compute_reference
+    from tinymlops.runtimes import open_runner
+
+    x_train, x_test = prep.features("train"), prep.features("test")
+    scores = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    ref = compute_reference(x_train, model.predict(x_train, verbose=0), prep.preprocessing.feature_names,
+                            prep.class_names, metrics=scores)
+    with tempfile.TemporaryDirectory(prefix="tinymlops-train-") as tmp:
+        tmpd = Path(tmp)
+        model.save(tmpd / "model.h5")
+        registry.log_artifact(run_id, tmpd / "model.h5", "keras")
+        (tmpd / "model_fp32.tflite").write_bytes(to_tflite_float(model))
+        to_onnx(model, tmpd / "model_fp32.onnx")
+        export_agreement = {}
+        for f in ("model_fp32.tflite", "model_fp32.onnx"):
+            with open_runner(tmpd / f) as runner:
+                export_agreement[f] = agreement(runner.predict(x_test), probs)
+        registry.log_metrics(run_id, {"export_agreement_tflite": export_agreement["model_fp32.tflite"],
+                                      "export_agreement_onnx": export_agreement["model_fp32.onnx"],
+                                      "size_bytes_tflite_fp32": (tmpd / "model_fp32.tflite").stat().st_size,
+                                      "size_bytes_onnx_fp32": (tmpd / "model_fp32.onnx").stat().st_size})
+        bad = {k: v for k, v in export_agreement.items() if v < EXPORT_AGREEMENT_MIN}
+        if bad:
+            raise RuntimeError(f"exported models disagree with the Keras model: {bad}")
+        registry.log_artifact(run_id, tmpd / "model_fp32.tflite", "exports")
+        registry.log_artifact(run_id, tmpd / "model_fp32.onnx", "exports")
+        manifest = base_manifest(cfg, prep, "float32", "onnx", ref.model_dump(), scores, len(prep.class_names))
+        write_package(tmpd / "package", tmpd / "model_fp32.onnx", manifest)
+        registry.log_artifact(run_id, tmpd / "package", "package")
+        _log_reference_sample(run_id, x_train, prep, tmpd)
+        registry.log_onnx_model(run_id, tmpd / "model_fp32.onnx")
+
+
+def _register(run_id: str, cfg: PipelineConfig, prep: Prepared, metrics: dict[str, float], digest: str,
+              tags: dict[str, str]) -> str:
+    """Register the run's package as a new float32 version (the last step: a failure registers nothing)."""
+    description = (
+        f"{cfg.project}: float32 {cfg.model.arch} trained on {cfg.dataset.name} "
+        f"({len(prep.splits['train'].y)} train / {len(prep.splits['test'].y)} test samples, digest {digest}). "
+        f"Test accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.3f}. "
+        f"Package: ONNX fp32 + manifest (pre-processing '{cfg.preprocessing.features}', reference profile). "
+        f"Config hash {tags['config_hash']}, git {tags['git_commit']}."
+    )
+    version = registry.register_version(
+        cfg.mlflow.registered_model, run_id,
+        {"variant": "float32", "technique": "none", "format": "onnx", "task": cfg.project,
+         "train_run_id": run_id, "dataset_digest": digest, "config_hash": tags["config_hash"],
+         "git_commit": tags["git_commit"], "accuracy": f"{metrics['accuracy']:.4f}"},
+        description)
+    registry.set_tags(run_id, {"registered_version": version})
+    return version
 
 
 def _log_reference_sample(run_id: str, x_train: np.ndarray, prep: Prepared, tmpd: Path) -> None:
