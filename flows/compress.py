@@ -1,4 +1,10 @@
-"""Compress flow: one float version → every configured variant (mapped tasks), each evaluated and registered."""
+"""Compress flow: one float version → every configured variant (mapped tasks), each evaluated and registered.
+
+The library's entry point is :func:`tinymlops.compress.stage.run_compress` (what ``--no-prefect`` calls): it
+chains ``open_stage`` → ``run_variant`` per variant → ``close_stage`` serially. This flow composes exactly those
+three blocks instead of wrapping ``run_compress`` in one task, because mapping ``run_variant`` over tasks is what
+lets Prefect run variants in parallel threads, retry/observe each one and show one task run per variant.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from tinymlops.config import load_pipeline
 WORKERS = int(os.environ.get("TINYMLOPS_COMPRESS_WORKERS", "2"))
 
 
+# no retries on these tasks: each attempt opens a new MLflow run; a variant's failure is returned, never raised
 @task(name="compress-open", cache_policy=NO_CACHE)
 def open_task(config_path: str, version: str, parent_run_id: str | None) -> dict[str, Any]:
     """Check the parent version, open the compress run and measure the float reference."""
@@ -47,7 +54,7 @@ def compress_flow(config_path: str = "configs/pipeline.yaml", version: str = "1"
     except BaseException as exc:
         stage.fail_stage(stage.StageRef(**ref), exc)
         raise
-    summary = stage.close_stage(stage.StageRef(**ref), results, time.perf_counter() - t0)
+    summary = stage.close_stage(stage.StageRef(**ref), results, time.perf_counter() - t0).to_dict()
     create_table_artifact(key="compress-variants", table=_table(summary),
                           description=f"variants of {ref['model_name']}/{version} evaluated in their runtimes")
     return summary

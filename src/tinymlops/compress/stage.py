@@ -2,7 +2,8 @@
 
 ``open_stage`` checks the parent version and opens the compress run; ``run_variant`` builds, evaluates and
 registers one variant in its own nested run (a failure marks that run FAILED with the reason, registers nothing
-and is returned, never raised); ``close_stage`` logs the summary. ``run_compress`` chains them without Prefect.
+and is returned, never raised); ``close_stage`` logs the summary. ``run_compress`` is the stage's one entry point:
+it chains them serially (``--no-prefect``); the flow composes the same blocks to run variants in parallel tasks.
 Everything crossing a stage boundary is an identifier, so the Prefect layer can map variants over tasks.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from tinymlops import registry
-from tinymlops.config import PipelineConfig
+from tinymlops.config import PipelineConfig, load_pipeline
 from tinymlops.errors import UsageError
 from tinymlops.metrics import classification_metrics
 
@@ -275,22 +276,43 @@ def _build_and_register(cfg: PipelineConfig, ref: StageRef, spec: Any, run_id: s
             **{k: v for k, v in built.figures.items() if k == "build_seconds"}}
 
 
-def close_stage(ref: StageRef, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Log the variants table on the compress run, end it, and return the stage summary."""
+@dataclass(frozen=True)
+class CompressResult:
+    """What the compress stage hands on: the float parent's figures and one summary dict per variant."""
+
+    ref: StageRef
+    variants: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def registered(self) -> int:
+        return sum(v["status"] == "registered" for v in self.variants)
+
+    @property
+    def failed(self) -> int:
+        return len(self.variants) - self.registered
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-friendly dict: the StageRef fields, ``variants``, ``registered``, ``failed``, ``seconds``."""
+        return {**self.ref.to_dict(), "variants": self.variants, "registered": self.registered,
+                "failed": self.failed, "seconds": self.seconds}
+
+
+def close_stage(ref: StageRef, results: list[dict[str, Any]], seconds: float) -> CompressResult:
+    """Log the variants table on the compress run, end it, and return the stage result."""
     rows = [{k: r.get(k) for k in ("variant", "technique", "status", "version", "format", "size_bytes",
                                    "gzip_bytes", "accuracy", "accuracy_delta", "sparsity", "tflm_tflite_agreement",
                                    "error")} for r in results]
     registry.log_dict(ref.compress_run_id, {"variants": rows}, "variants.json")
-    n_ok = sum(r["status"] == "registered" for r in results)
-    registry.log_metrics(ref.compress_run_id, {"variants_registered": n_ok, "variants_failed": len(results) - n_ok,
-                                               "compress_seconds": seconds})
+    out = CompressResult(ref, results, seconds)
+    registry.log_metrics(ref.compress_run_id, {"variants_registered": out.registered,
+                                               "variants_failed": out.failed, "compress_seconds": seconds})
     failed = [r["variant"] for r in results if r["status"] != "registered"]
     if failed:
         registry.set_tags(ref.compress_run_id, {"failed_variants": ",".join(failed)})
     # the stage itself succeeded when it ran every variant; failures live on the variants' own runs
     registry.end_run(ref.compress_run_id)
-    return {**ref.to_dict(), "variants": results, "registered": n_ok, "failed": len(results) - n_ok,
-            "seconds": seconds}
+    return out
 
 
 def fail_stage(ref: StageRef, exc: BaseException) -> None:
@@ -298,11 +320,16 @@ def fail_stage(ref: StageRef, exc: BaseException) -> None:
     registry.end_run(ref.compress_run_id, f"{type(exc).__name__}: {exc}")
 
 
-def run_compress(cfg: PipelineConfig, version: str, parent_run_id: str | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the whole compress stage serially (no Prefect): every configured variant of one float version."""
+def run_compress(config: str | Path | PipelineConfig, version: str, parent_run_id: str | None = None,
+                 progress: Callable[[str], None] | None = None) -> CompressResult:
+    """Run the whole compress stage serially: every configured variant of one float version (THE entry point).
+
+    ``tinymlops compress --no-prefect`` calls this; ``flows/compress.py`` composes the same three blocks
+    (``open_stage`` → ``run_variant`` per variant → ``close_stage``) so that Prefect can map variants over tasks.
+    """
+    cfg = config if isinstance(config, PipelineConfig) else load_pipeline(config)
     t0 = time.perf_counter()
-    ref = open_stage(cfg, version, parent_run_id)
+    ref = open_stage(cfg, str(version), parent_run_id)
     try:
         results = [run_variant(cfg, ref, variant_name(s), progress) for s in cfg.compress.variants]
     except BaseException as exc:
