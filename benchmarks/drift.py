@@ -1,7 +1,7 @@
 """Drift quality bars (P6) on the vibration task: detection, false alarms, Evidently agreement, speed.
 
 Devices draw sensor windows from the seeded vibration generator, run the model's pre-processing and a small
-classifier, and sketch every inference on the reference bins (tinymlops.monitor.synthetic). Prints measured
+classifier, and sketch every inference on the reference bins (tinymlops.sim.synthetic). Prints measured
 figures; exits 1 if a bar is missed.
 
     .venv/bin/python benchmarks/drift.py [--quick]
@@ -18,8 +18,8 @@ import numpy as np
 from tinymlops.config import VibrationParams
 from tinymlops.monitor.config import Thresholds
 from tinymlops.monitor.drift import DeviceExpectation, compute_figures
-from tinymlops.monitor.synthetic import build_scenario
 from tinymlops.monitor.verdict import decide
+from tinymlops.sim.synthetic import build_scenario
 
 DRIFT = VibrationParams(gain=1.15)  # 15 % sensor-gain shift
 BASE = VibrationParams()

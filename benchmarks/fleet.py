@@ -157,8 +157,9 @@ def main() -> None:
 
     import httpx
 
-    from tinymlops.fleet import demo_model, packages
+    from tinymlops.fleet import packages
     from tinymlops.monitor.reference import ReferenceProfile
+    from tinymlops.sim import demo_model
 
     tmp = Path(tempfile.mkdtemp(prefix="tinymlops-bench-fleet-"))
     env = {**os.environ, "TINYMLOPS_HOME": str(tmp / "home"), "TINYMLOPS_TARGETS_DIR": str(tmp / "targets")}

@@ -32,12 +32,12 @@ def main() -> None:
 
     from tinymlops import registry
     from tinymlops.fleet import store as fleet_store
-    from tinymlops.fleet.demo_model import register_demo_model
     from tinymlops.fleet.store import Device, Telemetry
     from tinymlops.monitor.reference import ReferenceProfile
     from tinymlops.monitor.sketches import LATENCY_EDGES_MS, Sketch
     from tinymlops.rollout.config import GateThresholds, RolloutConfig, StageConfig
     from tinymlops.rollout.controller import Controller, publish_package
+    from tinymlops.sim.demo_model import register_demo_model
 
     registry.connect()
     model = "bench-rollout"

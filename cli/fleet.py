@@ -257,7 +257,8 @@ def simulate(devices: Annotated[int, typer.Option("--devices", "-n", min=1, max=
     from tinymlops import registry
     from tinymlops.config import read_yaml, validate_data
     from tinymlops.errors import RegistryError, UsageError
-    from tinymlops.fleet import demo_model, packages, simulator
+    from tinymlops.fleet import packages
+    from tinymlops.sim import demo_model, simulator
 
     op_token = _operator_token(token)
     catalogue = packages.list_targets(targets_dir)
@@ -382,7 +383,7 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
     from tinymlops.errors import UsageError
     from tinymlops.fleet import packages
     from tinymlops.fleet.agent import Agent, AgentConfig, AgentCrash, AgentStopped, Faults
-    from tinymlops.fleet.simulator import CRASH_EXIT_CODE, DriftSpec, cohort_stream, target_power_mw
+    from tinymlops.sim.simulator import CRASH_EXIT_CODE, DriftSpec, cohort_stream, target_power_mw
 
     if not device_id or not target:
         raise UsageError("--device-id and --target are required")

@@ -181,7 +181,7 @@ def demo(model: Annotated[str, typer.Argument(help="registered model name")],
          config: ConfigOpt = Path("configs/rollout.yaml"), targets_dir: TargetsDirOpt = None,
          json_out: JsonOpt = False) -> None:
     """Run a staged rollout over a fresh simulated fleet: one healthy candidate, one with an injected fault."""
-    from tinymlops.rollout.demo import run_demo
+    from tinymlops.sim.demo import run_demo
 
     out = run_demo(model, healthy, faulty, config, devices, fault, targets_dir)
     if json_out:

@@ -77,7 +77,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> Iterator
 
     from tinymlops import registry
     from tinymlops.fleet.store import Device, Telemetry, open_store
-    from tinymlops.monitor.synthetic import build_scenario
+    from tinymlops.sim.synthetic import build_scenario
 
     registry.connect()
     sc = build_scenario(n_reference=1000)

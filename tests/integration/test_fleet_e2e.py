@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tinymlops.fleet import agent, demo_model, packages, service, simulator, store
+from tinymlops.fleet import agent, packages, service, store
+from tinymlops.sim import demo_model, simulator
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

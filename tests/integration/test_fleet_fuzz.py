@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from tinymlops.fleet import demo_model, packages, service, store
+from tinymlops.fleet import packages, service, store
+from tinymlops.sim import demo_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXAMPLES_PER_MODE = 40

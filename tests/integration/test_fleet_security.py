@@ -14,8 +14,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tinymlops.config import VibrationParams
-from tinymlops.fleet import agent, demo_model, packages, service, store
+from tinymlops.fleet import agent, packages, service, store
 from tinymlops.fleet.store import DesiredState, Package
+from tinymlops.sim import demo_model
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tinymlops.fleet import agent, demo_model, packages, service, store
+from tinymlops.fleet import agent, packages, service, store
+from tinymlops.sim import demo_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TRIALS = 51

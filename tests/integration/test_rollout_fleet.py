@@ -83,10 +83,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> It
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from tinymlops import registry
     from tinymlops.fleet import service
-    from tinymlops.fleet.demo_model import register_demo_model
-    from tinymlops.fleet.simulator import CohortSpec, publish
+    from tinymlops.sim.demo_model import register_demo_model
+    from tinymlops.sim.simulator import CohortSpec, publish
     from tinymlops.fleet.store import open_store
-    from tinymlops.rollout.demo import FAULTS, PackageFaults, fleet_service, start_fleet, wait_installed
+    from tinymlops.sim.demo import FAULTS, PackageFaults, fleet_service, start_fleet, wait_installed
 
     registry._client = None
     registry.connect()

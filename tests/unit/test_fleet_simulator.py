@@ -8,8 +8,9 @@ import pytest
 
 from tinymlops.config import VibrationParams, validate_data
 from tinymlops.errors import ConfigError, UsageError
-from tinymlops.fleet import packages, simulator
-from tinymlops.fleet.simulator import CohortSpec, DriftSpec, Simulation, SimulationSpec
+from tinymlops.fleet import packages
+from tinymlops.sim import simulator
+from tinymlops.sim.simulator import CohortSpec, DriftSpec, Simulation, SimulationSpec
 
 
 @pytest.fixture

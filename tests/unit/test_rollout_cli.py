@@ -48,7 +48,7 @@ def test_status_abort_and_history_on_an_empty_fleet(tm_home: Path):
 
 
 def test_start_needs_one_target_for_an_explicit_version(tm_home: Path):
-    from tinymlops.fleet.demo_model import register_demo_model
+    from tinymlops.sim.demo_model import register_demo_model
 
     register_demo_model("cli-rollout", seed=0)
     r = runner.invoke(app, ["rollout", "start", "cli-rollout", "-c", str(REPO / "configs/rollout.yaml"),

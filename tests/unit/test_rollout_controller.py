@@ -41,7 +41,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     registry._client = None
     registry.connect()
-    from tinymlops.fleet.demo_model import register_demo_model
+    from tinymlops.sim.demo_model import register_demo_model
 
     register_demo_model(MODEL, seed=0)
     register_demo_model(MODEL, seed=1)

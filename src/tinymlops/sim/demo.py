@@ -24,8 +24,8 @@ from typing import Any
 
 from tinymlops import registry, settings
 from tinymlops.errors import UsageError
-from tinymlops.fleet.simulator import CohortSpec, DriftSpec, FaultSpec, Simulation, publish
 from tinymlops.fleet.store import Store, list_devices, open_store
+from tinymlops.sim.simulator import CohortSpec, DriftSpec, FaultSpec, Simulation, publish
 
 #: faults the demo and tests can bind to a candidate package
 FAULTS: dict[str, FaultSpec] = {
