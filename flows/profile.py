@@ -1,4 +1,4 @@
-"""Profile flow: every registered version with a package x every target -> feasibility, per-target pick, MLflow."""
+"""Profile flow: a thin Prefect wrapper around :func:`tinymlops.profile.matrix.run_profile` plus a table artifact."""
 
 from __future__ import annotations
 
@@ -8,26 +8,28 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tinymlops.profile.matrix import profile_registered
+from tinymlops.profile.matrix import run_profile
 
 
+# retries are safe: metrics/tags are overwritten, an alias only moves to the same recommendation
 @task(name="profile-matrix", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def profile_task(model_name: str, targets_dir: str, targets: list[str] | str, experiment: str) -> dict[str, Any]:
-    """Profile all packaged versions on all targets, log metrics/tags/aliases/artifacts, return the summary."""
-    return profile_registered(model_name, targets_dir, targets, experiment)
+def profile_task(model_name: str, targets_dir: str | None, targets: list[str] | str,
+                 experiment: str | None) -> dict[str, Any]:
+    """Profile all packaged versions on all targets, log to MLflow, move candidate aliases."""
+    return run_profile(model_name, targets_dir, targets, experiment).to_dict(rows=False)
 
 
 @flow(name="profile", log_prints=True)
-def profile_flow(model_name: str, targets_dir: str = "configs/targets", targets: list[str] | str = "all",
+def profile_flow(model_name: str, targets_dir: str | None = None, targets: list[str] | str = "all",
                  experiment: str | None = None) -> dict[str, Any]:
     """Profile a registered model on every target and recommend one version per target."""
-    summary = profile_task(model_name, targets_dir, targets, experiment or f"{model_name}/profile")
-    create_table_artifact(key="profile-recommendations", table=recommendation_table(summary),
+    summary = profile_task(model_name, targets_dir, targets, experiment)
+    table = recommendation_table(summary)
+    create_table_artifact(key="profile-recommendations", table=table,
                           description=f"recommended version of {model_name} per target")
     get_run_logger().info("profiled %d versions on %d targets in %.1f s", len(summary["versions"]),
                           len(summary["targets"]), summary["seconds"])
-    print(text_table(recommendation_table(summary)))
-    summary.pop("rows", None)
+    print(text_table(table))
     return summary
 
 

@@ -1,7 +1,7 @@
 """Profile every registered version of a model on every target, pick per-target recommendations, log to MLflow.
 
-This is the work behind ``flows/profile.py`` (the flow is a thin wrapper). Per version x target it records
-feasibility and figures; per target the recommended version (highest accuracy among feasible, ties to lower
+``run_profile`` is the stage's one entry point (``flows/profile.py`` wraps it; ``tinymlops profile MODEL
+--no-prefect`` calls it). Per version x target it records feasibility and figures; per target the recommended version (highest accuracy among feasible, ties to lower
 energy) and the accuracy/latency Pareto front. MLflow gets: metrics ``<target>.<figure>`` and tags
 ``fits.<target>`` on each version's run, version tags ``fits.<target>``, alias ``candidate-<target>`` on the
 recommended version, and a ``profile`` run with the CSV matrix, the PNG chart and the JSON summary.
@@ -14,6 +14,7 @@ import io
 import logging
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -208,14 +209,39 @@ def log_results(model_name: str, rows: list[dict[str, Any]], per_target: dict[st
         return pr.run_id
 
 
-def profile_registered(model_name: str, targets_dir: str | Path = "configs/targets",
-                       targets: list[str] | str = "all", experiment: str | None = None,
-                       work_dir: str | Path | None = None) -> dict[str, Any]:
-    """Profile all packaged versions of a registered model on targets; log to MLflow; return a JSON summary."""
+@dataclass(frozen=True)
+class ProfileResult:
+    """What the profile stage hands on: per target the recommended version (alias ``candidate-<target>``)."""
+
+    model: str
+    versions: list[str]
+    skipped: list[str]
+    targets: dict[str, dict[str, Any]]
+    seconds: float
+    profile_run_id: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self, rows: bool = True) -> dict[str, Any]:
+        """Return a JSON-friendly dict (``rows``: include the version x target matrix)."""
+        out = asdict(self)
+        if not rows:
+            out.pop("rows")
+        return out
+
+
+def run_profile(model_name: str, targets_dir: str | Path | None = None, targets: list[str] | str = "all",
+                experiment: str | None = None, work_dir: str | Path | None = None) -> ProfileResult:
+    """Profile all packaged versions of a registered model on targets; log to MLflow (THE profile entry point).
+
+    Args:
+        targets_dir: the target catalogue (default: the catalogue's default search path).
+        targets: catalogue names or target YAML paths, or ``"all"``.
+        experiment: MLflow experiment of the profile run (default ``<model>/profile``).
+    """
     t0 = time.perf_counter()
-    tlist = resolve_targets(targets, targets_dir)
+    tlist = resolve_targets(targets, targets_dir) if targets_dir else resolve_targets(targets)
     tmp = tempfile.TemporaryDirectory(prefix="tinymlops-profile-") if work_dir is None else None
-    wdir = Path(tmp.name if tmp else work_dir)  # type: ignore[arg-type]
+    wdir = Path(tmp.name) if tmp else Path(str(work_dir))
     try:
         versions, skipped = fetch_versions(model_name, wdir)
         if not versions:
@@ -225,14 +251,12 @@ def profile_registered(model_name: str, targets_dir: str | Path = "configs/targe
         per_target = select_per_target(rows, tlist)
         summary: dict[str, Any] = {
             "model": model_name, "versions": [v["version"] for v in versions], "skipped": skipped,
-            "targets": per_target, "seconds": None,
+            "targets": per_target, "seconds": round(time.perf_counter() - t0, 2),
         }
-        summary["seconds"] = round(time.perf_counter() - t0, 2)
-        summary["profile_run_id"] = log_results(model_name, rows, per_target, tlist,
-                                                experiment or f"{model_name}/profile", summary)
-        summary["rows"] = [{k: r.get(k) for k in CSV_COLUMNS} for r in rows]
-        summary["seconds"] = round(time.perf_counter() - t0, 2)
-        return summary
+        run_id = log_results(model_name, rows, per_target, tlist, experiment or f"{model_name}/profile", summary)
+        return ProfileResult(model_name, summary["versions"], skipped, per_target,
+                             round(time.perf_counter() - t0, 2), run_id,
+                             [{k: r.get(k) for k in CSV_COLUMNS} for r in rows])
     finally:
         if tmp is not None:
             tmp.cleanup()
