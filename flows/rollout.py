@@ -117,8 +117,8 @@ def rollout_demo_flow(model_name: str, healthy_target: str = "raspberry-pi-4",
                       targets_dir: str | None = None, monitor_target: str | None = None,
                       monitor_devices: int = 5, monitor_drift: dict[str, float] | None = None) -> dict[str, Any]:
     """Run the rollout demo (fresh simulated fleet, one healthy and one faulty candidate) through the flow."""
-    from tinymlops.fleet.simulator import DriftSpec
-    from tinymlops.rollout.demo import run_demo
+    from tinymlops.sim.demo import run_demo
+    from tinymlops.sim.simulator import DriftSpec
 
     return run_demo(model_name, healthy_target, faulty_target, config_path, devices_per_target, fault,
                     Path(targets_dir) if targets_dir else None, runner=rollout_flow,

@@ -7,8 +7,8 @@ import pytest
 from tinymlops.config import VibrationParams
 from tinymlops.monitor.config import Thresholds
 from tinymlops.monitor.drift import compute_figures
-from tinymlops.monitor.synthetic import Scenario, build_scenario
 from tinymlops.monitor.verdict import decide
+from tinymlops.sim.synthetic import Scenario, build_scenario
 
 
 @pytest.fixture(scope="module")
