@@ -14,12 +14,13 @@ Conventions every stage relies on:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,6 @@ from tinymlops.errors import RegistryError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities.model_registry import ModelVersion
 
 PACKAGE_DIR = "package"
 _client: MlflowClient | None = None
@@ -101,6 +101,89 @@ class RunRef:
 
     run_id: str
     experiment_id: str
+
+
+# --------------------------------------------------------------------------------------------------------------
+# what the adapter hands out: plain dataclasses, so MLflow's object shapes stop here
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered model version: where its files are, what run made it, its tags and aliases."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
+    description: str = ""
+    status: str = "READY"
+    created_ms: int = 0
+
+    @property
+    def uri(self) -> str:
+        """Return the ``models:/name/version`` URI."""
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """A dataset logged as an input of a run (name, digest, source JSON, context such as ``train``)."""
+
+    name: str
+    digest: str
+    source: str
+    context: str
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run: identity, status, params, latest metrics, tags, artifact location and dataset inputs."""
+
+    run_id: str
+    experiment_id: str
+    status: str
+    name: str
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    artifact_uri: str = ""
+    start_ms: int = 0
+    end_ms: int | None = None
+    datasets: list[DatasetInput] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One recorded alias move (from the ``<model>/alias-history`` experiment)."""
+
+    time_ms: int
+    alias: str
+    version: str
+    previous_version: str
+    reason: str
+    actor: str
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+def _version_info(mv: Any) -> VersionInfo:
+    return VersionInfo(name=str(mv.name), version=str(mv.version), run_id=str(mv.run_id or ""),
+                       source=str(mv.source or ""), tags=dict(mv.tags or {}), aliases=list(mv.aliases or []),
+                       description=str(mv.description or ""), status=str(mv.status or ""),
+                       created_ms=int(mv.creation_timestamp or 0))
+
+
+def _run_info(r: Any) -> RunInfo:
+    datasets = []
+    for inp in (r.inputs.dataset_inputs if r.inputs else []):
+        context = next((t.value for t in inp.tags if t.key == "mlflow.data.context"), inp.dataset.name)
+        datasets.append(DatasetInput(inp.dataset.name, inp.dataset.digest, str(inp.dataset.source), context))
+    return RunInfo(run_id=r.info.run_id, experiment_id=str(r.info.experiment_id), status=str(r.info.status),
+                   name=str(r.info.run_name or ""), params=dict(r.data.params), metrics=dict(r.data.metrics),
+                   tags=dict(r.data.tags), artifact_uri=str(r.info.artifact_uri or ""),
+                   start_ms=int(r.info.start_time or 0), end_ms=r.info.end_time, datasets=datasets)
 
 
 @contextlib.contextmanager
@@ -178,12 +261,12 @@ def log_figure(run_id: str, figure: Any, artifact_file: str) -> None:
 def log_dataset(run_id: str, features: Any, targets: Any, name: str, digest: str, source: str,
                 context: str) -> None:
     """Record a dataset split (name, digest, schema, source) as an input of a run."""
-    import mlflow.data
     from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.numpy_dataset import from_numpy
     from mlflow.entities import DatasetInput, InputTag
 
     src = CodeDatasetSource(tags={"generator": source, "downloaded": "false"})
-    ds = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest, source=src)
+    ds = from_numpy(features, targets=targets, name=name, digest=digest, source=src)
     tag = InputTag(key="mlflow.data.context", value=context)
     client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
 
@@ -222,36 +305,41 @@ def register_version(model_name: str, run_id: str, tags: dict[str, Any], descrip
     return str(mv.version)
 
 
-def get_version(model_name: str, version: str | int) -> ModelVersion:
+def get_version(model_name: str, version: str | int) -> VersionInfo:
     """Return a model version, raising RegistryError naming it if it does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client().get_model_version(model_name, str(version))
+        return _version_info(client().get_model_version(model_name, str(version)))
     except MlflowException:
         raise RegistryError(f"model version {model_name}/{version} does not exist in {tracking_uri()}") from None
 
 
-def get_alias(model_name: str, alias: str) -> ModelVersion | None:
+def get_alias(model_name: str, alias: str) -> VersionInfo | None:
     """Return the version an alias points at, or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client().get_model_version_by_alias(model_name, alias)
+        return _version_info(client().get_model_version_by_alias(model_name, alias))
     except MlflowException:
         return None
 
 
-def list_versions(model_name: str) -> list[ModelVersion]:
+def list_versions(model_name: str) -> list[VersionInfo]:
     """Return all versions of a registered model, oldest first (RegistryError if the model is unknown)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client().get_registered_model(model_name)
+        model = client().get_registered_model(model_name)
     except MlflowException:
         raise RegistryError(f"registered model {model_name!r} does not exist in {tracking_uri()}") from None
-    versions = client().search_model_versions(f"name='{model_name}'", max_results=10000)
-    return sorted(versions, key=lambda v: int(v.version))
+    # searching versions leaves their aliases out: take them from the registered model
+    aliases: dict[str, list[str]] = {}
+    for alias, v in sorted((model.aliases or {}).items()):
+        aliases.setdefault(str(v), []).append(alias)
+    versions = [_version_info(v) for v in client().search_model_versions(f"name='{model_name}'", max_results=10000)]
+    return sorted((dataclasses.replace(v, aliases=aliases.get(v.version, [])) for v in versions),
+                  key=lambda v: int(v.version))
 
 
 def set_version_tags(model_name: str, version: str | int, tags: dict[str, Any]) -> None:
@@ -260,12 +348,12 @@ def set_version_tags(model_name: str, version: str | int, tags: dict[str, Any]) 
         client().set_model_version_tag(model_name, str(version), k, str(v))
 
 
-def get_run(run_id: str) -> Any:
+def get_run(run_id: str) -> RunInfo:
     """Return a run (RegistryError if unknown)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client().get_run(run_id)
+        return _run_info(client().get_run(run_id))
     except MlflowException:
         raise RegistryError(f"run {run_id} does not exist in {tracking_uri()}") from None
 
@@ -317,7 +405,7 @@ def set_alias(model_name: str, alias: str, version: str | int | None, reason: st
             log_metrics(r.run_id, figures)
 
 
-def alias_history(model_name: str, alias_prefix: str = "") -> list[dict[str, Any]]:
+def alias_history(model_name: str, alias_prefix: str = "") -> list[AliasMove]:
     """Return recorded alias moves, oldest first: time, alias, version, previous version, reason, figures."""
     c = client()
     exp = c.get_experiment_by_name(history_experiment(model_name))
@@ -329,10 +417,11 @@ def alias_history(model_name: str, alias_prefix: str = "") -> list[dict[str, Any
         alias = r.data.tags.get("alias", "")
         if not alias.startswith(alias_prefix):
             continue
-        out.append({"time_ms": r.info.start_time, "alias": alias, "version": r.data.tags.get("version", ""),
-                    "previous_version": r.data.tags.get("previous_version", ""),
-                    "reason": r.data.tags.get("reason", ""), "actor": r.data.tags.get("actor", ""),
-                    "figures": dict(r.data.metrics)})
+        out.append(AliasMove(time_ms=int(r.info.start_time or 0), alias=alias,
+                             version=r.data.tags.get("version", ""),
+                             previous_version=r.data.tags.get("previous_version", ""),
+                             reason=r.data.tags.get("reason", ""), actor=r.data.tags.get("actor", ""),
+                             figures=dict(r.data.metrics)))
     return out
 
 

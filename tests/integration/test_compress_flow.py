@@ -87,8 +87,8 @@ def test_every_technique_is_registered_with_lineage_tags(compressed: dict[str, A
     v = by_variant(compressed)
     assert {k: x["status"] for k, x in v.items()} == {s["technique"]: "registered" for s in SMALL["compress"]["variants"]}
     compress_run = registry.get_run(compressed["compress_run_id"])
-    assert compress_run.info.status == "FINISHED"
-    assert compress_run.data.tags["mlflow.parentRunId"] == compressed["pipeline_run_id"]
+    assert compress_run.status == "FINISHED"
+    assert compress_run.tags["mlflow.parentRunId"] == compressed["pipeline_run_id"]
     train_mv = registry.get_version(MODEL, "1")
     for name, res in v.items():
         mv = registry.get_version(MODEL, res["version"])
@@ -99,9 +99,9 @@ def test_every_technique_is_registered_with_lineage_tags(compressed: dict[str, A
         assert t["format"] == ("onnx" if name.startswith("onnx") else "tflite")
         assert name in mv.description and "accuracy" in mv.description
         run = registry.get_run(mv.run_id)
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["mlflow.parentRunId"] == compressed["compress_run_id"]
-        assert run.data.params["technique"] == name
+        assert run.status == "FINISHED"
+        assert run.tags["mlflow.parentRunId"] == compressed["compress_run_id"]
+        assert run.params["technique"] == name
         manifest = registry.read_manifest(registry.download_package(MODEL, res["version"]))
         assert manifest["variant"] == name and manifest["format"] == t["format"]
         assert manifest["file"] == f"model.{t['format']}" and manifest["parent_version"] == "1"
@@ -210,11 +210,11 @@ def test_a_failing_variant_is_recorded_and_the_others_go_on(trained: tuple[Path,
     assert res["int8-ok"]["status"] == "registered" and res["cluster-too-many"]["status"] == "failed"
     assert "128 clusters" in res["cluster-too-many"]["error"] and "probabilities" in res["cluster-too-many"]["error"]
     failed_run = registry.get_run(res["cluster-too-many"]["run_id"])
-    assert failed_run.info.status == "FAILED" and "128 clusters" in failed_run.data.tags["error"]
-    assert failed_run.data.tags["mlflow.parentRunId"] == out["compress_run_id"]
+    assert failed_run.status == "FAILED" and "128 clusters" in failed_run.tags["error"]
+    assert failed_run.tags["mlflow.parentRunId"] == out["compress_run_id"]
     versions = registry.list_versions(MODEL)
     assert len(versions) == before + 1 and versions[-1].tags["variant"] == "int8-ok"
-    assert registry.get_run(out["compress_run_id"]).data.tags["failed_variants"] == "cluster-too-many"
+    assert registry.get_run(out["compress_run_id"]).tags["failed_variants"] == "cluster-too-many"
 
 
 def test_parent_must_exist_and_be_a_float_version(trained: tuple[Path, str], compressed: dict[str, Any]) -> None:

@@ -159,12 +159,12 @@ def test_flow_catches_the_drifted_cohort_logs_evidently_and_starts_one_retrain(w
 
     registry = world["registry"]
     run_b = registry.get_run(by["b"]["mlflow_run_id"])
-    assert run_b.data.tags["verdict"] == "retrain" and run_b.data.tags["cohort"] == "b"
-    assert run_b.data.metrics["features_retrain"] >= 9
-    files = {f.path for f in registry.client().list_artifacts(run_b.info.run_id, "drift")}
+    assert run_b.tags["verdict"] == "retrain" and run_b.tags["cohort"] == "b"
+    assert run_b.metrics["features_retrain"] >= 9
+    files = {f.path for f in registry.client().list_artifacts(run_b.run_id, "drift")}
     assert {"drift/verdict.json", "drift/figures.json", "drift/evidently_data_drift.html",
             "drift/evidently_classification.html", "drift/verdict.md"} <= files
-    html = registry.download(run_b.info.run_id, "drift/evidently_data_drift.html")
+    html = registry.download(run_b.run_id, "drift/evidently_data_drift.html")
     assert html.stat().st_size > 10_000
 
     from prefect.client.orchestration import get_client

@@ -94,10 +94,10 @@ def test_profile_flow_logs_metrics_tags_aliases_and_artifacts(
     assert str(registry.get_alias("toy", "candidate-small-board").version) == v_kws
     mv = registry.get_version("toy", v_ad)
     assert mv.tags["fits.small-board"] == "false" and mv.tags["fits.nucleo-l4r5zi"] == "true"
-    metrics = registry.get_run(mv.run_id).data.metrics
+    metrics = registry.get_run(mv.run_id).metrics
     assert metrics["nucleo-l4r5zi.latency_ms"] > 0 and metrics["small-board.fits"] == 0.0
     run = registry.get_run(summary["profile_run_id"])
-    files = {f.path for f in registry.client().list_artifacts(run.info.run_id, "profile")}
+    files = {f.path for f in registry.client().list_artifacts(run.run_id, "profile")}
     assert {"profile/matrix.csv", "profile/accuracy_vs_latency.png", "profile/summary.json"} <= files
     history = registry.alias_history("toy", "candidate-")
-    assert {h["alias"] for h in history} >= {"candidate-nucleo-l4r5zi", "candidate-small-board"}
+    assert {h.alias for h in history} >= {"candidate-nucleo-l4r5zi", "candidate-small-board"}

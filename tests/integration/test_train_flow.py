@@ -55,11 +55,11 @@ def test_train_flow_registers_a_traceable_version(trained) -> None:
     assert mv.tags["variant"] == "float32" and mv.run_id == out["run_id"]
     assert "Test accuracy" in mv.description and mv.tags["dataset_digest"] in mv.description
     run = registry.get_run(out["run_id"])
-    assert run.info.status == "FINISHED"
-    contexts = {i.dataset.name: [t.value for t in i.tags] for i in run.inputs.dataset_inputs}
+    assert run.status == "FINISHED"
+    contexts = {d.name: d.context for d in run.datasets}
     assert set(contexts) == {"vibration-train", "vibration-val", "vibration-test"}
-    assert run.inputs.dataset_inputs[0].dataset.digest
-    assert "loss" in run.data.metrics and "test_accuracy" in run.data.metrics
+    assert run.datasets[0].digest
+    assert "loss" in run.metrics and "test_accuracy" in run.metrics
     hist = registry.client().get_metric_history(out["run_id"], "loss")
     assert len(hist) == 6  # one point per epoch
     arts = {a.path for a in registry.client().list_artifacts(out["run_id"])}

@@ -38,37 +38,36 @@ def variants(model_name: str) -> list[dict[str, Any]]:
                      "format": t.get("format"), "parent_version": parent_v, "size_bytes": _int(t.get("size_bytes")),
                      "gzip_bytes": _int(t.get("gzip_bytes")), "accuracy": acc,
                      "accuracy_delta": delta if parent_v else None, "sparsity": _float(t.get("sparsity")),
-                     "aliases": list(getattr(v, "aliases", []) or []), "run_id": v.run_id})
+                     "aliases": list(v.aliases), "run_id": v.run_id})
     return rows
 
 
-def _dataset_step(train_run: Any) -> dict[str, Any]:
+def _dataset_step(train_run: registry.RunInfo) -> dict[str, Any]:
     splits = {}
     source = ""
-    for inp in train_run.inputs.dataset_inputs:
-        context = next((t.value for t in inp.tags if t.key == "mlflow.data.context"), inp.dataset.name)
-        splits[context] = {"name": inp.dataset.name, "digest": inp.dataset.digest}
+    for ds in train_run.datasets:
+        splits[ds.context] = {"name": ds.name, "digest": ds.digest}
         try:
-            source = json.loads(inp.dataset.source).get("tags", {}).get("generator", source)
+            source = json.loads(ds.source).get("tags", {}).get("generator", source)
         except (TypeError, ValueError):
-            source = source or str(inp.dataset.source)
-    p = train_run.data.params
+            source = source or ds.source
+    p = train_run.params
     rows = {k: _int(p.get(f"dataset.{k}_rows")) for k in ("train", "val", "test")}
     return {"step": "dataset", "name": p.get("dataset.name"), "source": source, "splits": splits,
             "rows": rows, "digest": splits.get("train", {}).get("digest")}
 
 
-def _train_step(train_run: Any) -> dict[str, Any]:
-    m, p = train_run.data.metrics, train_run.data.params
+def _train_step(train_run: registry.RunInfo) -> dict[str, Any]:
+    m, p = train_run.metrics, train_run.params
     figures = {k: m[k] for k in ("test_accuracy", "test_macro_f1", "train_seconds", "epochs_run",
                                  "size_bytes_tflite_fp32", "size_bytes_onnx_fp32") if k in m}
     params = {k: v for k, v in p.items() if k.startswith(("model.", "train."))}
-    return {"step": "train_run", "run_id": train_run.info.run_id, "status": train_run.info.status,
-            "config_hash": train_run.data.tags.get("config_hash"), "git_commit": train_run.data.tags.get("git_commit"),
+    return {"step": "train_run", "run_id": train_run.run_id, "status": train_run.status,
+            "config_hash": train_run.tags.get("config_hash"), "git_commit": train_run.tags.get("git_commit"),
             "figures": figures, "params": params}
 
 
-def _version_step(step: str, mv: Any) -> dict[str, Any]:
+def _version_step(step: str, mv: registry.VersionInfo) -> dict[str, Any]:
     t = mv.tags
     figures = {k: _float(t[k]) for k in ("accuracy", "macro_f1", "accuracy_delta", "size_bytes", "gzip_bytes",
                                          "sparsity") if k in t}
@@ -91,7 +90,7 @@ def lineage(model_name: str, version: str | int) -> dict[str, Any]:
         chain.append(_version_step("parent_version", registry.get_version(model_name, parent_v)))
         step = _version_step("variant", mv)
         variant_run = registry.get_run(str(mv.run_id))
-        step["figures"].update({k: v for k, v in variant_run.data.metrics.items()
+        step["figures"].update({k: v for k, v in variant_run.metrics.items()
                                 if k in ("agreement_with_float", "tflm_tflite_agreement", "tflm_accuracy",
                                          "tflm_arena_bytes", "size_ratio", "gzip_ratio", "build_seconds")})
         step["compress_run_id"] = mv.tags.get("compress_run_id")

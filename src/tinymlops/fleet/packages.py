@@ -265,7 +265,7 @@ def _profiled_expectation(run_id: str, target: str) -> dict[str, float]:
     """Return what the profile stage estimated for this version on this target (empty if not profiled)."""
     from tinymlops import registry
 
-    metrics = registry.get_run(run_id).data.metrics
+    metrics = registry.get_run(run_id).metrics
     keys = ("latency_ms", "energy_uj", "peak_ram_bytes")
     return {k: float(metrics[f"{target}.{k}"]) for k in keys if f"{target}.{k}" in metrics}
 

@@ -115,7 +115,7 @@ def load_context(model: str, version: str) -> ModelContext:
     return ModelContext(model=model, version=str(version), reference=reference, feature_names=names,
                         tags=dict(mv.tags), train_run_id=mv.tags.get("train_run_id"),
                         preprocessing=manifest.get("preprocessing"),
-                        run_metrics=dict(registry.get_run(mv.run_id).data.metrics) if mv.run_id else {})
+                        run_metrics=dict(registry.get_run(mv.run_id).metrics) if mv.run_id else {})
 
 
 def expectation_for(ctx: ModelContext, target: str | None) -> DeviceExpectation:

@@ -50,7 +50,7 @@ def fetch_versions(model_name: str, work_dir: Path) -> tuple[list[dict[str, Any]
         accuracy = (manifest.get("metrics") or {}).get("accuracy")
         if accuracy is None:
             try:
-                accuracy = registry.get_run(str(mv.run_id)).data.metrics.get("accuracy")
+                accuracy = registry.get_run(mv.run_id).metrics.get("accuracy")
             except RegistryError:
                 accuracy = None
         versions.append({"version": str(mv.version), "run_id": mv.run_id, "path": model_file,

@@ -67,7 +67,7 @@ def expected_latency_ms(model_name: str, version: str, target: str) -> float | N
     """Return the profiled latency of a version on a target (metric ``<target>.latency_ms`` of its run), if any."""
     mv = registry.get_version(model_name, version)
     try:
-        value = registry.get_run(mv.run_id or "").data.metrics.get(f"{target}.latency_ms")
+        value = registry.get_run(mv.run_id).metrics.get(f"{target}.latency_ms")
     except Exception:  # a version without a readable run simply has no expectation
         return None
     return float(value) if value is not None and value == value else None

@@ -8,6 +8,7 @@ previous version, reason, figures). Gate decisions are rows in the fleet DB and 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from sqlalchemy import select
@@ -52,7 +53,7 @@ def record_decision(model_name: str, target: str, version: str, rollout_id: str,
 
 def model_history(model_name: str, store: Store | None = None, include_holds: bool = False) -> dict[str, Any]:
     """Return alias moves (from MLflow) and gate decisions (from the fleet DB), oldest first."""
-    moves = [m for m in registry.alias_history(model_name) if m["alias"].startswith(ALIAS_PREFIXES)]
+    moves = [asdict(m) for m in registry.alias_history(model_name) if m.alias.startswith(ALIAS_PREFIXES)]
     for m in moves:
         alias = m["alias"]
         m["target"] = alias.split("-", 1)[1] if "-" in alias else ""
