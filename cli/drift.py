@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cli._common import console, handle_errors, print_json, print_table
+from cli._prefect import NoPrefectOpt, start_flow
 from tinymlops.errors import UsageError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout instead of tables")]
@@ -33,6 +34,7 @@ def drift(
     retrain: Annotated[bool, typer.Option("--retrain/--no-retrain", help="let a retrain verdict start the "
                                                                          "pipeline (if enabled in the config; "
                                                                          "cooldown applies)")] = True,
+    no_prefect: NoPrefectOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Check drift of a model version per target x cohort over a window and print the verdicts.
@@ -40,51 +42,53 @@ def drift(
     Merges the devices' sketches on the model's reference bins, measures PSI / Jensen-Shannon / Wasserstein per
     feature and the prediction/confidence shift, compares device latency/memory/energy with the target's
     profile, runs Evidently where devices shared samples or labels, and decides ok / warn / retrain (exit 0
-    whatever the verdict; bad input exits 2, an unknown model 1). Example:
-    tinymlops drift vibration-classifier --window 1h --json
+    whatever the verdict; bad input exits 2, an unknown model 1). Runs as a Prefect flow run ("drift");
+    --no-prefect runs the same check in this process and never starts a retrain (the pipeline is a flow).
+    Example: tinymlops drift vibration-classifier --window 1h --json
     """
-    from tinymlops import registry
-    from tinymlops.config import load
-    from tinymlops.monitor.check import run_check
-    from tinymlops.monitor.config import DriftConfig, parse_duration_s
+    from tinymlops.monitor.check import load_drift_config
+    from tinymlops.monitor.config import parse_duration_s
 
-    cfg = load(config, "drift")
-    assert isinstance(cfg, DriftConfig)
+    cfg = load_drift_config(config)  # a config error exits 2 before Prefect starts
     try:
         window_s = parse_duration_s(window) if window else None
     except ValueError as exc:
         raise UsageError(f"--window: {exc}") from None
     if window_s is not None and window_s <= 0:
         raise UsageError("--window must be positive")
-    registry.connect()
-    result = run_check(model, cfg, version=version, target=target, cohort=cohort, until=until, window_s=window_s,
-                       store_url=fleet_db, log=log)
-    out: dict[str, Any] = result.as_dict()
-    if result.level == "retrain" and retrain and cfg.retrain.enabled:
-        from tinymlops.settings import prepare_environment
+    if no_prefect:
+        from tinymlops import registry
+        from tinymlops.monitor.check import run_drift_check
 
-        prepare_environment()
-        from flows.drift import retrain_task
-
-        details = {"version": result.version, "source": "cli"}
-        out["retrain"] = retrain_task.fn(model, "retrain", str(config), details)
+        registry.connect()
+        out = run_drift_check(model, cfg, version=version, target=target, cohort=cohort, until=until,
+                              window_s=window_s, store_url=fleet_db, log=log).to_dict()
+    else:
+        out = start_flow("flows.drift:drift_flow", model, str(config), version=version, target=target,
+                         cohort=cohort, window=window, until=until, store_url=fleet_db, log=log,
+                         allow_retrain=retrain and cfg.retrain.enabled, quiet=json_out)
     if json_out:
         print_json(out)
         return
-    rows = [[g.verdict.version, g.target or "-", g.cohort or "-",
-             f"[{_COLOURS.get(g.verdict.level, 'white')}]{g.verdict.level}[/]", g.verdict.n_inferences,
-             g.verdict.n_devices, len(g.verdict.drifted_features)] for g in result.groups]
-    print_table(f"drift of {model} over {result.until_unix_s - result.since_unix_s:.0f} s",
-                ["version", "target", "cohort", "verdict", "inferences", "devices", "drifted features"], rows)
-    for g in result.groups:
-        console.print(f"[bold]v{g.verdict.version} {g.target or '-'}/{g.cohort or '-'}[/]: "
-                      + "; ".join(g.verdict.reasons[:4]), highlight=False)
-    if "retrain" in out:
-        console.print(f"retrain: {out['retrain']['decision']['reason']}"
-                      + (f" -> started {out['retrain']['started']}" if "started" in out["retrain"] else ""))
+    _print_verdicts(out)
     if log:
         console.print(f"logged to MLflow experiment [bold]{cfg.experiment}[/] (verdict JSON, figures, Evidently "
                       "HTML)")
+
+
+def _print_verdicts(out: dict[str, Any]) -> None:
+    """Print the verdict table of a drift check result (``CheckResult.to_dict()``) and its retrain decision."""
+    rows = [[g["version"], g["target"] or "-", g["cohort"] or "-",
+             f"[{_COLOURS.get(g['level'], 'white')}]{g['level']}[/]", g["summary"].get("n_inferences"),
+             g["summary"].get("n_devices"), len(g["drifted_features"])] for g in out["groups"]]
+    print_table(f"drift of {out['model']} over {out['until_unix_s'] - out['since_unix_s']:.0f} s",
+                ["version", "target", "cohort", "verdict", "inferences", "devices", "drifted features"], rows)
+    for g in out["groups"]:
+        console.print(f"[bold]v{g['version']} {g['target'] or '-'}/{g['cohort'] or '-'}[/]: "
+                      + "; ".join(g["reasons"][:4]), highlight=False)
+    if "retrain" in out:
+        console.print(f"retrain: {out['retrain']['decision']['reason']}"
+                      + (f" -> started {out['retrain']['started']}" if "started" in out["retrain"] else ""))
 
 
 @handle_errors
@@ -102,13 +106,9 @@ def schedule(
     """
     if not prefect_file.is_file():
         raise UsageError(f"{prefect_file}: not found (run from the repository root or pass --prefect-file)")
-    import os
+    from cli._prefect import prepare
 
-    from tinymlops.settings import prepare_environment
-
-    prepare_environment()
-    # no phoning home from a local scheduler (and its heartbeat races SQLite at start-up: "database is locked")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    prepare(quiet=True)
     from flows.drift import build_deployments, read_prefect_deployments
 
     entries = read_prefect_deployments(prefect_file)

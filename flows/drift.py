@@ -1,7 +1,8 @@
 """Drift flow: check a model version's fleet telemetry per target x cohort, log the verdicts, close the loop.
 
-Thin wrapper around :mod:`tinymlops.monitor.check`; a ``retrain`` verdict starts the pipeline through Prefect
-(its deployment when one exists, else a local flow run in a subprocess) at most once per cooldown.
+Thin wrapper around :func:`tinymlops.monitor.check.run_drift_check`; a ``retrain`` verdict starts the pipeline
+through Prefect (its deployment when one exists, else a local flow run in a subprocess) at most once per cooldown.
+Also builds the local deployments of prefect.yaml that ``tinymlops schedule`` serves.
 """
 
 from __future__ import annotations
@@ -10,47 +11,41 @@ import importlib
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tinymlops import registry, settings
-from tinymlops.config import load
 from tinymlops.monitor import retrain
-from tinymlops.monitor.check import CheckResult, run_check
-from tinymlops.monitor.config import DriftConfig, RetrainSection, parse_duration_s
+from tinymlops.monitor.check import CheckResult, load_drift_config, run_drift_check
+from tinymlops.monitor.config import RetrainSection, parse_duration_s
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_drift_config(config_path: str) -> DriftConfig:
-    """Load a drift config (kind ``drift``)."""
-    cfg = load(config_path, "drift")
-    assert isinstance(cfg, DriftConfig)
-    return cfg
-
-
+# one retry: a check only reads telemetry and logs new runs (a retried check logs its verdicts again)
 @task(name="drift-check", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def check_task(model: str, config_path: str, version: str | None, target: str | None, cohort: str | None,
-               window: str | None, until: float | None, store_url: str | None = None) -> CheckResult:
+               window: str | None, until: float | None, store_url: str | None = None,
+               log: bool = True) -> CheckResult:
     """Merge sketches, measure, judge and log every target x cohort of one version."""
-    cfg = load_drift_config(config_path)
-    return run_check(model, cfg, version=version, target=target, cohort=cohort, until=until,
-                     window_s=parse_duration_s(window) if window else None, store_url=store_url)
+    return run_drift_check(model, config_path, version=version, target=target, cohort=cohort, until=until,
+                           window_s=parse_duration_s(window) if window else None, store_url=store_url, log=log)
 
 
 def start_pipeline(section: RetrainSection, model: str) -> dict[str, Any]:
     """Start the pipeline: its Prefect deployment if registered, else a flow run in a subprocess (or inline)."""
     params = {"config_path": section.pipeline_config}
     if section.mode in ("auto", "deployment") and section.deployment:
+        from prefect.client.schemas.objects import FlowRun
         from prefect.deployments import run_deployment
         from prefect.exceptions import ObjectNotFound
 
         try:
-            fr = run_deployment(name=section.deployment, parameters=params, timeout=0,
-                                tags=["tinymlops", "retrain", f"model:{model}"])
+            fr = cast("FlowRun", run_deployment(name=section.deployment, parameters=params, timeout=0,
+                                              tags=["tinymlops", "retrain", f"model:{model}"]))
             return {"how": "deployment", "deployment": section.deployment, "flow_run_id": str(fr.id)}
         except ObjectNotFound:
             if section.mode == "deployment":
@@ -68,6 +63,7 @@ def start_pipeline(section: RetrainSection, model: str) -> dict[str, Any]:
     return {"how": "subprocess", "entrypoint": section.entrypoint, "pid": proc.pid, "log": str(log_file.name)}
 
 
+# no retries: a retried trigger could start the pipeline twice (the cooldown claim is the guard)
 @task(name="retrain-trigger", cache_policy=NO_CACHE)
 def retrain_task(model: str, level: str, config_path: str, details: dict[str, Any]) -> dict[str, Any]:
     """Start one retrain for a retrain verdict unless the model is in its cooldown."""
@@ -93,11 +89,13 @@ def _table(result: CheckResult) -> list[dict[str, Any]]:
 def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str | None = None,
                target: str | None = None, cohort: str | None = None, window: str | None = None,
                until: float | None = None, tracking_uri: str | None = None,
-               store_url: str | None = None) -> dict[str, Any]:
+               store_url: str | None = None, log: bool = True, allow_retrain: bool = True) -> dict[str, Any]:
     """Check drift of a model version per target x cohort; a retrain verdict starts the pipeline (cooldown)."""
     logger = get_run_logger()
     registry.connect(tracking_uri)
-    result = check_task(model, config_path, version, target, cohort, window, until, store_url)
+    # cast: mypy picks Task.__call__'s coroutine overload for this sync task
+    result = cast("CheckResult", check_task(model, config_path, version, target, cohort, window, until, store_url,
+                                            log))
     for g in result.groups:
         logger.info("%s v%s %s/%s: %s (%s)", model, g.verdict.version, g.target, g.cohort, g.verdict.level,
                     "; ".join(g.verdict.reasons[:2]))
@@ -105,8 +103,8 @@ def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str
     create_table_artifact(key=key, table=_table(result), description=f"drift verdicts of {model} v{result.version}")
     create_markdown_artifact(key=f"{key}-report", markdown="\n\n---\n\n".join(g.markdown for g in result.groups),
                              description=f"drift report of {model} v{result.version}")
-    summary = result.as_dict()
-    if result.level == "retrain":
+    summary = result.to_dict()
+    if result.level == "retrain" and allow_retrain:
         details = {"groups": [(g.verdict.version, g.target, g.cohort) for g in result.groups
                               if g.verdict.level == "retrain"]}
         summary["retrain"] = retrain_task(model, "retrain", config_path, details)
@@ -140,7 +138,7 @@ def build_deployments(prefect_file: str | Path = REPO / "prefect.yaml",
 
     out = []
     for d in read_prefect_deployments(prefect_file):
-        fl = load_flow_from_entrypoint(str(REPO / d["entrypoint"]))
+        fl: Any = load_flow_from_entrypoint(str(REPO / d["entrypoint"]))
         params = {**(d.get("parameters") or {}), **((overrides or {}).get(d["name"]) or {})}
         crons = [s["cron"] for s in d.get("schedules") or [] if "cron" in s]
         intervals = [s["interval"] for s in d.get("schedules") or [] if "interval" in s]
@@ -156,6 +154,3 @@ def serve_deployments(deployments: list[Any]) -> None:
 
     serve(*deployments, print_starting_message=False)
 
-
-if __name__ == "__main__":
-    drift_flow(sys.argv[1], *sys.argv[2:3])

@@ -70,7 +70,7 @@ class CheckResult:
     def level(self) -> str:
         return max((g.verdict.level for g in self.groups), key=_SEVERITY.__getitem__, default="insufficient data")
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Return a JSON-friendly summary (CLI --json, Prefect results)."""
         return {"model": self.model, "version": self.version, "level": self.level,
                 "since_unix_s": self.since_unix_s, "until_unix_s": self.until_unix_s,
@@ -332,16 +332,27 @@ def log_group(result: GroupResult, cfg: DriftConfig, since: float, until: float,
     return r.run_id
 
 
-def run_check(model: str, cfg: DriftConfig, version: str | None = None, target: str | None = None,
-              cohort: str | None = None, until: float | None = None, window_s: float | None = None,
-              reports: Sequence[DeviceReport] | None = None, store_url: str | None = None,
-              log: bool = True) -> CheckResult:
+def load_drift_config(path: str | Path) -> DriftConfig:
+    """Load a drift config file (``kind: drift``)."""
+    from tinymlops.config import load
+
+    cfg = load(path, "drift")
+    assert isinstance(cfg, DriftConfig)
+    return cfg
+
+
+def run_drift_check(model: str, config: str | Path | DriftConfig, version: str | None = None,
+                    target: str | None = None, cohort: str | None = None, until: float | None = None,
+                    window_s: float | None = None, reports: Sequence[DeviceReport] | None = None,
+                    store_url: str | None = None, log: bool = True) -> CheckResult:
     """Run a drift check over the window ending at ``until`` (now): every version x target x cohort.
 
-    Without ``version`` (or the config's alias) every registered version that reported in the window is
-    checked; reports for versions the registry does not know join the newest version's groups and are
-    rejected there as incompatible sketches (never merged).
+    THE drift entry point (``flows/drift.py`` wraps it; ``tinymlops drift --no-prefect`` calls it). Without
+    ``version`` (or the config's alias) every registered version that reported in the window is checked; reports
+    for versions the registry does not know join the newest version's groups and are rejected there as
+    incompatible sketches (never merged). ``config`` is a drift config file or a loaded one.
     """
+    cfg = config if isinstance(config, DriftConfig) else load_drift_config(config)
     known = registered_versions(model)
     if not known:
         raise RegistryError(f"registered model {model!r} does not exist or has no versions")
