@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tinymlops import settings
+from tinymlops import hygiene, settings
 from tinymlops.errors import RegistryError
 
 if TYPE_CHECKING:
@@ -190,21 +190,13 @@ def _run_info(r: Any) -> RunInfo:
 def run(experiment: str, name: str, parent_run_id: str | None = None,
         tags: dict[str, str] | None = None) -> Iterator[RunRef]:
     """Open a run; it ends FINISHED, or FAILED with the error recorded if the block raises."""
-    c = client()
-    exp_id = ensure_experiment(experiment)
-    all_tags = {"mlflow.runName": name, **(tags or {})}
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    r = c.create_run(exp_id, run_name=name, tags=all_tags)
-    ref = RunRef(r.info.run_id, exp_id)
+    ref = start_run(experiment, name, parent_run_id, tags)
     try:
         yield ref
     except BaseException as exc:
-        with contextlib.suppress(Exception):
-            c.set_tag(ref.run_id, "error", f"{type(exc).__name__}: {exc}"[:4900])
-        c.set_terminated(ref.run_id, "FAILED")
+        end_run(ref.run_id, f"{type(exc).__name__}: {exc}")
         raise
-    c.set_terminated(ref.run_id, "FINISHED")
+    end_run(ref.run_id)
 
 
 def log_params(run_id: str, params: dict[str, Any]) -> None:
@@ -300,8 +292,10 @@ def register_version(model_name: str, run_id: str, tags: dict[str, Any], descrip
         with contextlib.suppress(MlflowException):
             c.create_registered_model(model_name, description="Registered by tinymlops.")
     src = source or f"{c.get_run(run_id).info.artifact_uri}/{PACKAGE_DIR}"
-    mv = c.create_model_version(model_name, src, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
-                                description=description)
+    with hygiene.state_change():  # an interrupted process registers nothing more (see hygiene.begin_shutdown)
+        mv = c.create_model_version(model_name, src, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
+                                    description=description)
+        hygiene.registered(model_name, str(mv.version), run_id)
     return str(mv.version)
 
 
@@ -443,19 +437,76 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def start_run(experiment: str, name: str, parent_run_id: str | None = None,
               tags: dict[str, str] | None = None) -> RunRef:
-    """Open a run left RUNNING until ``end_run`` (for stages whose work is spread over tasks)."""
+    """Open a run left RUNNING until ``end_run`` (for stages whose work is spread over tasks).
+
+    The run is tagged with its owner (host, pid) so ``tinymlops doctor`` can close it if this process dies.
+    """
     exp_id = ensure_experiment(experiment)
-    all_tags = {"mlflow.runName": name, **(tags or {})}
+    all_tags = {"mlflow.runName": name, **hygiene.owner_tags(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    r = client().create_run(exp_id, run_name=name, tags=all_tags)
+    with hygiene.state_change():
+        r = client().create_run(exp_id, run_name=name, tags=all_tags)
+        hygiene.opened(r.info.run_id)
     return RunRef(r.info.run_id, exp_id)
 
 
 def end_run(run_id: str, error: str | None = None) -> None:
     """End a run FINISHED, or FAILED with the error recorded as its ``error`` tag."""
-    if error:
-        with contextlib.suppress(Exception):
-            client().set_tag(run_id, "error", error[:4900])
-    client().set_terminated(run_id, "FAILED" if error else "FINISHED")
+    with hygiene.state_change():
+        if error:
+            with contextlib.suppress(Exception):
+                client().set_tag(run_id, "error", error[:4900])
+        client().set_terminated(run_id, "FAILED" if error else "FINISHED")
+        hygiene.closed(run_id)
 
+
+# --------------------------------------------------------------------------------------------------------------
+# run hygiene: ending the runs an interrupt, an error or a crash left RUNNING (see tinymlops.hygiene)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def end_open_runs(status: str, reason: str, shutdown: bool = False) -> hygiene.Snapshot:
+    """End every run this process left open with ``status`` ("KILLED", "FAILED"), open versions tagged incomplete.
+
+    With ``shutdown`` (an interrupt handler, just before the process exits) no other thread can open, end or
+    register anything afterwards, so the snapshot is final. Versions registered from a run still open get the
+    tag ``tinymlops.incomplete=<reason>``.
+    """
+    snap = hygiene.begin_shutdown() if shutdown else hygiene.Snapshot(hygiene.open_runs(), [])
+    if _client is None:  # never connected: this process opened nothing
+        return snap
+    c = _client
+    for run_id in reversed(snap.runs):  # nested runs first, the pipeline's parent run last
+        with contextlib.suppress(Exception):
+            c.set_tag(run_id, hygiene.ENDED_BY_TAG, reason)
+        c.set_terminated(run_id, status)
+        hygiene.closed(run_id)
+    for model, version in snap.versions:
+        c.set_model_version_tag(model, version, hygiene.INCOMPLETE_TAG, reason)
+    return snap
+
+
+def running_runs() -> list[RunInfo]:
+    """Return every run of every experiment (deleted ones too) whose status is RUNNING, oldest first."""
+    from mlflow.entities import ViewType
+
+    c = client()
+    exp_ids = [e.experiment_id for e in c.search_experiments(view_type=ViewType.ALL, max_results=50000)]
+    found: list[Any] = []
+    for i in range(0, len(exp_ids), 100):
+        found += c.search_runs(exp_ids[i:i + 100], filter_string="attributes.status = 'RUNNING'",
+                               run_view_type=ViewType.ALL, max_results=50000)
+    return sorted((_run_info(r) for r in found), key=lambda r: r.start_ms)
+
+
+def end_stale_run(run_id: str, status: str = "KILLED", ended_by: str = "tinymlops doctor",
+                  incomplete: str = "crashed") -> list[VersionInfo]:
+    """End a run a dead process left RUNNING; tag the versions registered from it incomplete; return them."""
+    c = client()
+    c.set_tag(run_id, hygiene.ENDED_BY_TAG, ended_by)
+    c.set_terminated(run_id, status)
+    versions = [_version_info(v) for v in c.search_model_versions(f"run_id = '{run_id}'")]
+    for v in versions:
+        c.set_model_version_tag(v.name, v.version, hygiene.INCOMPLETE_TAG, incomplete)
+    return versions
