@@ -1,13 +1,14 @@
-"""Rollout flow: one staged rollout per target in parallel, a table artifact per stage decision, a summary table.
+"""Rollout flow: the library driver :func:`tinymlops.rollout.run.run_rollout` once per target, in parallel tasks.
 
-Each target's task drives its rollout (state in the fleet DB) with bake time between stages; a retried or
-re-run task resumes the same rollout instead of starting a new one.
+Each target's task starts (or resumes) and drives its rollout (state in the fleet DB) and publishes a table
+artifact for every stage decision; a retried or re-run task resumes the same rollout instead of starting a new
+one. The flow ends with a summary table artifact.
 """
 
 from __future__ import annotations
 
 import re
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +16,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tinymlops import registry
-from tinymlops.fleet.store import Store, open_store
-from tinymlops.rollout.controller import TickResult, list_rollouts
-from tinymlops.rollout.run import drive, load_config, start_all, summary
-
-_stores: dict[str | None, Store] = {}
-_stores_lock = threading.Lock()
-
-
-def _store(db_url: str | None) -> Store:
-    """Open a fleet DB once per process: alembic's migration context is global, so parallel tasks must not race."""
-    with _stores_lock:
-        if db_url not in _stores:
-            _stores[db_url] = open_store(db_url)
-        return _stores[db_url]
+from tinymlops.rollout.controller import TickResult
+from tinymlops.rollout.run import run_rollout, summary
 
 
 def _key(text: str) -> str:
@@ -46,31 +34,14 @@ def stage_table(res: TickResult) -> list[dict[str, Any]]:
     return rows
 
 
-@task(name="start-rollouts", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def start_task(model_name: str, targets: list[str], config_path: str, fleet_url: str | None,
-               operator_token: str | None, db_url: str | None, versions: dict[str, str] | None,
-               override: bool, targets_dir: str | None) -> dict[str, str]:
-    """Start (or find the active) rollout of each target's candidate; return target -> rollout id."""
-    registry.client()
-    client = None
-    if fleet_url:
-        from tinymlops.fleet.client import OperatorClient
-
-        client = OperatorClient(fleet_url, operator_token or "")
-    try:
-        return start_all(_store(db_url), model_name, targets, load_config(config_path), client, versions,
-                         override, Path(targets_dir) if targets_dir else None)
-    finally:
-        if client is not None:
-            client.close()
-
-
-@task(name="drive-rollout", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def drive_task(rollout_id: str, db_url: str | None, targets_dir: str | None,
-               max_s: float | None = None) -> dict[str, Any]:
-    """Drive one target's rollout to its end; publish a table artifact for every stage decision."""
+# retries are safe: starting again finds the target's active rollout and resumes it from its persisted stage
+@task(name="rollout-target", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      task_run_name="rollout-{target}")
+def rollout_target_task(model_name: str, target: str, config_path: str, fleet_url: str | None,
+                        operator_token: str | None, db_url: str | None, version: str | None, override: bool,
+                        targets_dir: str | None, max_s: float | None, wait: bool = True) -> dict[str, Any]:
+    """Start (or resume) one target's rollout and drive it to its end; an artifact per stage decision."""
     logger = get_run_logger()
-    st = _store(db_url)
 
     def on_tick(res: TickResult) -> None:
         if res.action in ("advance", "complete", "rollback", "stop") and res.decision is not None:
@@ -81,26 +52,27 @@ def drive_task(rollout_id: str, db_url: str | None, targets_dir: str | None,
                             + "; ".join(res.decision.reasons[:3]))
             logger.info("%s: %s (%s)", res.rollout_id, res.action, "; ".join(res.decision.reasons[:2]))
 
-    last = drive(st, rollout_id, on_tick, max_s, Path(targets_dir) if targets_dir else None)
-    return {"id": rollout_id, "status": last.status, "stage_index": last.stage_index}
+    out = run_rollout(model_name, [target], config_path, fleet_url, operator_token, db_url=db_url,
+                      versions={target: version} if version else None, override=override, max_s=max_s,
+                      targets_dir=Path(targets_dir) if targets_dir else None, on_tick=on_tick, wait=wait)
+    return out.rollouts[0]
 
 
 @flow(name="rollout", log_prints=True)
 def rollout_flow(model_name: str, targets: list[str], config_path: str = "configs/rollout.yaml",
                  fleet_url: str | None = None, operator_token: str | None = None, db_url: str | None = None,
                  versions: dict[str, str] | None = None, override: bool = False, targets_dir: str | None = None,
-                 max_s: float | None = None) -> dict[str, Any]:
-    """Roll each target's candidate out in stages, all targets in parallel; return the summary with a table."""
-    import time
+                 max_s: float | None = None, wait: bool = True) -> dict[str, Any]:
+    """Roll each target's candidate out in stages, all targets in parallel; return the summary with a table.
 
+    ``operator_token`` may be left out (it is recorded with the flow run's parameters): the driver then reads
+    ``$TINYMLOPS_OPERATOR_TOKEN``.
+    """
     t0 = time.monotonic()
-    ids = start_task(model_name, targets, config_path, fleet_url, operator_token, db_url, versions, override,
-                     targets_dir)
-    futures = [drive_task.submit(rid, db_url, targets_dir, max_s) for rid in ids.values()]
-    for f in futures:
-        f.result()
-    rows = {r["id"]: r for r in list_rollouts(_store(db_url), model_name)}
-    out = summary(model_name, [rows[i] for i in ids.values()], time.monotonic() - t0)
+    futures = [rollout_target_task.submit(model_name, t, config_path, fleet_url, operator_token, db_url,
+                                          (versions or {}).get(t), override, targets_dir, max_s, wait)
+               for t in targets]
+    out = summary(model_name, [f.result() for f in futures], time.monotonic() - t0)
     tbl = out["table"]
     create_table_artifact(key=_key(f"rollout-summary-{model_name}"),
                           table=[dict(zip(tbl["columns"], r, strict=True)) for r in tbl["rows"]],

@@ -256,7 +256,7 @@ def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
         fleet.faults.append(PackageFaults(fleet.sim, faulty_target, chosen[faulty_target][1], FAULTS[fault]).start())
         try:
             wait_installed(st, baseline_pkgs, installed, fleet=fleet)
-            out = (runner or run_rollout)(
+            out = (runner or (lambda *a, **k: run_rollout(*a, **k).to_dict()))(
                 model_name, targets, str(config_path), fleet_url=url, operator_token=token, db_url=db_url,
                 versions={t: chosen[t][1] for t in targets}, max_s=max_s,
                 targets_dir=str(targets_dir) if targets_dir else None)
