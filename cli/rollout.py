@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from cli._common import console, err_console, handle_errors, print_json, print_table
+from cli._prefect import NoPrefectOpt, start_flow
 
 rollout_app = typer.Typer(help="Staged rollouts: canary stages per target with metric gates and automatic rollback.",
                           no_args_is_help=True)
@@ -62,61 +63,61 @@ def start(model: Annotated[str, typer.Argument(help="registered model name")],
               help="fleet service to upload packages to (default: write them to --db directly)")] = None,
           token: Annotated[str | None, typer.Option("--token", envvar="TINYMLOPS_OPERATOR_TOKEN",
                                                     help="operator token for --server")] = None,
-          db: DbOpt = None, targets_dir: TargetsDirOpt = None, json_out: JsonOpt = False) -> None:
+          db: DbOpt = None, targets_dir: TargetsDirOpt = None, no_prefect: NoPrefectOpt = False,
+          json_out: JsonOpt = False) -> None:
     """Start (or resume) a staged rollout per target and, by default, drive it until promoted or rolled back.
 
     Each target's devices receive that target's candidate in the plan's stages (e.g. 5% → 25% → 50% → 100%);
     a failed gate rolls every touched device back to its previous version; an inconclusive gate holds.
-    Running start again for a rollout that is still active resumes it (e.g. after a crash).
+    Running start again for a rollout that is still active resumes it (e.g. after a crash). Runs as a Prefect
+    flow run ("rollout", one task per target); --no-prefect drives the same rollouts in this process.
     """
+    import os
+
     from tinymlops import registry
     from tinymlops.errors import UsageError
-    from tinymlops.rollout.controller import Controller, TickResult, list_rollouts
-    from tinymlops.rollout.run import load_config, summary
+    from tinymlops.rollout.run import load_config
 
-    cfg = load_config(config)
+    load_config(config)  # a config error exits 2 before Prefect starts
     registry.connect()
     targets = list(target or []) or _candidate_targets(model, targets_dir)
     if not targets:
         raise UsageError(f"{model} has no candidate-<target> alias: run `tinymlops profile {model}` or pass --target")
     if version and len(targets) != 1:
         raise UsageError("--version needs exactly one --target (each target has its own candidate)")
-    st = _store(db)
-    client = None
     if server:
-        from cli.fleet import _client
+        from cli.fleet import _operator_token
 
-        client = _client(server, token)
-    ctl = Controller(st, targets_dir=targets_dir)
-    try:
-        ids = {t: ctl.start(model, t, cfg, version=version, override=override, client=client) for t in targets}
-    finally:
-        if client is not None:
-            client.close()
+        # handed on in the environment, never as a flow parameter (Prefect records those)
+        os.environ["TINYMLOPS_OPERATOR_TOKEN"] = _operator_token(token)
     if not json_out:
-        for t, rid in ids.items():
-            console.print(f"rollout [bold]{rid}[/] of {model} on {t}")
-    t0 = time.monotonic()
-    if wait:
-        from concurrent.futures import ThreadPoolExecutor
+        console.print(f"rolling {model} out to {', '.join(targets)}" + (" (creating only)" if not wait else ""))
+    args = (model, targets, str(config))
+    kwargs: dict[str, Any] = {"fleet_url": server, "db_url": db, "override": override, "wait": wait,
+                              "versions": {targets[0]: version} if version else None,
+                              "targets_dir": str(targets_dir) if targets_dir else None}
+    if no_prefect:
+        from tinymlops.rollout.run import run_rollout
 
-        def show(res: TickResult) -> None:
-            if json_out or res.action in ("hold", "none", "not-owner"):
-                return
-            reasons = "; ".join(res.decision.reasons[:2]) if res.decision else ""
-            err_console.print(f"{res.rollout_id}: {res.action} (stage {res.stage_index + 1}) {reasons}",
-                              highlight=False, soft_wrap=True)
-
-        with ThreadPoolExecutor(max_workers=len(ids)) as pool:
-            for f in [pool.submit(Controller(st, targets_dir=targets_dir).run, rid, show) for rid in ids.values()]:
-                f.result()
-    rows = {r["id"]: r for r in list_rollouts(st, model)}
-    out = summary(model, [rows[i] for i in ids.values()], time.monotonic() - t0)
+        out = run_rollout(*args, on_tick=None if json_out else _show_tick, **kwargs).to_dict()
+    else:
+        out = start_flow("flows.rollout:rollout_flow", *args, quiet=json_out, **kwargs)
     if json_out:
         print_json(out)
         return
+    for r in out["rollouts"]:
+        console.print(f"rollout [bold]{r['id']}[/] of {model} on {r['target']}: {r['status']}")
     tbl = out["table"]
     print_table(tbl["title"], tbl["columns"], tbl["rows"])
+
+
+def _show_tick(res: Any) -> None:
+    """Print a controller step that changed something (a stage advanced, completed, rolled back or stopped)."""
+    if res.action in ("hold", "none", "not-owner"):
+        return
+    reasons = "; ".join(res.decision.reasons[:2]) if res.decision else ""
+    err_console.print(f"{res.rollout_id}: {res.action} (stage {res.stage_index + 1}) {reasons}",
+                      highlight=False, soft_wrap=True)
 
 
 @rollout_app.command("status")

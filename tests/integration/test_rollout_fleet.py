@@ -220,7 +220,9 @@ def test_controller_killed_mid_stage_resumes_where_it_was(fleet: dict[str, Any])
             "--target", "kill", "--version", "2", "--config", str(fleet["config"]), "--db", fleet["db_url"],
             "--server", fleet["url"], "--token", fleet["token"], "--targets-dir", str(fleet["targets_dir"])]
     log = (fleet["home"] / "controller.log").open("ab")
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+    # the killed controller runs without Prefect: a SIGKILLed CLI cannot stop the temporary Prefect server it
+    # started, which would outlive the test; the restart below goes through the rollout flow (the default)
+    proc = subprocess.Popen([*argv, "--no-prefect"], env=env, stdout=log, stderr=log)
 
     def current() -> dict[str, Any] | None:
         rows = list_rollouts(st, MODEL, "kill")
