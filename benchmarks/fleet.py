@@ -164,7 +164,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tinymlops-bench-fleet-"))
     env = {**os.environ, "TINYMLOPS_HOME": str(tmp / "home"), "TINYMLOPS_TARGETS_DIR": str(tmp / "targets")}
     (tmp / "targets").mkdir()
-    (tmp / "targets" / "gw.yaml").write_text("name: gw\nruntime: onnxruntime\n")
+    (tmp / "targets" / "gw.yaml").write_text("name: gw\nruntime: onnxruntime\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\nflash_bytes: 32000000000\nactive_power_mw: 3000\n")
     db = args.db or f"sqlite:///{tmp / 'fleet.db'}"
     port = free_port()
     server = f"http://127.0.0.1:{port}"

@@ -45,7 +45,7 @@ def main() -> None:
     register_demo_model(model, seed=1)
     targets = tmp / "targets"
     targets.mkdir()
-    (targets / "bench.yaml").write_text("name: bench\nruntime: onnxruntime\nlatency_slo_ms: 50\n")
+    (targets / "bench.yaml").write_text("name: bench\nruntime: onnxruntime\nlatency_slo_ms: 50\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\nflash_bytes: 32000000000\nactive_power_mw: 3000\n")
     st = fleet_store.open_store(f"sqlite:///{tmp / 'fleet.db'}")
     baseline = publish_package(st, model, "1", "bench", targets_dir=targets)
     candidate = publish_package(st, model, "2", "bench", targets_dir=targets)

@@ -81,14 +81,15 @@ def serve(db: DbOpt = None,
     """
     import uvicorn
 
-    from tinymlops.fleet import packages, service, store
+    from tinymlops.fleet import service, store
+    from tinymlops.profile.targets import catalogue as target_catalogue
 
     st = store.open_store(db)
     if not service.has_operator_token(st) or not _token_file().is_file():
         token = service.create_operator_token(st, "cli")
         path = _write_token(token)
         err_console.print(f"operator token (stored in {path}): {token}", highlight=False, soft_wrap=True)
-    catalogue = packages.list_targets(targets_dir)
+    catalogue = target_catalogue(targets_dir)
     err_console.print(f"fleet service on http://{host}:{port}  db={st.url}  workers={workers}  "
                       f"targets={sorted(catalogue)}", highlight=False, soft_wrap=True)
     if workers == 1:
@@ -258,12 +259,14 @@ def simulate(devices: Annotated[int, typer.Option("--devices", "-n", min=1, max=
     from tinymlops.config import read_yaml, validate_data
     from tinymlops.errors import RegistryError, UsageError
     from tinymlops.fleet import packages
+    from tinymlops.profile.targets import catalogue as target_catalogue
+    from tinymlops.profile.targets import targets_dir as resolve_targets_dir
     from tinymlops.sim import demo_model, simulator
 
     op_token = _operator_token(token)
-    catalogue = packages.list_targets(targets_dir)
+    catalogue = target_catalogue(targets_dir)
     if not catalogue:
-        raise UsageError(f"the target catalogue {targets_dir or packages.targets_dir()} is empty")
+        raise UsageError(f"the target catalogue {resolve_targets_dir(targets_dir)} is empty")
     sim_spec = validate_data(read_yaml(spec), simulator.SimulationSpec, spec) if spec is not None else None
     with _client(server, op_token) as op:
         op.health()  # fail fast, before any training or packaging, if the service is not there
@@ -282,7 +285,7 @@ def simulate(devices: Annotated[int, typer.Option("--devices", "-n", min=1, max=
         duration, report_interval = sim_spec.duration_s, sim_spec.report_interval_s
         inference_interval = sim_spec.inference_interval_s
     else:
-        names = target or [t for t, d in catalogue.items() if any(packages.format_fits(f, d["runtime"])
+        names = target or [t for t, d in catalogue.items() if any(packages.format_fits(f, d.runtime)
                                                                    for f in formats)]
         if not names:
             raise UsageError(f"no catalogue target runs {model} ({sorted(formats)})")
@@ -383,23 +386,24 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
     from tinymlops.errors import UsageError
     from tinymlops.fleet import packages
     from tinymlops.fleet.agent import Agent, AgentConfig, AgentCrash, AgentStopped, Faults
-    from tinymlops.sim.simulator import CRASH_EXIT_CODE, DriftSpec, cohort_stream, target_power_mw
+    from tinymlops.profile.targets import get_target
+    from tinymlops.sim.simulator import CRASH_EXIT_CODE, DriftSpec, cohort_stream
 
     if not device_id or not target:
         raise UsageError("--device-id and --target are required")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
-    tgt = packages.get_target(target, targets_dir)
+    tgt = get_target(target, targets_dir)
     base = VibrationParams()
     drift = cohort_stream(base, DriftSpec(gain=drift_gain, offset=drift_offset, noise_std=drift_noise_std,
                                           shaft_hz=drift_shaft_hz))
-    cfg = AgentConfig(server=server, device_id=device_id, target=target, runtime=runtime or tgt["runtime"],
+    cfg = AgentConfig(server=server, device_id=device_id, target=target, runtime=runtime or tgt.runtime,
                       state_dir=state_dir or settings.home() / "agents" / device_id,
                       trusted_keys=[packages.load_public_key(trusted_key or packages.default_public_key_path())],
                       enrolment_token=enrolment_token, report_interval_s=report_interval,
                       inference_interval_s=inference_interval, stream=base, stream_seed=seed, drift=drift,
                       drift_after_s=drift_after,
                       faults=Faults(fault_crash_after, fault_slow_ms, fault_corrupt_rate),
-                      energy_mw=target_power_mw(tgt), duration_s=duration, max_reports=max_reports,
+                      energy_mw=tgt.active_power_mw, duration_s=duration, max_reports=max_reports,
                       emulate_target_timing=emulate_target_timing)
     a = Agent(cfg)
 

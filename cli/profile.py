@@ -23,6 +23,9 @@ Examples:
   tinymlops profile --model model.onnx --target my-board.yaml --target host-onnxruntime
 """
 
+TARGETS_DIR_HELP = ("target catalogue directory (default: $TINYMLOPS_TARGETS_DIR, else the project's catalogue "
+                    "if the working directory has one, else the boards shipped with tinymlops)")
+
 
 def _row(r: dict[str, Any]) -> list[Any]:
     return [r["target"], r["runtime"], f"{r['latency_ms']:.4g}", r["sources"].get("latency_ms", ""),
@@ -39,8 +42,7 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Option(..., "--model", "-m", help="model file (.tflite or .onnx)"),
         target: list[str] = typer.Option(..., "--target", "-t",
                                          help="target name or YAML path; repeat for several; 'all' = catalogue"),
-        targets_dir: Path = typer.Option(Path("configs/targets"), "--targets-dir",
-                                         help="catalogue directory of target YAML files"),
+        targets_dir: Path | None = typer.Option(None, "--targets-dir", help=TARGETS_DIR_HELP),
         as_json: bool = typer.Option(False, "--json", help="print JSON (one object for one target, else a list)"),
         measure: bool = typer.Option(True, "--measure/--no-measure",
                                      help="run TFLite Micro, host timing and device runners (else static only)"),
@@ -71,16 +73,17 @@ def register(app: typer.Typer) -> None:
     @app.command("targets", help="List the target catalogue (boards the profiler knows).")
     @handle_errors
     def targets(
-        targets_dir: Path = typer.Option(Path("configs/targets"), "--targets-dir", help="catalogue directory"),
+        targets_dir: Path | None = typer.Option(None, "--targets-dir", help=TARGETS_DIR_HELP),
         as_json: bool = typer.Option(False, "--json", help="print JSON"),
     ) -> None:
         from tinymlops.profile.targets import catalogue
+        from tinymlops.profile.targets import targets_dir as resolve_dir
 
         cat = catalogue(targets_dir)
         if as_json:
             print_json([t.model_dump(mode="json") for t in cat.values()])
             return
-        print_table(f"targets in {targets_dir}", ["name", "core", "MHz", "SRAM B", "flash B", "runtime", "mW",
+        print_table(f"targets in {resolve_dir(targets_dir)}", ["name", "core", "MHz", "SRAM B", "flash B", "runtime", "mW",
                                                   "SLO ms"],
                     [[t.name, t.core, f"{t.clock_mhz:g}", f"{t.sram_bytes:,}", f"{t.flash_bytes:,}", t.runtime,
                       f"{t.active_power_mw:g}", t.latency_slo_ms or ""] for t in cat.values()])

@@ -23,7 +23,7 @@ DbOpt = Annotated[str | None, typer.Option(
     "--db", envvar="TINYMLOPS_FLEET_DB",
     help="SQLAlchemy URL of the fleet database the rollout state lives in (default: <home>/fleet.db)")]
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="rollout plan (kind: rollout)")]
-TargetsDirOpt = Annotated[Path | None, typer.Option(help="target catalogue (default: configs/targets)")]
+TargetsDirOpt = Annotated[Path | None, typer.Option(help="target catalogue directory (default: see `tinymlops targets`)")]
 
 
 def _store(db: str | None) -> Any:
@@ -40,9 +40,9 @@ def _ago(t: float | None) -> str:
 
 def _candidate_targets(model: str, targets_dir: Path | None) -> list[str]:
     from tinymlops import registry
-    from tinymlops.fleet import packages
+    from tinymlops.profile.targets import catalogue
 
-    return [t for t in packages.list_targets(targets_dir) if registry.get_alias(model, f"candidate-{t}") is not None]
+    return [t for t in catalogue(targets_dir) if registry.get_alias(model, f"candidate-{t}") is not None]
 
 
 @rollout_app.command("start")

@@ -33,7 +33,8 @@ def pipeline_flow(config_path: str = "configs/pipeline.yaml") -> dict[str, Any]:
 
             summary["compress"] = compress_flow(config_path, train["version"], parent.run_id)
 
-        targets_dir = str(resolve_relative(config_path, cfg.profile.targets_dir))
+        targets_dir = (str(resolve_relative(config_path, cfg.profile.targets_dir)) if cfg.profile.targets_dir
+                       else None)
         if "profile" in cfg.stages:
             from flows.profile import profile_flow
 

@@ -173,7 +173,8 @@ class CompressSection(Strict):
 
 class ProfileSection(Strict):
     targets: list[str] | Literal["all"] = "all"
-    targets_dir: str = "configs/targets"
+    targets_dir: str | None = Field(None, description="target catalogue directory; default: the catalogue search "
+                                                     "path (see tinymlops.profile.targets.targets_dir)")
 
 
 class DemoFleetSection(Strict):

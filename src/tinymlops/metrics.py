@@ -29,3 +29,40 @@ def agreement(pred_a: np.ndarray, pred_b: np.ndarray) -> float:
     a = pred_a.argmax(axis=1) if pred_a.ndim == 2 else pred_a
     b = pred_b.argmax(axis=1) if pred_b.ndim == 2 else pred_b
     return float((a == b).mean()) if len(a) else 1.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# per-target profile figures: the one place their MLflow keys are built and parsed
+# --------------------------------------------------------------------------------------------------------------
+
+#: figures the profile stage logs per target on a version's run, as metrics ``<target>.<figure>``
+PROFILE_FIGURES = ("latency_ms", "energy_uj", "peak_ram_bytes", "flash_bytes")
+
+
+def target_metric(target: str, figure: str) -> str:
+    """Return the metric key of a profiled figure on a target: ``<target>.<figure>`` (e.g. ``host.latency_ms``)."""
+    return f"{target}.{figure}"
+
+
+def fits_key(target: str) -> str:
+    """Return the run/version tag saying whether a version fits a target: ``fits.<target>``."""
+    return f"fits.{target}"
+
+
+def profile_metrics(target: str, figures: dict[str, float], fits: bool) -> dict[str, float]:
+    """Return the metrics the profile stage logs for one version on one target (NaN figures left out)."""
+    out = {target_metric(target, k): float(figures[k]) for k in PROFILE_FIGURES
+           if k in figures and figures[k] == figures[k]}
+    out[target_metric(target, "fits")] = 1.0 if fits else 0.0
+    return out
+
+
+def target_figures(metrics: dict[str, float], target: str, figures: tuple[str, ...] = PROFILE_FIGURES
+                   ) -> dict[str, float]:
+    """Return ``{figure: value}`` of one target read back from a run's metrics (missing and NaN ones left out)."""
+    out = {}
+    for k in figures:
+        v = metrics.get(target_metric(target, k))
+        if v is not None and v == v:
+            out[k] = float(v)
+    return out

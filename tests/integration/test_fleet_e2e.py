@@ -23,7 +23,7 @@ from tinymlops.sim import demo_model, simulator
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-TARGETS = REPO / "configs" / "targets"
+TARGETS = REPO / "src" / "tinymlops" / "profile" / "boards"
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ PAD_BYTES = 3_000_000  # large enough that download + fsync + rename take tens o
 def setup(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("fleet-kill")
     (root / "targets").mkdir()
-    (root / "targets" / "gw.yaml").write_text("name: gw\nruntime: onnxruntime\n")
+    (root / "targets" / "gw.yaml").write_text("name: gw\nruntime: onnxruntime\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\nflash_bytes: 32000000000\nactive_power_mw: 3000\n")
     st = store.open_store(f"sqlite:///{root / 'fleet.db'}")
     op_token = service.create_operator_token(st)
     server = service.BackgroundServer(st, poll_interval_s=0.2).start()

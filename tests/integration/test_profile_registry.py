@@ -10,8 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-TARGETS = REPO / "configs" / "targets"
+TARGETS = Path(__file__).resolve().parents[2] / "src" / "tinymlops" / "profile" / "boards"
 REFERENCE = {"kws": (22_604, 2.66e6), "ad": (265_864, 0.264e6)}
 
 
@@ -84,7 +83,7 @@ def test_profile_flow_logs_metrics_tags_aliases_and_artifacts(
                      "flash_bytes: 196608\nruntime: tflm-reference\nactive_power_mw: 5\n")
     v_kws = _register("toy", ref_models["kws"], "ptq-int8", 0.91, tmp_path)
     v_ad = _register("toy", ref_models["ad"], "big-int8", 0.95, tmp_path)
-    summary = profile_flow("toy", str(TARGETS), ["nucleo-l4r5zi", "raspberry-pi-pico", str(small)], "toy/profile")
+    summary = profile_flow("toy", None, ["nucleo-l4r5zi", "raspberry-pi-pico", str(small)], "toy/profile")
 
     t = summary["targets"]
     assert t["nucleo-l4r5zi"]["recommended_version"] == v_ad        # both fit: higher accuracy wins

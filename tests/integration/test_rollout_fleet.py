@@ -96,7 +96,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> It
     targets_dir = home / "targets"
     targets_dir.mkdir()
     for t in TARGETS:
-        (targets_dir / f"{t}.yaml").write_text(f"name: {t}\nruntime: onnxruntime\nlatency_slo_ms: 100\n")
+        (targets_dir / f"{t}.yaml").write_text(f"name: {t}\nruntime: onnxruntime\nlatency_slo_ms: 100\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\nflash_bytes: 32000000000\nactive_power_mw: 3000\n")
     config = home / "rollout.yaml"
     config.write_text(CONFIG)
     db_url = f"sqlite:///{home / 'fleet.db'}"

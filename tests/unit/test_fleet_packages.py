@@ -95,10 +95,13 @@ def test_format_fits_runtime_families() -> None:
     assert not packages.format_fits("tflite", "onnxruntime")
 
 
-def test_catalogue_targets_are_read_and_unknown_ones_named(tmp_path: Path) -> None:
-    (tmp_path / "a.yaml").write_text("name: board-a\nruntime: tflm-reference\nactive_power_mw: 40\n")
-    assert packages.get_target("board-a", tmp_path)["runtime"] == "tflm-reference"
-    from tinymlops.errors import UsageError
+def test_packages_use_the_one_typed_catalogue(tmp_path: Path, tm_home: Path) -> None:
+    """No plain-dict catalogue or env variable of its own: an unknown or half-written board is refused by name."""
+    from tinymlops.errors import ConfigError
 
-    with pytest.raises(UsageError, match="board-a"):
-        packages.get_target("board-b", tmp_path)
+    assert not hasattr(packages, "list_targets") and not hasattr(packages, "targets_dir")
+    (tmp_path / "a.yaml").write_text("name: board-a\nruntime: tflm-reference\nactive_power_mw: 40\n")
+    with pytest.raises(ConfigError, match="a.yaml: core"):
+        packages.build_package("m", "1", "board-a", targets=tmp_path)
+    with pytest.raises(ConfigError, match="unknown target 'atari'.*nucleo-l4r5zi"):
+        packages.build_package("m", "1", "atari")

@@ -17,8 +17,9 @@ from tinymlops.sim.simulator import CohortSpec, DriftSpec, Simulation, Simulatio
 def catalogue(tmp_path: Path) -> Path:
     d = tmp_path / "targets"
     d.mkdir()
-    (d / "mcu.yaml").write_text("name: mcu\nruntime: tflm-cmsis-nn\nactive_power_mw: 40\n")
-    (d / "gw.yaml").write_text("name: gw\nruntime: onnxruntime\n")
+    (d / "mcu.yaml").write_text("name: mcu\nruntime: tflm-cmsis-nn\nactive_power_mw: 40\ncore: cortex-m4\n"
+                                "clock_mhz: 120\nsram_bytes: 640000\nflash_bytes: 2000000\n")
+    (d / "gw.yaml").write_text("name: gw\nruntime: onnxruntime\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\nflash_bytes: 32000000000\nactive_power_mw: 3000\n")
     return d
 
 

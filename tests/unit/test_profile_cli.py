@@ -6,12 +6,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+from cli import app
 from typer.testing import CliRunner
 
-from cli import app
+from tinymlops.profile.targets import SHIPPED_TARGETS_DIR
 
-REPO = Path(__file__).resolve().parents[2]
-TARGETS = str(REPO / "configs" / "targets")
+TARGETS = str(SHIPPED_TARGETS_DIR)
 SINE = Path(next(iter(importlib.util.find_spec("tflite_micro").submodule_search_locations))) / "python" / \
     "tflite_micro" / "sine_float.tflite"
 runner = CliRunner()

@@ -17,10 +17,9 @@ from tinymlops.profile import arena, costmodel
 from tinymlops.profile.graph import Graph, OpInfo, TensorInfo, load_graph
 from tinymlops.profile.profiler import ProfileCache, profile_model
 from tinymlops.profile.select import pareto_front, recommend
-from tinymlops.profile.targets import TargetConfig, catalogue, resolve_target
+from tinymlops.profile.targets import SHIPPED_TARGETS_DIR, TargetConfig, catalogue, resolve_target
 
-REPO = Path(__file__).resolve().parents[2]
-TARGETS = REPO / "configs" / "targets"
+TARGETS = SHIPPED_TARGETS_DIR
 SINE = Path(next(iter(importlib.util.find_spec("tflite_micro").submodule_search_locations))) / "python" / \
     "tflite_micro" / "sine_float.tflite"
 

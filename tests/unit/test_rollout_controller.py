@@ -48,7 +48,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     targets = home / "targets"
     targets.mkdir()
     for name in ("ok", "bad", "offline", "stop", "lease", "abort"):
-        (targets / f"{name}.yaml").write_text(f"name: {name}\nruntime: onnxruntime\nlatency_slo_ms: 50\n")
+        (targets / f"{name}.yaml").write_text(f"name: {name}\nruntime: onnxruntime\nlatency_slo_ms: 50\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\nflash_bytes: 32000000000\nactive_power_mw: 3000\n")
     yield home
     registry._client = None
     for k, v in old.items():

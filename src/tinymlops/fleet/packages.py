@@ -112,37 +112,8 @@ def default_public_key_path() -> Path:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# targets
+# targets (the catalogue itself is tinymlops.profile.targets)
 # --------------------------------------------------------------------------------------------------------------
-
-
-def targets_dir() -> Path:
-    """Return the target catalogue directory (``TINYMLOPS_TARGETS_DIR`` or ``configs/targets``)."""
-    return Path(os.environ.get("TINYMLOPS_TARGETS_DIR", "configs/targets"))
-
-
-def list_targets(directory: Path | None = None) -> dict[str, dict[str, Any]]:
-    """Return the catalogue as ``{name: fields}`` (only ``name`` and ``runtime`` are needed here)."""
-    from tinymlops.config import read_yaml
-
-    d = directory or targets_dir()
-    out: dict[str, dict[str, Any]] = {}
-    for p in sorted(list(d.glob("*.yaml")) + list(d.glob("*.yml"))):
-        data = read_yaml(p)
-        name = str(data.get("name", p.stem))
-        if "runtime" not in data:
-            raise ConfigError(f"{p}: runtime: missing (every target names the runtime it runs)")
-        out[name] = {**data, "name": name, "runtime": str(data["runtime"])}
-    return out
-
-
-def get_target(name: str, directory: Path | None = None) -> dict[str, Any]:
-    """Return one catalogue target (UsageError naming the known ones if it does not exist)."""
-    targets = list_targets(directory)
-    if name not in targets:
-        known = ", ".join(sorted(targets)) or f"none in {directory or targets_dir()}"
-        raise UsageError(f"unknown target {name!r}; known targets: {known}")
-    return targets[name]
 
 
 def format_fits(fmt: str, target_runtime: str) -> bool:
@@ -264,24 +235,24 @@ def verify_package(bundle: Bundle, trusted_keys: list[Ed25519PublicKey], target:
 def _profiled_expectation(run_id: str, target: str) -> dict[str, float]:
     """Return what the profile stage estimated for this version on this target (empty if not profiled)."""
     from tinymlops import registry
+    from tinymlops.metrics import target_figures
 
-    metrics = registry.get_run(run_id).metrics
-    keys = ("latency_ms", "energy_uj", "peak_ram_bytes")
-    return {k: float(metrics[f"{target}.{k}"]) for k in keys if f"{target}.{k}" in metrics}
+    return target_figures(registry.get_run(run_id).metrics, target, ("latency_ms", "energy_uj", "peak_ram_bytes"))
 
 
 def build_package(model_name: str, version: str | int, target: str, key: Ed25519PrivateKey | None = None,
                   targets: Path | None = None) -> Bundle:
     """Build and sign a package for a target from a registered MLflow version."""
     from tinymlops import registry
+    from tinymlops.profile.targets import get_target
 
     tgt = get_target(target, targets)
     mv = registry.get_version(model_name, version)
     pkg_dir = registry.download_package(model_name, version)
     src = registry.read_manifest(pkg_dir)
     fmt = str(src.get("format") or mv.tags.get("format", ""))
-    if not format_fits(fmt, tgt["runtime"]):
-        raise UsageError(f"{model_name} v{version} is a {fmt} model; target {target} runs {tgt['runtime']}; "
+    if not format_fits(fmt, tgt.runtime):
+        raise UsageError(f"{model_name} v{version} is a {fmt} model; target {target} runs {tgt.runtime}; "
                          "build the package from a version whose format that runtime executes")
     artifact_path = pkg_dir / src["file"]
     if not artifact_path.is_file():
@@ -296,7 +267,7 @@ def build_package(model_name: str, version: str | int, target: str, key: Ed25519
         "variant": str(src.get("variant") or mv.tags.get("variant", "")),
         "format": fmt,
         "target": target,
-        "runtime": tgt["runtime"],
+        "runtime": tgt.runtime,
         "file": Path(src["file"]).name,
         "class_names": src["class_names"],
         "preprocessing": src["preprocessing"],

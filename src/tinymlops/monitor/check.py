@@ -21,6 +21,7 @@ import numpy as np
 
 from tinymlops import registry
 from tinymlops.errors import RegistryError, UsageError
+from tinymlops.metrics import target_metric
 from tinymlops.monitor.config import DriftConfig
 from tinymlops.monitor.drift import DeviceExpectation, DeviceReport, DriftFigures, compute_figures
 from tinymlops.monitor.reference import ReferenceProfile
@@ -128,7 +129,7 @@ def expectation_for(ctx: ModelContext, target: str | None) -> DeviceExpectation:
         return DeviceExpectation()
     values: dict[str, float] = {}
     for metric in ("latency_ms", "peak_ram_bytes", "energy_uj"):
-        v = ctx.run_metrics.get(f"{target}.{metric}")
+        v = ctx.run_metrics.get(target_metric(target, metric))
         tag = ctx.tags.get(f"profile.{target}.{metric}")
         if tag not in (None, ""):
             with contextlib.suppress(ValueError):

@@ -20,6 +20,7 @@ from typing import Any
 
 from tinymlops import registry
 from tinymlops.errors import RegistryError, TinyMLOpsError
+from tinymlops.metrics import PROFILE_FIGURES, fits_key, profile_metrics
 from tinymlops.profile.profiler import HOST_RUNTIME, RUNTIME_FORMATS, ProfileCache, profile_model
 from tinymlops.profile.select import pareto_front, recommend
 from tinymlops.profile.targets import TargetConfig, resolve_targets
@@ -171,12 +172,9 @@ def log_results(model_name: str, rows: list[dict[str, Any]], per_target: dict[st
         run_id = vrows[0]["run_id"]
         metrics, tags = {}, {}
         for r in vrows:
-            t = r["target"]
-            tags[f"fits.{t}"] = str(bool(r["fits"])).lower()
-            if r["latency_ms"] == r["latency_ms"]:  # not NaN
-                metrics.update({f"{t}.latency_ms": r["latency_ms"], f"{t}.energy_uj": r["energy_uj"],
-                                f"{t}.peak_ram_bytes": r["peak_ram_bytes"], f"{t}.flash_bytes": r["flash_bytes"]})
-            metrics[f"{t}.fits"] = 1.0 if r["fits"] else 0.0
+            tags[fits_key(r["target"])] = str(bool(r["fits"])).lower()
+            computed = r["latency_ms"] == r["latency_ms"]  # NaN: profiling failed, only ``fits`` is logged
+            metrics.update(profile_metrics(r["target"], r if computed else {}, bool(r["fits"])))
         registry.log_metrics(run_id, metrics)
         registry.set_tags(run_id, tags)
         registry.set_version_tags(model_name, version, tags)
@@ -192,7 +190,7 @@ def log_results(model_name: str, rows: list[dict[str, Any]], per_target: dict[st
         if str(current_v) != rec["recommended_version"]:
             reason = (f"profile: highest accuracy among feasible versions on {t.name} "
                       f"({rec['variant']}, {rec['latency_ms']:.4g} ms, {rec['energy_uj']:.4g} uJ)")
-            figures = {k: float(rec[k]) for k in ("latency_ms", "energy_uj", "peak_ram_bytes", "flash_bytes")}
+            figures = {k: float(rec[k]) for k in PROFILE_FIGURES}
             if rec["accuracy"] is not None:
                 figures["accuracy"] = float(rec["accuracy"])
             registry.set_alias(model_name, alias, rec["recommended_version"], reason, figures)

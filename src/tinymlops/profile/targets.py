@@ -1,11 +1,14 @@
-"""Target boards: the ``kind: target`` config model and the catalogue in ``configs/targets/*.yaml``.
+"""Target boards: the ``kind: target`` config model and the one target catalogue.
 
 A target names a board's core, clock, memories, runtime and power; the profiler turns those into feasibility and
-per-target latency/energy estimates. Users add boards by writing one YAML file (anywhere) with the same schema.
+per-target latency/energy estimates; the fleet builds packages for it. The catalogue is a directory of YAML files
+found on one search path (:func:`targets_dir`); eleven boards ship inside the package (``profile/boards/``). Users
+add boards by writing one YAML file with the same schema (pass its path, or put it in their own catalogue).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -102,7 +105,32 @@ class TargetConfig(Strict):
         return list(self.dtypes) if self.dtypes is not None else DEFAULT_DTYPES[self.runtime]
 
 
-DEFAULT_TARGETS_DIR = "configs/targets"
+#: environment variable naming a catalogue directory (beats the project's; an explicit argument beats it)
+TARGETS_DIR_ENV = "TINYMLOPS_TARGETS_DIR"
+#: the project's own catalogue, relative to the working directory (the only place this path is written in code)
+PROJECT_TARGETS_DIR = Path("configs/targets")
+#: the catalogue shipped inside the package: board names work from any directory
+SHIPPED_TARGETS_DIR = Path(__file__).resolve().with_name("boards")
+
+
+def targets_dir(explicit: str | Path | None = None) -> Path:
+    """Return the catalogue directory: ``explicit``, else ``$TINYMLOPS_TARGETS_DIR``, else the project's
+    ``configs/targets`` if the working directory has one, else the catalogue shipped with tinymlops.
+
+    Raises:
+        ConfigError: an explicit or environment directory that does not exist (named, with where it came from).
+    """
+    if explicit is not None and str(explicit) != "":
+        d = Path(explicit)
+        if not d.is_dir():
+            raise ConfigError(f"{d}: targets directory not found")
+        return d
+    env = os.environ.get(TARGETS_DIR_ENV)
+    if env:
+        if not Path(env).is_dir():
+            raise ConfigError(f"{TARGETS_DIR_ENV}={env}: targets directory not found")
+        return Path(env)
+    return PROJECT_TARGETS_DIR if PROJECT_TARGETS_DIR.is_dir() else SHIPPED_TARGETS_DIR
 
 
 def load_target(path: str | Path) -> TargetConfig:
@@ -112,13 +140,11 @@ def load_target(path: str | Path) -> TargetConfig:
     return cfg
 
 
-def catalogue(targets_dir: str | Path = DEFAULT_TARGETS_DIR) -> dict[str, TargetConfig]:
-    """Load every ``*.yaml`` target in a directory, keyed by target name (sorted)."""
-    d = Path(targets_dir)
-    if not d.is_dir():
-        raise ConfigError(f"{d}: targets directory not found")
+def catalogue(directory: str | Path | None = None) -> dict[str, TargetConfig]:
+    """Load every ``*.yaml`` target of the catalogue (see :func:`targets_dir`), keyed by target name (sorted)."""
+    d = targets_dir(directory)
     out: dict[str, TargetConfig] = {}
-    for p in sorted(d.glob("*.y*ml")):
+    for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
         t = load_target(p)
         if t.name in out:
             raise ConfigError(f"{p}: target name {t.name!r} is already used by another file in {d}")
@@ -126,22 +152,27 @@ def catalogue(targets_dir: str | Path = DEFAULT_TARGETS_DIR) -> dict[str, Target
     return dict(sorted(out.items()))
 
 
-def resolve_target(name_or_path: str | Path, targets_dir: str | Path = DEFAULT_TARGETS_DIR) -> TargetConfig:
+def get_target(name: str, directory: str | Path | None = None) -> TargetConfig:
+    """Return a catalogue target by name (ConfigError naming the catalogue and its boards if unknown)."""
+    cat = catalogue(directory)
+    if name not in cat:
+        raise ConfigError(f"unknown target {name!r}; catalogue {targets_dir(directory)} has: "
+                          f"{', '.join(cat) or '(none)'} (or pass a target YAML path)")
+    return cat[name]
+
+
+def resolve_target(name_or_path: str | Path, directory: str | Path | None = None) -> TargetConfig:
     """Return a target by catalogue name, or load it from a YAML path (boards outside the catalogue)."""
     p = Path(name_or_path)
     if p.suffix.lower() in (".yaml", ".yml") or p.is_file():
         return load_target(p)
-    cat = catalogue(targets_dir)
-    if str(name_or_path) not in cat:
-        raise ConfigError(f"unknown target {str(name_or_path)!r}; catalogue {targets_dir} has: "
-                          f"{', '.join(cat) or '(none)'} (or pass a target YAML path)")
-    return cat[str(name_or_path)]
+    return get_target(str(name_or_path), directory)
 
 
-def resolve_targets(targets: list[str] | str, targets_dir: str | Path = DEFAULT_TARGETS_DIR) -> list[TargetConfig]:
-    """Return targets from 'all' or a list of names/paths."""
+def resolve_targets(targets: list[str] | str, directory: str | Path | None = None) -> list[TargetConfig]:
+    """Return targets from 'all' (the whole catalogue) or a list of names/paths."""
     if targets == "all" or targets == ["all"]:
-        return list(catalogue(targets_dir).values())
+        return list(catalogue(directory).values())
     if isinstance(targets, str):
         targets = [targets]
-    return [resolve_target(t, targets_dir) for t in targets]
+    return [resolve_target(t, directory) for t in targets]

@@ -26,6 +26,7 @@ from tinymlops import registry
 from tinymlops.errors import UsageError
 from tinymlops.fleet import store as fleet_store
 from tinymlops.fleet.store import DesiredState, Package, Store
+from tinymlops.metrics import target_figures
 from tinymlops.rollout import gates, history, plan
 from tinymlops.rollout.config import RolloutConfig
 from tinymlops.rollout.figures import PackageInfoCache, device_states, rejected_devices, window_figures
@@ -67,18 +68,17 @@ def expected_latency_ms(model_name: str, version: str, target: str) -> float | N
     """Return the profiled latency of a version on a target (metric ``<target>.latency_ms`` of its run), if any."""
     mv = registry.get_version(model_name, version)
     try:
-        value = registry.get_run(mv.run_id).metrics.get(f"{target}.latency_ms")
+        figures = target_figures(registry.get_run(mv.run_id).metrics, target, ("latency_ms",))
     except Exception:  # a version without a readable run simply has no expectation
         return None
-    return float(value) if value is not None and value == value else None
+    return figures.get("latency_ms")
 
 
 def target_slo_ms(target: str, targets_dir: Any = None) -> float | None:
     """Return a catalogue target's latency SLO (ms), if it declares one."""
-    from tinymlops.fleet import packages
+    from tinymlops.profile.targets import get_target
 
-    value = packages.get_target(target, targets_dir).get("latency_slo_ms")
-    return float(value) if isinstance(value, int | float) else None
+    return get_target(target, targets_dir).latency_slo_ms
 
 
 # --------------------------------------------------------------------------------------------------------------

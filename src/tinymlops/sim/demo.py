@@ -178,8 +178,9 @@ def wait_installed(st: Store, expected: dict[str, str], devices: dict[str, int],
 def pick_versions(model_name: str, target: str, targets_dir: Path | None = None) -> tuple[str, str]:
     """Return (baseline, candidate) versions for a target: candidate alias; production alias or oldest fitting."""
     from tinymlops.fleet import packages
+    from tinymlops.profile.targets import get_target
 
-    runtime = packages.get_target(target, targets_dir)["runtime"]
+    runtime = get_target(target, targets_dir).runtime
     fitting = [str(v.version) for v in registry.list_versions(model_name)
                if packages.format_fits(v.tags.get("format", ""), runtime)]
     cand = registry.get_alias(model_name, f"candidate-{target}")

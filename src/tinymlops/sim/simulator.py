@@ -35,6 +35,7 @@ from tinymlops.config import Strict, VibrationParams
 from tinymlops.errors import UsageError
 from tinymlops.fleet.agent import Agent, AgentConfig, AgentCrash, AgentStopped, Faults, Installed, open_model
 from tinymlops.fleet.client import OperatorClient
+from tinymlops.profile.targets import catalogue as target_catalogue
 
 PROCESS_MODE_MAX_DEVICES = 8
 CRASH_EXIT_CODE = 70
@@ -168,7 +169,7 @@ class Simulation:
         self.key_path = Path(trusted_key_path or packages.default_public_key_path())
         self.trusted = [packages.load_public_key(self.key_path)]
         self.report_interval_s, self.inference_interval_s, self.seed = report_interval_s, inference_interval_s, seed
-        catalogue = packages.list_targets(targets_dir)
+        catalogue = target_catalogue(targets_dir)
         unknown = sorted({c.target for c in cohorts} - set(catalogue))
         if unknown:
             raise UsageError(f"unknown target(s) {unknown}; catalogue has {sorted(catalogue)}")
@@ -194,12 +195,12 @@ class Simulation:
                      duration_s: float | None, max_reports: int | None) -> AgentConfig:
         tgt = self.targets[c.target]
         return AgentConfig(
-            server=self.server, device_id=device_id, target=c.target, runtime=tgt["runtime"],
+            server=self.server, device_id=device_id, target=c.target, runtime=tgt.runtime,
             state_dir=self.state_root / device_id, trusted_keys=self.trusted, enrolment_token=token,
             report_interval_s=self.report_interval_s, inference_interval_s=self.inference_interval_s,
             stream=self.stream, stream_seed=self.seed * 100_003 + index,
             drift=cohort_stream(self.stream, c.drift), drift_after_s=c.drift_after_s,
-            faults=Faults(**c.faults.model_dump()), energy_mw=target_power_mw(tgt), duration_s=duration_s,
+            faults=Faults(**c.faults.model_dump()), energy_mw=tgt.active_power_mw, duration_s=duration_s,
             max_reports=max_reports, emulate_target_timing=True)
 
     def set_drift(self, cohort: str, **knobs: float) -> int:
@@ -384,7 +385,7 @@ def publish(server_url: str, operator_token: str, model_name: str, versions: lis
     from tinymlops import registry
     from tinymlops.fleet import packages
 
-    catalogue = packages.list_targets(targets_dir)
+    catalogue = target_catalogue(targets_dir)
     out: dict[str, str] = {}
     with OperatorClient(server_url, operator_token) as op:
         for t in sorted(set(targets)):
@@ -392,10 +393,10 @@ def publish(server_url: str, operator_token: str, model_name: str, versions: lis
                 raise UsageError(f"unknown target {t!r}; catalogue has {sorted(catalogue)}")
             fitting = [v for v in sorted(versions, key=lambda x: int(x), reverse=True)
                        if packages.format_fits(registry.get_version(model_name, v).tags.get("format", ""),
-                                               catalogue[t]["runtime"])]
+                                               catalogue[t].runtime)]
             if not fitting:
                 raise UsageError(f"no version of {model_name} among {versions} runs on {t} "
-                                 f"({catalogue[t]['runtime']})")
+                                 f"({catalogue[t].runtime})")
             bundle = packages.build_package(model_name, fitting[0], t, targets=targets_dir)
             out[t] = op.upload(bundle)["id"]
         for cohort, t in (cohorts or {}).items():
