@@ -58,10 +58,10 @@ def start_flow(entrypoint: str, *args: Any, quiet: bool = False, **kwargs: Any) 
     prepare(quiet)
     module, name = entrypoint.split(":")
     flow = getattr(importlib.import_module(module), name)
-    _quiet_expected_tracebacks()
     from cli import _common
 
     run = getattr(_common, "run_interruptibly", None)  # signal handling around the run (cli/_common.py)
     if run is not None:
         return run(flow, *args, **kwargs)
+    _quiet_expected_tracebacks()
     return flow(*args, **kwargs)

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._common import console, handle_errors, print_json, print_table
+from cli._common import console, err_console, handle_errors, print_json, print_table
+from cli._prefect import NoPrefectOpt, start_flow
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout instead of tables")]
 
@@ -26,6 +27,7 @@ def compress(
                       ] = Path("configs/pipeline.yaml"),
     version: Annotated[str, typer.Option("--version", "-v", help="registered float32 version to compress "
                                          "(see `tinymlops variants MODEL`)")] = "",
+    no_prefect: NoPrefectOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Build every configured variant of a float version, evaluate each in its runtime and register it.
@@ -33,12 +35,11 @@ def compress(
     Each variant becomes a new version of the same registered model (tags: variant, technique, format,
     parent_version, train_run_id, dataset_digest and its parameters) from its own MLflow run nested under the
     compress run. A variant that fails is recorded as a FAILED run and the others go on. Exit code 1 if any failed.
+    Runs as a Prefect flow run ("compress", variants in parallel tasks); --no-prefect builds them one after the
+    other in this process.
     """
-    import os
-
     from tinymlops.config import load_pipeline
     from tinymlops.errors import UsageError
-    from tinymlops.settings import prepare_environment
 
     cfg = load_pipeline(config)
     if not version:
@@ -47,15 +48,14 @@ def compress(
     if not cfg.compress.variants:
         raise UsageError(f"{config}: compress.variants is empty; nothing to build")
     from tinymlops import registry
-    from tinymlops.compress.stage import check_parent
+    from tinymlops.compress.stage import check_parent, run_compress
 
     registry.connect(cfg.mlflow.tracking_uri)
     check_parent(cfg.mlflow.registered_model, version)  # fail fast, before Prefect starts
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING" if json_out else "INFO")
-    prepare_environment()
-    from flows.compress import compress_flow
-
-    out = compress_flow(str(config), version)
+    if no_prefect:
+        out = run_compress(cfg, version, progress=None if json_out else err_console.print).to_dict()
+    else:
+        out = start_flow("flows.compress:compress_flow", str(config), version, quiet=json_out)
     if json_out:
         print_json(out)
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -13,17 +12,10 @@ from typing import Annotated, Any
 import typer
 
 from cli._common import console, err_console, handle_errors, print_json, print_table
+from cli._prefect import NoPrefectOpt, start_flow
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML (see configs/pipeline.yaml)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout instead of tables")]
-
-
-def _prefect_env(quiet: bool) -> None:
-    """Show task progress logs unless the output must stay machine-readable."""
-    from tinymlops.settings import prepare_environment
-
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING" if quiet else "INFO")
-    prepare_environment()
 
 
 def _check_config(path: Path) -> None:
@@ -47,13 +39,16 @@ def validate(path: Annotated[Path, typer.Argument(help="any tinymlops YAML: pipe
 
 
 @handle_errors
-def train(config: ConfigOpt = Path("configs/pipeline.yaml"), json_out: JsonOpt = False) -> None:
-    """Train, evaluate, export and register a new float model version (a Prefect flow run)."""
+def train(config: ConfigOpt = Path("configs/pipeline.yaml"), no_prefect: NoPrefectOpt = False,
+          json_out: JsonOpt = False) -> None:
+    """Train, evaluate, export and register a new float model version (a Prefect flow run, "train")."""
     _check_config(config)
-    _prefect_env(json_out)
-    from flows.train import train_flow
+    if no_prefect:
+        from tinymlops.train import run_train
 
-    out = train_flow(str(config))
+        out = run_train(config, progress=None if json_out else err_console.print).to_dict()
+    else:
+        out = start_flow("flows.train:train_flow", str(config), quiet=json_out)
     if json_out:
         print_json(out)
         return
@@ -65,14 +60,15 @@ def train(config: ConfigOpt = Path("configs/pipeline.yaml"), json_out: JsonOpt =
 
 @handle_errors
 def run(config: ConfigOpt = Path("configs/pipeline.yaml"), json_out: JsonOpt = False) -> None:
-    """Run the whole pipeline the config describes: train → compress → profile → drift → rollout."""
+    """Run the pipeline the config describes: train → compress → profile → rollout → drift (a Prefect flow run).
+
+    `stages:` in the config picks the stages (they always run in this order); without train the pipeline starts
+    from the latest registered float32 version. Each stage is a flow run of its own, nested in the pipeline's.
+    """
     from tinymlops.config import load_pipeline
 
     cfg = load_pipeline(config)
-    _prefect_env(json_out)
-    from flows.pipeline import pipeline_flow
-
-    out = pipeline_flow(str(config))
+    out = start_flow("flows.pipeline:pipeline_flow", str(config), quiet=json_out)
     if json_out:
         print_json(out)
         return
@@ -84,7 +80,8 @@ def print_summary(out: dict[str, Any]) -> None:
     """Print the human summary of a pipeline run."""
     t = out["train"]
     console.rule(f"[bold]tinymlops pipeline: {out['project']}")
-    console.print(f"trained and registered [bold]{t['model_uri']}[/]: test accuracy "
+    console.print(f"{'started from' if t.get('skipped') else 'trained and registered'} [bold]{t['model_uri']}[/]: "
+                  "test accuracy "
                   f"{t['metrics']['test_accuracy']:.2%}, macro-F1 {t['metrics']['test_macro_f1']:.3f}, "
                   f"{t['metrics']['train_seconds']:.1f} s of training")
     comp = out.get("compress")
@@ -104,7 +101,7 @@ def print_summary(out: dict[str, Any]) -> None:
         print_table("recommended variant per target (profile)", ["target", "version", "variant", "accuracy",
                                                                  "latency_ms", "energy_uj", "peak_ram_bytes",
                                                                  "why none fits"], rows)
-    for key in ("drift", "rollout"):
+    for key in ("drift", "rollout"):  # the drift verdicts first, then the rollout decisions (the demo's tables)
         if out.get(key, {}).get("table"):
             tbl = out[key]["table"]
             print_table(tbl["title"], tbl["columns"], tbl["rows"])

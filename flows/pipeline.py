@@ -1,4 +1,9 @@
-"""Pipeline flow: train → compress → profile → drift → rollout, handing identifiers (never objects) on."""
+"""Pipeline flow: train → compress → profile → rollout → drift, handing identifiers (never objects) on.
+
+Each stage runs its own flow (a subflow run) around its library entry point. ``stages:`` in the config picks the
+stages; without ``train`` the pipeline starts from the latest registered float32 version (a clear error when the
+model has none).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,14 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.train import train_task
 from tinymlops import registry
-from tinymlops.config import load_pipeline, resolve_relative
+from tinymlops.config import PipelineConfig, load_pipeline, resolve_relative
 from tinymlops.errors import TinyMLOpsError
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(config_path: str = "configs/pipeline.yaml") -> dict[str, Any]:
-    """Run every configured stage of the pipeline on one config file."""
+    """Run the configured stages on one config file, in this order: train → compress → profile → rollout → drift."""
     logger = get_run_logger()
     cfg = load_pipeline(config_path)
     registry.connect(cfg.mlflow.tracking_uri)
@@ -23,10 +27,18 @@ def pipeline_flow(config_path: str = "configs/pipeline.yaml") -> dict[str, Any]:
     with registry.run(cfg.mlflow.experiment, "pipeline", tags={"tinymlops.stage": "pipeline",
                                                                "config_hash": cfg.config_hash()}) as parent:
         summary["pipeline_run_id"] = parent.run_id
-        train = train_task(config_path, parent.run_id)
+        if "train" in cfg.stages:
+            from flows.train import train_task
+
+            train = train_task(config_path, parent.run_id)
+            logger.info("registered %s (test accuracy %.2f%%)", train["model_uri"],
+                        100 * train["metrics"]["test_accuracy"])
+        else:
+            from tinymlops.train import latest_trained
+
+            train = {**latest_trained(cfg).to_dict(), "skipped": True}
+            logger.info("train not in stages: starting from %s", train["model_uri"])
         summary["train"] = train
-        logger.info("registered %s (test accuracy %.2f%%)", train["model_uri"],
-                    100 * train["metrics"]["test_accuracy"])
 
         if "compress" in cfg.stages and cfg.compress.variants:
             from flows.compress import compress_flow
@@ -43,21 +55,8 @@ def pipeline_flow(config_path: str = "configs/pipeline.yaml") -> dict[str, Any]:
 
         fleet_db = None
         if "rollout" in cfg.stages and cfg.rollout:
-            # the demo fleet is simulated (fresh service + agents); real fleets: `tinymlops rollout start`
-            from flows.rollout import rollout_demo_flow
-
-            d = cfg.demo_fleet
-            try:
-                rollout = rollout_demo_flow(
-                    cfg.mlflow.registered_model, d.healthy_target, d.faulty_target,
-                    str(resolve_relative(config_path, cfg.rollout)), d.devices_per_target, d.fault,
-                    targets_dir, monitor_target=d.monitor_target if "drift" in cfg.stages else None,
-                    monitor_devices=d.monitor_devices, monitor_drift=dict(d.monitor_drift))
-                summary["rollout"] = rollout
-                fleet_db = rollout["fleet_db"]
-            except TinyMLOpsError as exc:  # e.g. a single version: nothing to roll out over a baseline
-                logger.warning("rollout stage skipped: %s", exc)
-                summary["rollout"] = {"skipped": str(exc)}
+            summary["rollout"] = _rollout_stage(config_path, cfg, targets_dir, monitor="drift" in cfg.stages)
+            fleet_db = summary["rollout"].get("fleet_db")
 
         if "drift" in cfg.stages and cfg.drift:
             from flows.drift import pipeline_drift_stage
@@ -67,6 +66,23 @@ def pipeline_flow(config_path: str = "configs/pipeline.yaml") -> dict[str, Any]:
     create_markdown_artifact(key="pipeline-summary", markdown=_summary_markdown(summary),
                              description=f"pipeline run for {cfg.project}")
     return summary
+
+
+def _rollout_stage(config_path: str, cfg: PipelineConfig, targets_dir: str | None, monitor: bool) -> dict[str, Any]:
+    """Roll out on the simulated demo fleet (fresh service + agents); real fleets: `tinymlops rollout start`."""
+    from flows.rollout import rollout_demo_flow
+
+    assert cfg.rollout is not None
+    d = cfg.demo_fleet
+    try:
+        return rollout_demo_flow(
+            cfg.mlflow.registered_model, d.healthy_target, d.faulty_target,
+            str(resolve_relative(config_path, cfg.rollout)), d.devices_per_target, d.fault,
+            targets_dir, monitor_target=d.monitor_target if monitor else None,
+            monitor_devices=d.monitor_devices, monitor_drift={str(k): v for k, v in d.monitor_drift.items()})
+    except TinyMLOpsError as exc:  # e.g. a single version: nothing to roll out over a baseline
+        get_run_logger().warning("rollout stage skipped: %s", exc)
+        return {"skipped": str(exc)}
 
 
 def _drift_table(drift: dict[str, Any]) -> dict[str, Any]:
@@ -79,9 +95,9 @@ def _drift_table(drift: dict[str, Any]) -> dict[str, Any]:
 
 def _summary_markdown(summary: dict[str, Any]) -> str:
     t = summary["train"]
-    lines = [f"## Pipeline `{summary['project']}`", "", f"- trained and registered `{t['model_uri']}` "
-             f"(test accuracy {t['metrics']['test_accuracy']:.2%})"]
-    for stage in ("compress", "profile", "drift", "rollout"):
+    lines = [f"## Pipeline `{summary['project']}`", "", f"- {'started from' if t.get('skipped') else 'trained and registered'}"
+             f" `{t['model_uri']}` (test accuracy {t['metrics']['test_accuracy']:.2%})"]
+    for stage in ("compress", "profile", "rollout", "drift"):
         if stage in summary:
             lines.append(f"- {stage}: done")
     return "\n".join(lines) + "\n"

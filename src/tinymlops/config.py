@@ -177,6 +177,13 @@ class ProfileSection(Strict):
                                                      "path (see tinymlops.profile.targets.targets_dir)")
 
 
+DriftKnob = Literal["gain", "offset", "noise_std", "shaft_hz"]
+
+
+def _default_monitor_drift() -> dict[DriftKnob, float]:
+    return {"gain": 1.15}
+
+
 class DemoFleetSection(Strict):
     """The simulated fleet the rollout and drift stages run on: a fresh local fleet service and agents."""
 
@@ -188,8 +195,13 @@ class DemoFleetSection(Strict):
     monitor_target: str | None = Field(
         "nucleo-l4r5zi", description="two monitored cohorts (line-a as deployed, line-b drifted) on this target")
     monitor_devices: int = Field(5, ge=1, le=200)
-    monitor_drift: dict[Literal["gain", "offset", "noise_std", "shaft_hz"], float] = Field(
-        default_factory=lambda: {"gain": 1.15}, description="covariate shift of line-b's sensors")
+    monitor_drift: dict[DriftKnob, float] = Field(
+        default_factory=_default_monitor_drift, description="covariate shift of line-b's sensors")
+
+
+Stage = Literal["train", "compress", "profile", "rollout", "drift"]
+#: every pipeline stage, in the order the pipeline runs them
+STAGES: tuple[Stage, ...] = ("train", "compress", "profile", "rollout", "drift")
 
 
 class PipelineConfig(Strict):
@@ -207,9 +219,10 @@ class PipelineConfig(Strict):
     drift: str | None = Field(None, description="path of a drift config, relative to this file")
     rollout: str | None = Field(None, description="path of a rollout config, relative to this file")
     demo_fleet: DemoFleetSection = Field(default_factory=DemoFleetSection)
-    stages: list[Literal["train", "compress", "profile", "rollout", "drift"]] = Field(
-        default_factory=lambda: ["train", "compress", "profile", "rollout", "drift"]
-    )
+    stages: list[Stage] = Field(
+        default_factory=lambda: list(STAGES), min_length=1,
+        description="stages to run; they always run in the order train, compress, profile, rollout, drift. "
+                    "Without train the pipeline starts from the latest registered float32 version.")
 
     def config_hash(self) -> str:
         """Return a short stable hash of the validated config (tags runs and versions)."""

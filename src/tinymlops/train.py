@@ -21,6 +21,7 @@ import numpy as np
 from tinymlops import registry
 from tinymlops.config import PipelineConfig, load_pipeline
 from tinymlops.data import Dataset, load_dataset, shift_augment, split
+from tinymlops.errors import RegistryError, UsageError
 from tinymlops.metrics import agreement, classification_metrics, confusion
 from tinymlops.preprocessing import FittedPreprocessing, fit, transform
 
@@ -184,6 +185,30 @@ def run_train(config: str | Path | PipelineConfig, parent_run_id: str | None = N
         version = _register(r.run_id, cfg, prep, metrics, digests["train"], tags)
     return TrainResult(r.run_id, cfg.mlflow.registered_model, version, metrics, digests,
                        time.perf_counter() - t0, cfg.mlflow.experiment)
+
+
+def latest_trained(config: str | Path | PipelineConfig) -> TrainResult:
+    """Return the latest registered float32 version of the config's model (a pipeline whose stages omit train).
+
+    Raises:
+        UsageError: the model has no complete float32 version to start from.
+    """
+    cfg = config if isinstance(config, PipelineConfig) else load_pipeline(config)
+    name = cfg.mlflow.registered_model
+    registry.connect(cfg.mlflow.tracking_uri)
+    try:
+        versions = registry.list_versions(name)
+    except RegistryError:
+        versions = []
+    floats = [v for v in versions if v.tags.get("variant") == "float32" and "tinymlops.incomplete" not in v.tags]
+    if not floats:
+        raise UsageError(f"stages: without 'train' the pipeline starts from the latest registered float32 version of "
+                         f"{name!r}, but there is none in {registry.tracking_uri()}: add train to stages or run "
+                         "`tinymlops train` first")
+    latest = max(floats, key=lambda v: int(v.version))
+    run = registry.get_run(latest.run_id)
+    return TrainResult(latest.run_id, name, latest.version, dict(run.metrics),
+                       {"train": latest.tags.get("dataset_digest", "")}, 0.0, cfg.mlflow.experiment)
 
 
 def _log_inputs(run_id: str, cfg: PipelineConfig, prep: Prepared) -> None:
