@@ -184,30 +184,49 @@ def judge_device(d: DeviceFigures, th: Thresholds) -> Check:
 def decide(figures: DriftFigures, thresholds: Thresholds) -> Verdict:
     """Turn one window's figures into per-feature and overall verdicts with reasons."""
     th = thresholds
-    checks: list[Check] = []
-    reasons: list[str] = []
-    for r in figures.rejected:
-        checks.append(Check(kind="sketch", name=r.device, level="warn", reasons=[r.reason]))
+    checks = [Check(kind="sketch", name=r.device, level="warn", reasons=[r.reason]) for r in figures.rejected]
     base: dict[str, Any] = {"model": figures.model, "version": figures.version, "target": figures.target,
                             "cohort": figures.cohort, "n_inferences": figures.n_inferences,
                             "n_devices": figures.n_devices}
     summary: dict[str, float | int | None] = {"n_inferences": figures.n_inferences, "n_devices": figures.n_devices,
                                                "rejected_sketches": len(figures.rejected)}
-    if figures.n_inferences == 0 and figures.rejected and figures.n_devices == 0:
-        reasons = [f"incompatible sketch: all {len(figures.rejected)} reports rejected"]
-        reasons += [f"{r.device}: {r.reason}" for r in figures.rejected[:5]]
-        return Verdict(level="incompatible sketch", reasons=reasons, features=[], checks=checks, summary=summary,
-                       **base)
-    if figures.n_inferences < th.overall.min_inferences:
-        reasons = [f"insufficient data: {figures.n_inferences} inferences in the window "
-                   f"< {th.overall.min_inferences}"]
-        reasons += [f"{r.device}: {r.reason}" for r in figures.rejected[:5]]
-        return Verdict(level="insufficient data", reasons=reasons, features=[], checks=checks, summary=summary,
-                       **base)
+    early = _without_enough_data(figures, th)
+    if early is not None:
+        return Verdict(level=early[0], reasons=early[1], features=[], checks=checks, summary=summary, **base)
 
     # one family of tests per window: every feature plus the prediction and confidence histograms
-    n_tests = len(figures.features) + 2
-    alpha = th.features.alpha / max(n_tests, 1)
+    alpha = th.features.alpha / max(len(figures.features) + 2, 1)
+    levels: list[Level] = [c.level for c in checks]
+    reasons: list[str] = []
+    feats = _judge_features(figures, th, alpha, levels, reasons, summary)
+    for c in _judge_outputs(figures, th, alpha, summary):
+        checks.append(c)
+        levels.append(c.level)
+        reasons += c.reasons
+    _judge_devices(figures, th, checks, levels, reasons, summary)
+    if figures.rejected:
+        reasons.append(f"{len(figures.rejected)} report(s) rejected as incompatible sketch (not merged)")
+    level = _worst(levels)
+    if level == "ok":
+        reasons.insert(0, f"no drift: {figures.n_inferences} inferences from {figures.n_devices} device(s)")
+    return Verdict(level=level, reasons=reasons, features=feats, checks=checks, summary=summary, **base)
+
+
+def _without_enough_data(figures: DriftFigures, th: Thresholds) -> tuple[Level, list[str]] | None:
+    """Return (level, reasons) when the window cannot be judged: every sketch rejected, or too few inferences."""
+    rejected = [f"{r.device}: {r.reason}" for r in figures.rejected[:5]]
+    if figures.n_inferences == 0 and figures.rejected and figures.n_devices == 0:
+        return "incompatible sketch", [f"incompatible sketch: all {len(figures.rejected)} reports rejected",
+                                       *rejected]
+    if figures.n_inferences < th.overall.min_inferences:
+        return "insufficient data", [f"insufficient data: {figures.n_inferences} inferences in the window "
+                                     f"< {th.overall.min_inferences}", *rejected]
+    return None
+
+
+def _judge_features(figures: DriftFigures, th: Thresholds, alpha: float, levels: list[Level], reasons: list[str],
+                    summary: dict[str, float | int | None]) -> list[Check]:
+    """Judge every feature; add the overall feature-drift level and reasons; return the per-feature checks."""
     feats = [judge_feature(f, th, alpha) for f in figures.features]
     judged = [c for c in feats if c.level in ("ok", "warn", "retrain")]
     n_warn = sum(c.level in ("warn", "retrain") for c in feats)
@@ -219,7 +238,6 @@ def decide(figures: DriftFigures, thresholds: Thresholds) -> Verdict:
                     "max_js_distance": max((f.js_distance for f in figures.features), default=None),
                     "max_wasserstein_norm": max((f.wasserstein_norm for f in figures.features), default=None),
                     "nonfinite_values": sum(f.nonfinite for f in figures.features)})
-    levels: list[Level] = [c.level for c in checks]
     if n_retrain and retrain_share >= th.overall.retrain_feature_share:
         levels.append("retrain")
         reasons.append(f"{n_retrain}/{len(judged)} features drifted at retrain level "
@@ -232,26 +250,30 @@ def decide(figures: DriftFigures, thresholds: Thresholds) -> Verdict:
     if nonfinite:
         levels.append("warn")
         reasons.append(f"NaN/inf inputs on {len(nonfinite)} features")
+    return feats
+
+
+def _judge_outputs(figures: DriftFigures, th: Thresholds, alpha: float,
+                   summary: dict[str, float | int | None]) -> list[Check]:
+    """Return the checks of the model's outputs: prediction and confidence histograms, labelled feedback."""
+    out = []
     if figures.predictions is not None:
         max_pred: Level = "retrain" if th.overall.prediction_drift_retrain else "warn"
-        c = _judge_distribution("predictions", figures.predictions, th, alpha, max_pred)
-        checks.append(c)
-        levels.append(c.level)
-        reasons += c.reasons
+        out.append(_judge_distribution("predictions", figures.predictions, th, alpha, max_pred))
         summary["prediction_psi"] = figures.predictions.psi
     if figures.confidence is not None:
-        c = _judge_distribution("confidence", figures.confidence, th, alpha, "warn")
-        checks.append(c)
-        levels.append(c.level)
-        reasons += c.reasons
+        out.append(_judge_distribution("confidence", figures.confidence, th, alpha, "warn"))
         summary["confidence_psi"] = figures.confidence.psi
     if figures.performance is not None:
         p = figures.performance
-        c = judge_performance(p.n, p.accuracy, p.macro_f1, p.reference_accuracy, p.reference_macro_f1, th)
-        checks.append(c)
-        levels.append(c.level)
-        reasons += c.reasons
+        out.append(judge_performance(p.n, p.accuracy, p.macro_f1, p.reference_accuracy, p.reference_macro_f1, th))
         summary.update({"feedback_n": p.n, "feedback_accuracy": p.accuracy, "feedback_macro_f1": p.macro_f1})
+    return out
+
+
+def _judge_devices(figures: DriftFigures, th: Thresholds, checks: list[Check], levels: list[Level],
+                   reasons: list[str], summary: dict[str, float | int | None]) -> None:
+    """Check every device (and the fleet) against the target's profile; a warn names the first few anomalies."""
     anomalous = []
     for d in figures.devices + ([figures.fleet_device] if figures.fleet_device else []):
         c = judge_device(d, th)
@@ -268,12 +290,6 @@ def decide(figures: DriftFigures, thresholds: Thresholds) -> Verdict:
         summary.update({"latency_p50_ms": fd.latency_p50_ms, "latency_p95_ms": fd.latency_p95_ms,
                         "latency_max_ms": fd.latency_max_ms, "peak_memory_bytes": fd.peak_memory_bytes,
                         "energy_uj_per_inference": fd.energy_uj_per_inference, "error_rate": fd.error_rate})
-    if figures.rejected:
-        reasons.append(f"{len(figures.rejected)} report(s) rejected as incompatible sketch (not merged)")
-    level = _worst(levels)
-    if level == "ok":
-        reasons.insert(0, f"no drift: {figures.n_inferences} inferences from {figures.n_devices} device(s)")
-    return Verdict(level=level, reasons=reasons, features=feats, checks=checks, summary=summary, **base)
 
 
 def render_markdown(verdict: Verdict, max_features: int = 50) -> str:
