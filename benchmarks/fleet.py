@@ -18,7 +18,6 @@ import os
 import random
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -160,6 +159,7 @@ def main() -> None:
     from tinymlops.fleet import packages
     from tinymlops.monitor.reference import ReferenceProfile
     from tinymlops.sim import demo_model
+    from tinymlops.sim.command import product_command
 
     tmp = Path(tempfile.mkdtemp(prefix="tinymlops-bench-fleet-"))
     env = {**os.environ, "TINYMLOPS_HOME": str(tmp / "home"), "TINYMLOPS_TARGETS_DIR": str(tmp / "targets")}
@@ -168,8 +168,7 @@ def main() -> None:
     db = args.db or f"sqlite:///{tmp / 'fleet.db'}"
     port = free_port()
     server = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", "fleet", "serve",
-                             "--db", db, "--port", str(port), "--targets-dir", str(tmp / "targets"),
+    proc = subprocess.Popen([*product_command("fleet", "serve"), "--db", db, "--port", str(port), "--targets-dir", str(tmp / "targets"),
                              "--workers", str(args.workers)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -45,3 +45,47 @@ def prepare_environment() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+#: where a command that built a fleet (the rollout demo) records its database, so later commands default to it
+FLEET_POINTER = "fleet.json"
+
+
+def fleet_db_choice(explicit: str | None = None) -> tuple[str, str]:
+    """Return the fleet database URL every command opens by default, and why that one.
+
+    Precedence: ``explicit`` (a ``--db`` flag), ``TINYMLOPS_FLEET_DB``, the fleet recorded in ``<home>/fleet.json``
+    (written by the rollout demo; ignored when its SQLite file is gone), else ``<home>/fleet.db``.
+    """
+    import json
+
+    if explicit:
+        return explicit, "--db"
+    if os.environ.get("TINYMLOPS_FLEET_DB"):
+        return os.environ["TINYMLOPS_FLEET_DB"], "TINYMLOPS_FLEET_DB"
+    pointer = home() / FLEET_POINTER
+    try:
+        rec = json.loads(pointer.read_text())
+        url, by = str(rec["db"]), str(rec.get("recorded_by", "a previous command"))
+    except (OSError, ValueError, KeyError, TypeError):
+        url = ""
+    if url and (not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).is_file()):
+        return url, f"recorded in {pointer} by {by}"
+    return f"sqlite:///{home() / 'fleet.db'}", "default"
+
+
+def fleet_db_url(explicit: str | None = None) -> str:
+    """Return the fleet database URL to open (see :func:`fleet_db_choice` for the precedence)."""
+    return fleet_db_choice(explicit)[0]
+
+
+def record_fleet_db(url: str, recorded_by: str) -> Path:
+    """Record ``url`` as this project's fleet (``<home>/fleet.json``, replaced atomically); return the file."""
+    import json
+    import time
+
+    pointer = home() / FLEET_POINTER
+    tmp = pointer.with_name(f".{pointer.name}.tmp")
+    tmp.write_text(json.dumps({"db": url, "recorded_by": recorded_by, "recorded_unix_s": time.time()}) + "\n")
+    tmp.replace(pointer)
+    return pointer

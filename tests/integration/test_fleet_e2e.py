@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ from typer.testing import CliRunner
 
 from tinymlops.fleet import agent, packages, service, store
 from tinymlops.sim import demo_model, simulator
+from tinymlops.sim.command import product_command
+from tinymlops.sim.streams import SyntheticStream
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +68,7 @@ def test_registered_version_is_packaged_installed_by_an_agent_process_and_report
     assert manifest["source"]["run_id"] and manifest["reference"]["features"]
     enrol = _cli("fleet", "enrol-token", "--server", url, "--token", token, "--cohort", "gw", "--json")
     _cli("fleet", "deploy", info["package_id"], "--cohort", "gw", "--server", url, "--token", token, "--json")
-    cmd = [sys.executable, "-c", "from cli import main; main()", "agent", "--server", url,
+    cmd = [*product_command("agent"), "--server", url,
            "--device-id", "gw-1", "--target", "host-onnxruntime", "--enrolment-token", enrol["tokens"][0],
            "--report-interval", "0.3", "--inference-interval", "0.01", "--max-reports", "3"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ.copy())
@@ -98,7 +99,7 @@ def test_microcontroller_target_runs_the_package_in_tflite_micro(env: Any) -> No
                             runtime="tflm-cmsis-nn", state_dir=env["root"] / "mcu-1",
                             trusted_keys=[packages.signing_key().public_key()], enrolment_token=tok,
                             report_interval_s=0.5, inference_interval_s=0.01, duration_s=3.0, energy_mw=40.0)
-    a = agent.Agent(cfg)
+    a = agent.Agent(cfg, SyntheticStream())
     asyncio.run(a.run())
     assert a.installed is not None and a.installed.package_id == pid and a.inferences > 10
     recs = store.telemetry_window(env["st"], "e2e", version, target="nucleo-l4r5zi")

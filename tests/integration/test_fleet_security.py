@@ -17,6 +17,7 @@ from tinymlops.config import VibrationParams
 from tinymlops.fleet import agent, packages, service, store
 from tinymlops.fleet.store import DesiredState, Package
 from tinymlops.sim import demo_model
+from tinymlops.sim.streams import SyntheticStream
 
 pytestmark = pytest.mark.integration
 
@@ -60,10 +61,10 @@ class Fleet:
         return agent.AgentConfig(server=self.url, device_id=device_id, target="gw", runtime="onnxruntime",
                                  state_dir=self.root / "devices" / device_id, trusted_keys=[self.key.public_key()],
                                  enrolment_token=token, report_interval_s=0.3, inference_interval_s=0.01,
-                                 duration_s=seconds, stream_seed=7)
+                                 duration_s=seconds)
 
     def run_agent(self, cfg: agent.AgentConfig) -> agent.Agent:
-        a = agent.Agent(cfg)
+        a = agent.Agent(cfg, SyntheticStream(seed=7))
         asyncio.run(a.run())
         return a
 

@@ -6,7 +6,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ import pytest
 
 from tinymlops.fleet import agent, packages, service, store
 from tinymlops.sim import demo_model
+from tinymlops.sim.command import product_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TRIALS = 51
@@ -47,7 +47,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _agent_cmd(root: Path, url: str, device_id: str, token: str | None, max_reports: int | None = None) -> list[str]:
-    cmd = [sys.executable, "-c", "from cli import main; main()", "agent", "--server", url,
+    cmd = [*product_command("agent"), "--server", url,
            "--device-id", device_id, "--target", "gw", "--state-dir", str(root / "dev" / device_id),
            "--trusted-key", str(root / "keys" / packages.PUBLIC_KEY_FILE), "--targets-dir", str(root / "targets"),
            "--report-interval", "0.2", "--inference-interval", "0.01", "-v"]

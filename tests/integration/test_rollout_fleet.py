@@ -83,10 +83,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> It
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from tinymlops import registry
     from tinymlops.fleet import service
+    from tinymlops.fleet.store import open_store
+    from tinymlops.sim.demo import FAULTS, PackageFault, fleet_service, start_fleet, wait_installed
     from tinymlops.sim.demo_model import register_demo_model
     from tinymlops.sim.simulator import CohortSpec, publish
-    from tinymlops.fleet.store import open_store
-    from tinymlops.sim.demo import FAULTS, PackageFaults, fleet_service, start_fleet, wait_installed
 
     registry._client = None
     registry.connect()
@@ -106,9 +106,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> It
         baseline = {t: publish(url, token, MODEL, ["1"], [t], cohorts={t: t}, targets_dir=targets_dir)[t]
                     for t in TARGETS}
         cohorts = [CohortSpec(name=t, devices=DEVICES, target=t, feedback_opt_in=True) for t in TARGETS]
-        sim = start_fleet(url, token, cohorts, home / "devices", targets_dir=targets_dir, duration_s=900)
-        sim.faults += [PackageFaults(sim.sim, "crash", "2", FAULTS["crash"]).start(),
-                       PackageFaults(sim.sim, "slow", "2", FAULTS["latency"]).start()]
+        sim = start_fleet(url, token, cohorts, home / "devices", targets_dir=targets_dir, duration_s=900,
+                          package_faults=[PackageFault("crash", "2", FAULTS["crash"]),
+                                          PackageFault("slow", "2", FAULTS["latency"])])
         try:
             wait_installed(st, baseline, dict.fromkeys(TARGETS, DEVICES), fleet=sim, timeout_s=120)
             yield {"home": home, "url": url, "token": token, "st": st, "db_url": db_url, "targets_dir": targets_dir,

@@ -66,3 +66,30 @@ def test_light_modules_do_not_import_heavy_frameworks() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
                          cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Return every absolute module an import statement in a file names (``from a.b import c`` -> a.b, a.b.c)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_production_code_never_imports_the_simulation_package() -> None:
+    sim = SRC / "sim"
+    assert (sim / "__init__.py").is_file()
+    offenders = {str(p.relative_to(SRC)): sorted(m for m in imported_modules(p)
+                                                  if m == "tinymlops.sim" or m.startswith("tinymlops.sim."))
+                 for p in SRC.rglob("*.py") if sim not in p.parents}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_simulation_scan_sees_from_imports(tmp_path: Path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from tinymlops import sim\n    from tinymlops.sim.faults import FaultSpec\n",
+                 encoding="utf-8")
+    assert {"tinymlops.sim", "tinymlops.sim.faults"} <= imported_modules(f)

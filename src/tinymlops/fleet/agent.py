@@ -3,63 +3,49 @@
 It enrols once (one-time token -> own credential, kept in ``<state>/credential.json``), then loops: poll its
 desired state (interval from the server, jitter, exponential backoff on errors), download a new package, verify it
 (signature with the trusted key, target, sha256/size, and that it loads and runs in the target's runtime),
-install it atomically and keep the previous one for rollback; run inference on its sensor stream with the
-package's pre-processing; and report a telemetry sketch every interval (raw inputs stay on the device unless the
-device opted in to a bounded reservoir sample; labelled feedback is opt-in too). Install success, rejection
-(with its reason) and rollbacks are reported as deployment events.
+install it atomically and keep the previous one for rollback (:mod:`tinymlops.fleet.install`); read sensor windows
+from its input source (:mod:`tinymlops.fleet.inputs`: a file, stdin, a socket — or, in the simulator, a synthetic
+stream), run inference with the package's pre-processing; and report a telemetry sketch every interval (raw
+inputs stay on the device unless the device opted in to a bounded reservoir sample; labelled feedback is opt-in
+too). Install success, rejection (with its reason) and rollbacks are reported as deployment events.
 
-On-disk layout (``state_dir``)::
-
-    credential.json             device id, credential, cohort, opt-ins (mode 0600)
-    current.json                {"current": package_id, "previous": package_id}   (replaced atomically)
-    packages/<package_id>/      manifest.json, manifest.sig, model file            (renamed in complete)
-    staging/                    partial downloads; wiped at start-up
-
-A crash at any point leaves ``current.json`` naming a complete, verified package (or none before the first
-install): staging is written and fsynced before the rename, the pointer is replaced only after the rename, and
-start-up verifies the current package again, falling back to the previous one if it does not verify.
+The agent has no simulation code: what a simulated device does differently (synthetic windows, emulated target
+timing, injected faults) comes in through the input source and the runner factory (``tinymlops.sim``).
+Cancelling :meth:`Agent.run` (SIGINT/SIGTERM in ``tinymlops agent``) stops it between steps; an install
+interrupted half-way leaves only a staging directory, wiped at the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
 import random
 import shutil
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tinymlops.config import VibrationParams
-from tinymlops.fleet.packages import Bundle, PackageRejected, verify_package
+from tinymlops.fleet.inputs import InputSource
+from tinymlops.fleet.install import Installed, InstallState, atomic_write, open_model, smoke_test
+from tinymlops.fleet.packages import Bundle, PackageRejected
+
+__all__ = ["Agent", "AgentConfig", "AgentStopped", "InstallState", "Installed", "atomic_write", "open_model",
+           "smoke_test"]
 
 log = logging.getLogger("tinymlops.agent")
 MAX_PENDING_REPORTS = 200
 
 
-class AgentCrash(RuntimeError):
-    """Raised by an injected crash fault (async mode); the simulator restarts the agent like a supervisor."""
-
-
 class AgentStopped(RuntimeError):
     """The agent cannot continue (credential refused, enrolment impossible)."""
-
-
-@dataclass
-class Faults:
-    """Injected faults: crash after some seconds, slower inference, corrupted model outputs."""
-
-    crash_after_s: float | None = None
-    slow_inference_ms: float = 0.0
-    corrupt_output_rate: float = 0.0
 
 
 @dataclass
@@ -75,197 +61,37 @@ class AgentConfig:
     enrolment_token: str | None = None
     report_interval_s: float = 10.0
     inference_interval_s: float = 0.1
-    stream: VibrationParams = field(default_factory=lambda: VibrationParams())
-    stream_seed: int = 0
-    drift: VibrationParams | None = None
-    drift_after_s: float = 0.0
-    faults: Faults = field(default_factory=Faults)
     reservoir_size: int = 16
     feedback_rate: float = 0.2
     feedback_delay_s: float = 1.0
     energy_mw: float | None = None
-    #: simulated devices run on this host, whose timing is not the target's: report the target's profiled
-    #: latency/energy/memory (manifest "expected") with measurement jitter, plus injected slowness
-    emulate_target_timing: bool = False
     duration_s: float | None = None
     max_reports: int | None = None
     request_timeout_s: float = 10.0
     max_package_bytes: int = 64 * 1024 * 1024
 
 
-# --------------------------------------------------------------------------------------------------------------
-# install state: atomic install, rollback, recovery
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace a file atomically: temp file in the same directory, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    _write_synced(tmp, data)
-    tmp.replace(path)
-    _fsync_dir(path.parent)
-
-
-@dataclass
-class Installed:
-    package_id: str
-    directory: Path
-    manifest: dict[str, Any]
-
-    @property
-    def model_path(self) -> Path:
-        return self.directory / self.manifest["file"]
-
-
-class InstallState:
-    """The device's package store: verify, stage, install atomically, keep the previous, recover."""
-
-    def __init__(self, state_dir: Path, trusted_keys: list[Any], target: str) -> None:
-        self.root = Path(state_dir)
-        self.trusted_keys = trusted_keys
-        self.target = target
-        self.packages = self.root / "packages"
-        self.staging = self.root / "staging"
-        self.pointer = self.root / "current.json"
-        self.fell_back_from: str | None = None  # set by recover() when the current package no longer verified
-        self.packages.mkdir(parents=True, exist_ok=True)
-        self.staging.mkdir(parents=True, exist_ok=True)
-
-    def _read_pointer(self) -> dict[str, str | None]:
-        try:
-            data = json.loads(self.pointer.read_text())
-            return {"current": data.get("current"), "previous": data.get("previous")}
-        except (OSError, ValueError, AttributeError):
-            return {"current": None, "previous": None}
-
-    def _verified(self, package_id: str | None) -> Installed | None:
-        if not package_id:
-            return None
-        d = self.packages / package_id
-        try:
-            manifest = verify_package(Bundle.read(d), self.trusted_keys, self.target)
-        except PackageRejected as exc:
-            log.warning("installed package %s does not verify: %s", package_id, exc.reason)
-            return None
-        return Installed(package_id, d, manifest)
-
-    def recover(self) -> Installed | None:
-        """Wipe partial downloads and return the current package, falling back to the previous if needed."""
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging.mkdir(parents=True, exist_ok=True)
-        ptr = self._read_pointer()
-        cur = self._verified(ptr["current"])
-        self.fell_back_from = None
-        if cur is None and ptr["current"] is not None:
-            self.fell_back_from = ptr["current"]
-            prev = self._verified(ptr["previous"])
-            atomic_write(self.pointer, json.dumps({"current": prev.package_id if prev else None,
-                                                    "previous": None}).encode())
-            cur = prev
-        keep = {p for p in self._read_pointer().values() if p}
-        for d in self.packages.iterdir():
-            if d.name not in keep:
-                shutil.rmtree(d, ignore_errors=True)
-        return cur
-
-    def current(self) -> Installed | None:
-        """Return the current package without re-verifying the artifact (verified at install and start-up)."""
-        pid = self._read_pointer()["current"]
-        if not pid or not (self.packages / pid / "manifest.json").is_file():
-            return None
-        return Installed(pid, self.packages / pid, json.loads((self.packages / pid / "manifest.json").read_text()))
-
-    def previous_id(self) -> str | None:
-        return self._read_pointer()["previous"]
-
-    def stage(self, bundle: Bundle, package_id: str) -> tuple[Path, dict[str, Any]]:
-        """Verify a bundle and write it, fsynced, to a staging directory (PackageRejected if it fails)."""
-        manifest = verify_package(bundle, self.trusted_keys, self.target)
-        d = self.staging / f"{package_id}.{uuid.uuid4().hex[:8]}"
-        d.mkdir(parents=True)
-        _write_synced(d / "manifest.json", bundle.manifest_bytes)
-        import base64
-
-        _write_synced(d / "manifest.sig", base64.b64encode(bundle.signature))
-        _write_synced(d / manifest["file"], bundle.artifact)
-        _fsync_dir(d)
-        return d, manifest
-
-    def commit(self, staged: Path, package_id: str) -> Installed:
-        """Move a staged package into place and point ``current`` at it (previous = the old current)."""
-        final = self.packages / package_id
-        if final.exists():  # a re-install of the same content: replace it wholesale
-            shutil.rmtree(final)
-        staged.rename(final)
-        _fsync_dir(self.packages)
-        old = self._read_pointer()["current"]
-        previous = old if old and old != package_id else self._read_pointer()["previous"]
-        atomic_write(self.pointer, json.dumps({"current": package_id, "previous": previous}).encode())
-        keep = {package_id, previous}
-        for d in self.packages.iterdir():
-            if d.name not in keep:
-                shutil.rmtree(d, ignore_errors=True)
-        return Installed(package_id, final, json.loads((final / "manifest.json").read_text()))
-
-    def rollback(self) -> Installed | None:
-        """Point ``current`` back at the previous package (if it still verifies)."""
-        ptr = self._read_pointer()
-        prev = self._verified(ptr["previous"])
-        if prev is None:
-            return None
-        atomic_write(self.pointer, json.dumps({"current": prev.package_id, "previous": ptr["current"]}).encode())
-        return prev
-
-
-def open_model(installed: Installed, runtime: str) -> Any:
-    """Open an installed package's model in the runtime the device's target names."""
-    from tinymlops.runtimes import open_runner, runtime_family
-
-    return open_runner(installed.model_path, runtime_family(runtime))
-
-
-def smoke_test(runner: Any, manifest: dict[str, Any]) -> None:
-    """Run one zero input through a freshly loaded model and check the output shape (PackageRejected if not)."""
-    n_features = len(manifest["preprocessing"]["feature_names"])
-    try:
-        out = np.asarray(runner.predict(np.zeros((1, n_features), np.float32)))
-    except Exception as exc:  # any runtime failure means the package cannot serve here
-        raise PackageRejected(f"model does not run in this runtime: {exc}") from None
-    if out.shape[-1] != len(manifest["class_names"]) or not np.all(np.isfinite(out)):
-        raise PackageRejected(f"model output shape {out.shape} does not match {len(manifest['class_names'])} classes")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# the agent
-# --------------------------------------------------------------------------------------------------------------
-
-
 class Agent:
-    """One device: enrol, pull desired state, install verified packages, infer, report telemetry."""
+    """One device: enrol, pull desired state, install verified packages, infer on its input, report telemetry.
 
-    def __init__(self, cfg: AgentConfig, client: Any = None,
+    Args:
+        source: where sensor windows come from (:class:`~tinymlops.fleet.inputs.InputSource`).
+        client: a shared ``httpx.AsyncClient`` (default: the agent opens and closes its own).
+        runner_factory: opens an installed package's model in a runtime (default :func:`open_model`); runners
+            from a factory are not closed by the agent unless the factory has ``shared = False``. A runner's ``timed_predict`` may be a coroutine
+            function (a runtime that waits on a co-processor, or the simulator's fault wrapper).
+    """
+
+    def __init__(self, cfg: AgentConfig, source: InputSource, client: Any = None,
                  runner_factory: Callable[[Installed, str], Any] | None = None) -> None:
         self.cfg = cfg
+        self.source = source
         self.state = InstallState(cfg.state_dir, cfg.trusted_keys, cfg.target)
         self._client = client
         self._own_client = client is None
         self._open = runner_factory or open_model
-        self._shared_runners = runner_factory is not None
+        # runners from a factory are the factory's to close, unless it says they are not shared
+        self._shared_runners = bool(getattr(runner_factory, "shared", runner_factory is not None))
         self.runner: Any = None
         self.installed: Installed | None = None
         self.builder: Any = None
@@ -281,12 +107,10 @@ class Agent:
         self.last_seq = 0
         self.poll_interval_s = 5.0
         self._backoff_s = 0.0
-        self._rng = random.Random(hash((cfg.device_id, cfg.stream_seed)))
-        self._stream: Any = None
+        self._rng = random.Random(cfg.device_id)
         self._pending_rejections = 0
         self._pending_errors = 0
         self.started = time.monotonic()
-        self._drifted = False
         self._startup_events: list[tuple[str, str | None, str]] = []
 
     # ---- plumbing -------------------------------------------------------------------------------------------
@@ -445,44 +269,44 @@ class Agent:
 
     # ---- inference and telemetry ----------------------------------------------------------------------------
 
-    async def infer_once(self) -> None:
-        """Read one sensor window, run pre-processing and the model, add the result to the sketch."""
+    async def infer_once(self) -> bool:
+        """Read one sensor window, run pre-processing and the model, add the result to the sketch.
+
+        Returns whether a window was read (False: no model yet, or the source had none ready).
+        """
         if self.runner is None:
-            return
-        if self.cfg.drift is not None and not self._drifted and (
-                time.monotonic() - self.started >= self.cfg.drift_after_s):
-            self.set_stream(self.cfg.drift)
-        if self._stream is None:
-            self.set_stream(self.cfg.stream)
-        window, label = next(self._stream)
+            return False
+        window = self.source.read()
+        if window is None:
+            return False
         from tinymlops.preprocessing import transform
 
-        feats = transform(self.spec, window[None])[0]
         try:
-            out, latency_ms = self.runner.timed_predict(feats)
+            feats = transform(self.spec, window.values[None])[0]
+        except ValueError as exc:  # a window of the wrong shape: count it, keep serving
+            log.warning("%s: input window refused: %s", self.cfg.device_id, exc)
+            self._pending_errors += 1
+            return True
+        try:
+            result = self.runner.timed_predict(feats)
+            out, latency_ms = await result if inspect.isawaitable(result) else result
         except Exception as exc:  # a runtime fault counts as an error; the device keeps serving
             log.warning("%s: inference failed: %s", self.cfg.device_id, exc)
             self._pending_errors += 1
-            return
-        expected = self.installed.manifest.get("expected", {}) if self.installed else {}
-        if self.cfg.emulate_target_timing and "latency_ms" in expected:
-            latency_ms = float(expected["latency_ms"]) * self._rng.lognormvariate(0.0, 0.05)
-        f = self.cfg.faults
-        if f.slow_inference_ms:
-            await asyncio.sleep(f.slow_inference_ms / 1000.0)
-            latency_ms += f.slow_inference_ms
+            return True
         out = np.asarray(out, dtype=np.float64).reshape(-1)
-        if f.corrupt_output_rate and self._rng.random() < f.corrupt_output_rate:
-            out = np.full_like(out, np.nan) if self._rng.random() < 0.5 else out * 1e6
         # outputs that are not a probability vector are counted as errors, not sketched
         if not np.all(np.isfinite(out)) or abs(out.sum() - 1.0) > 1e-2 or out.min() < -1e-6:
             self._pending_errors += 1
-            return
+            return True
+        self._record(feats, out, float(latency_ms), window.label)
+        return True
+
+    def _record(self, feats: np.ndarray, out: np.ndarray, latency_ms: float, label: int | None) -> None:
+        """Add one inference to the sketch, the opt-in reservoir sample and the opt-in feedback queue."""
         now = time.time()
         size_bytes = self.installed.manifest["size_bytes"] if self.installed else 0
         memory = int(getattr(self.runner, "arena_bytes", 0) or size_bytes)
-        if self.cfg.emulate_target_timing and "peak_ram_bytes" in expected:
-            memory = int(expected["peak_ram_bytes"])
         energy = latency_ms * self.cfg.energy_mw if self.cfg.energy_mw else 0.0  # mW x ms = uJ
         self.builder.add(feats, out, latency_ms=latency_ms, timestamp=now, energy_uj=energy, memory_bytes=memory)
         self.inferences += 1
@@ -494,16 +318,10 @@ class Agent:
                 j = self._rng.randrange(self.reservoir_seen)
                 if j < self.cfg.reservoir_size:
                     self.reservoir[j] = [float(v) for v in feats]
-        if self.credential and self.credential.get("feedback_opt_in") and self._rng.random() < self.cfg.feedback_rate:
+        if (label is not None and self.credential and self.credential.get("feedback_opt_in")
+                and self._rng.random() < self.cfg.feedback_rate):
             self.feedback.append((now + self.cfg.feedback_delay_s,
                                   {"timestamp": now, "prediction": int(out.argmax()), "label": int(label)}))
-
-    def set_stream(self, params: VibrationParams) -> None:
-        """Switch the sensor stream to new generator knobs (drift injection), keeping the seed sequence."""
-        from tinymlops.data.vibration import stream
-
-        self._drifted = self._drifted or params is self.cfg.drift
-        self._stream = stream(params, self.cfg.stream_seed + (1_000_003 if self._drifted else 0))
 
     def _flush_into_pending(self) -> None:
         """Close the current window into a report queued for sending (nothing if no model ran)."""
@@ -579,8 +397,6 @@ class Agent:
                     break
                 if cfg.max_reports is not None and self.reports_sent >= cfg.max_reports:
                     break
-                if cfg.faults.crash_after_s is not None and now - t_start >= cfg.faults.crash_after_s:
-                    raise AgentCrash(f"{cfg.device_id}: injected crash")
                 if now >= next_poll:
                     try:
                         await self.poll()
@@ -596,6 +412,8 @@ class Agent:
                         log.warning("%s: report failed (kept for retry): %s", cfg.device_id, exc)
                     next_report = now + cfg.report_interval_s
                 await self.infer_once()
+                if self.source.exhausted:  # end of the input: a last report, then stop
+                    break
                 await asyncio.sleep(cfg.inference_interval_s)
             with contextlib.suppress(httpx.HTTPError):
                 await self.report()

@@ -179,8 +179,8 @@ class DeploymentEvent(Base):
 
 
 def default_url() -> str:
-    """Return the default database URL: a SQLite file in the project home."""
-    return f"sqlite:///{settings.home() / 'fleet.db'}"
+    """Return the default database URL: ``TINYMLOPS_FLEET_DB``, the recorded demo fleet, else ``<home>/fleet.db``."""
+    return settings.fleet_db_url()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -261,7 +261,7 @@ class Store:
 
 
 def open_store(url: str | None = None) -> Store:
-    """Open (and migrate to head) the fleet database at ``url`` (default: ``<home>/fleet.db``)."""
+    """Open (and migrate to head) the fleet database at ``url`` (default: :func:`settings.fleet_db_url`)."""
     return Store(url)
 
 

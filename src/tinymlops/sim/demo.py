@@ -1,6 +1,7 @@
 """Demo and test harness: a real fleet service, a simulated fleet per target, and faults bound to a package.
 
-``run_demo`` starts ``tinymlops fleet serve`` on a fresh database, enrols simulated devices per target (the real
+``run_demo`` starts ``tinymlops fleet serve`` (the installed command) on a fresh database, records it as the
+project's fleet (``<home>/fleet.json``, so ``drift``, ``rollout status`` and ``fleet devices`` show it afterwards), enrols simulated devices per target (the real
 agent code, async mode) running a baseline version, then rolls each target's candidate out in stages. One target's
 candidate carries an injected fault — it only misbehaves on devices that run that package, exactly like a bad
 model would — so the rollout of that target fails its canary gate and is rolled back automatically while the
@@ -14,7 +15,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,14 +25,12 @@ from typing import Any
 from tinymlops import registry, settings
 from tinymlops.errors import UsageError
 from tinymlops.fleet.store import Store, list_devices, open_store
-from tinymlops.sim.simulator import CohortSpec, DriftSpec, FaultSpec, Simulation, publish
+from tinymlops.sim.command import product_command
+from tinymlops.sim.faults import FAULTS, FaultSpec, PackageFault
+from tinymlops.sim.simulator import CohortSpec, DriftSpec, Simulation, publish
 
-#: faults the demo and tests can bind to a candidate package
-FAULTS: dict[str, FaultSpec] = {
-    "latency": FaultSpec(slow_inference_ms=120.0),
-    "crash": FaultSpec(crash_after_s=0.8),
-    "corrupt": FaultSpec(corrupt_output_rate=0.5),
-}
+__all__ = ["FAULTS", "FaultSpec", "PackageFault", "SimulatedFleet", "fleet_service", "pick_versions", "run_demo",
+           "start_fleet", "wait_installed"]
 
 
 def free_port() -> int:
@@ -49,8 +47,8 @@ def fleet_service(db_url: str, port: int | None = None, poll_interval_s: float =
     import httpx
 
     port = port or free_port()
-    argv = [sys.executable, "-c", "from cli import main; main()", "fleet", "serve", "--db", db_url,
-            "--port", str(port), "--poll-interval", str(poll_interval_s)]
+    argv = product_command("fleet", "serve", "--db", db_url, "--port", str(port), "--poll-interval",
+                           str(poll_interval_s))
     if targets_dir is not None:
         argv += ["--targets-dir", str(targets_dir)]
     log = (log_path or settings.home() / "fleet-service.log").open("ab")
@@ -78,72 +76,32 @@ def fleet_service(db_url: str, port: int | None = None, poll_interval_s: float =
         log.close()
 
 
-class PackageFaults:
-    """Make simulated devices misbehave while, and only while, they run a given version on a given target."""
-
-    def __init__(self, sim: Simulation, target: str, version: str, fault: FaultSpec) -> None:
-        self.sim, self.target, self.version, self.fault = sim, target, str(version), fault
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="package-faults", daemon=True)
-        self.devices_affected: set[str] = set()
-        self._active: set[str] = set()
-
-    def start(self) -> PackageFaults:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            for agent in list(self.sim.agents.values()):
-                if agent.cfg.target != self.target:
-                    continue  # other targets' devices belong to other injectors
-                inst = agent.installed
-                bad = inst is not None and str(inst.manifest.get("model_version")) == self.version
-                f = agent.cfg.faults
-                if bad:
-                    self.devices_affected.add(agent.cfg.device_id)
-                    self._active.add(agent.cfg.device_id)
-                    f.crash_after_s = self.fault.crash_after_s
-                    f.slow_inference_ms = self.fault.slow_inference_ms
-                    f.corrupt_output_rate = self.fault.corrupt_output_rate
-                elif inst is not None and agent.cfg.device_id in self._active:
-                    # the device runs another package now (rolled back): it is healthy again
-                    self._active.discard(agent.cfg.device_id)
-                    f.crash_after_s, f.slow_inference_ms, f.corrupt_output_rate = None, 0.0, 0.0
-            self._stop.wait(0.05)
-
-
 @dataclass
 class SimulatedFleet:
     """A running simulation in a background thread (async mode) and how to stop it."""
 
     sim: Simulation
     thread: threading.Thread
-    faults: list[PackageFaults] = field(default_factory=list)
     error: list[BaseException] = field(default_factory=list)
 
     def stop(self) -> None:
-        for f in self.faults:
-            f.stop()
         deadline = time.monotonic() + 30
         while self.thread.is_alive() and time.monotonic() < deadline:
-            for a in list(self.sim.agents.values()):
-                a.cfg.duration_s = 0.0
-                a.cfg.faults.crash_after_s = None
+            self.sim.stop()
             self.thread.join(timeout=0.5)
 
 
 def start_fleet(server_url: str, operator_token: str, cohorts: list[CohortSpec], state_root: Path,
                 report_interval_s: float = 2.0, inference_interval_s: float = 0.1, duration_s: float = 600.0,
-                targets_dir: Path | None = None, seed: int = 0) -> SimulatedFleet:
-    """Enrol and run simulated devices in a background thread until stopped (or ``duration_s``)."""
+                targets_dir: Path | None = None, seed: int = 0,
+                package_faults: list[PackageFault] | None = None) -> SimulatedFleet:
+    """Enrol and run simulated devices in a background thread until stopped (or ``duration_s``).
+
+    ``package_faults`` make devices misbehave while, and only while, they run a given version on a given target.
+    """
     sim = Simulation(server_url, operator_token, cohorts, state_root=state_root, mode="async",
                      report_interval_s=report_interval_s, inference_interval_s=inference_interval_s, seed=seed,
-                     targets_dir=targets_dir)
+                     targets_dir=targets_dir, package_faults=package_faults)
     fleet = SimulatedFleet(sim, threading.Thread())
 
     def run() -> None:
@@ -239,22 +197,23 @@ def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
     work.mkdir(parents=True)
     db_url = f"sqlite:///{work / 'fleet.db'}"
     st = open_store(db_url)
+    settings.record_fleet_db(db_url, "the rollout demo (tinymlops rollout demo / make demo)")
     token = service.create_operator_token(st, "rollout-demo")
     with fleet_service(db_url, targets_dir=targets_dir, log_path=work / "service.log") as url:
         cohorts = [CohortSpec(name=t, devices=devices_per_target, target=t, feedback_opt_in=True) for t in targets]
         baseline_pkgs = {t: publish(url, token, model_name, [chosen[t][0]], [t], cohorts={t: t},
                                     reason="demo baseline", targets_dir=targets_dir)[t] for t in targets}
         installed = {t: devices_per_target for t in targets}
-        if monitored:
+        if monitored and monitor_target is not None:
             cand = registry.get_alias(model_name, f"candidate-{monitor_target}")
             mon_versions = [str(cand.version)] if cand else [str(v.version) for v in registry.list_versions(model_name)]
             baseline_pkgs.update(publish(url, token, model_name, mon_versions, [monitor_target],
                                          cohorts={c.name: monitor_target for c in monitored},
                                          reason="demo monitored cohorts", targets_dir=targets_dir))
             installed[monitor_target] = 2 * monitor_devices
+        bad = PackageFault(faulty_target, chosen[faulty_target][1], FAULTS[fault])
         fleet = start_fleet(url, token, cohorts + monitored, work / "devices", targets_dir=targets_dir,
-                            duration_s=max_s + 120)
-        fleet.faults.append(PackageFaults(fleet.sim, faulty_target, chosen[faulty_target][1], FAULTS[fault]).start())
+                            duration_s=max_s + 120, package_faults=[bad])
         try:
             wait_installed(st, baseline_pkgs, installed, fleet=fleet)
             out = (runner or (lambda *a, **k: run_rollout(*a, **k).to_dict()))(

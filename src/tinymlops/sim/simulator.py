@@ -1,12 +1,14 @@
 """Fleet simulator: enrol N devices across catalogue targets and run the real agent code for each.
 
-Small fleets run one ``tinymlops agent`` process per device (``mode="processes"``); large ones run the same
-:class:`~tinymlops.fleet.agent.Agent` class as asyncio tasks in one process (``mode="async"``), sharing one HTTP
-connection pool and one loaded model per package (a process stands for one device; an async task stands for one
-device's control loop). Per cohort: target, drift injection (VibrationParams knobs gain, offset, noise_std,
-shaft_hz, from ``drift_after_s``; or live with :meth:`Simulation.set_drift` in async mode), faults (crash after
-some seconds — the simulator restarts the agent like a supervisor —, slow inference, corrupted outputs) and opt-in
-to samples/feedback.
+Small fleets run one ``tinymlops agent --input synthetic`` process per device (``mode="processes"``); large ones
+run the same :class:`~tinymlops.fleet.agent.Agent` class as asyncio tasks in one process (``mode="async"``),
+sharing one HTTP connection pool and one loaded model per package (a process stands for one device; an async task
+stands for one device's control loop). Per cohort: target, drift injection (VibrationParams knobs gain, offset,
+noise_std, shaft_hz, from ``drift_after_s``; or live with :meth:`Simulation.set_drift` in async mode), faults
+(crash after some seconds — the simulator restarts the agent like a supervisor; in process mode the crash is a
+SIGKILL —, slow inference and corrupted outputs, which wrap the runtime and so need async mode) and opt-in to
+samples/feedback. Sensor windows come from :class:`~tinymlops.sim.streams.SyntheticStream`, faults and emulated
+target timing from :class:`~tinymlops.sim.faults.DeviceRuntime`: the agent itself has no simulation code.
 
 Library use (demo, benchmarks, rollout)::
 
@@ -20,9 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +33,17 @@ from pydantic import Field
 from tinymlops import settings
 from tinymlops.config import Strict, VibrationParams
 from tinymlops.errors import UsageError
-from tinymlops.fleet.agent import Agent, AgentConfig, AgentCrash, AgentStopped, Faults, Installed, open_model
+from tinymlops.fleet.agent import Agent, AgentConfig, AgentStopped, Installed, open_model
 from tinymlops.fleet.client import OperatorClient
 from tinymlops.profile.targets import catalogue as target_catalogue
+from tinymlops.sim.command import product_command
+from tinymlops.sim.faults import DeviceRuntime, FaultSpec, InjectedCrash, PackageFault
+from tinymlops.sim.streams import SyntheticStream
+
+__all__ = ["CohortSpec", "DriftSpec", "FaultSpec", "Simulation", "SimulationResult", "SimulationSpec",
+           "cohort_stream", "publish", "run_simulation"]
 
 PROCESS_MODE_MAX_DEVICES = 8
-CRASH_EXIT_CODE = 70
 
 
 class DriftSpec(Strict):
@@ -48,12 +53,6 @@ class DriftSpec(Strict):
     offset: float | None = None
     noise_std: float | None = Field(None, ge=0)
     shaft_hz: float | None = Field(None, gt=0)
-
-
-class FaultSpec(Strict):
-    crash_after_s: float | None = Field(None, gt=0, description="agent crashes this long after (re)start")
-    slow_inference_ms: float = Field(0.0, ge=0, description="added to every inference")
-    corrupt_output_rate: float = Field(0.0, ge=0, le=1, description="share of inferences with corrupted outputs")
 
 
 class CohortSpec(Strict):
@@ -118,21 +117,10 @@ def cohort_stream(base: VibrationParams, drift: DriftSpec) -> VibrationParams | 
     return base.model_copy(update=knobs) if knobs else None
 
 
-def target_power_mw(target: dict[str, Any]) -> float | None:
-    """Find an active-power figure (mW) in a catalogue target, if it declares one."""
-    for key in ("active_power_mw", "power_mw", "active_mw"):
-        if isinstance(target.get(key), int | float):
-            return float(target[key])
-    power = target.get("power")
-    if isinstance(power, dict):
-        for key in ("active_mw", "active_power_mw"):
-            if isinstance(power.get(key), int | float):
-                return float(power[key])
-    return None
-
-
 class _SharedRunners:
     """One loaded model per (package content, runtime) for async mode; closed when the simulation ends."""
+
+    shared = True  # agents must not close these
 
     def __init__(self) -> None:
         self._runners: dict[tuple[str, str], Any] = {}
@@ -156,28 +144,37 @@ class Simulation:
     def __init__(self, server_url: str, operator_token: str, cohorts: list[CohortSpec],
                  state_root: Path | None = None, trusted_key_path: Path | None = None, mode: str = "auto",
                  report_interval_s: float = 5.0, inference_interval_s: float = 0.1, seed: int = 0,
-                 targets_dir: Path | None = None, stream: VibrationParams | None = None) -> None:
+                 targets_dir: Path | None = None, stream: VibrationParams | None = None,
+                 package_faults: list[PackageFault] | None = None) -> None:
         from tinymlops.fleet import packages
 
         if mode not in ("auto", "processes", "async"):
             raise UsageError(f"mode must be auto, processes or async, not {mode!r}")
         self.server, self.operator_token = server_url.rstrip("/"), operator_token
         self.cohorts = cohorts
+        self.package_faults: list[PackageFault] = list(package_faults or [])
         total = sum(c.devices for c in cohorts)
-        self.mode = mode if mode != "auto" else ("processes" if total <= PROCESS_MODE_MAX_DEVICES else "async")
+        in_runtime = sorted(c.name for c in cohorts if c.faults.in_runtime)
+        if mode == "processes" and (in_runtime or self.package_faults):
+            raise UsageError(f"cohorts {in_runtime} inject slow or corrupt inference (or faults bound to packages): "
+                             "those wrap the runtime inside the simulator, use mode async")
+        small = total <= PROCESS_MODE_MAX_DEVICES and not in_runtime and not self.package_faults
+        self.mode = mode if mode != "auto" else ("processes" if small else "async")
         self.state_root = Path(state_root or settings.home() / "sim")
         self.key_path = Path(trusted_key_path or packages.default_public_key_path())
         self.trusted = [packages.load_public_key(self.key_path)]
         self.report_interval_s, self.inference_interval_s, self.seed = report_interval_s, inference_interval_s, seed
-        catalogue = target_catalogue(targets_dir)
-        unknown = sorted({c.target for c in cohorts} - set(catalogue))
+        targets = target_catalogue(targets_dir)
+        unknown = sorted({c.target for c in cohorts} - set(targets))
         if unknown:
-            raise UsageError(f"unknown target(s) {unknown}; catalogue has {sorted(catalogue)}")
-        self.targets = catalogue
+            raise UsageError(f"unknown target(s) {unknown}; catalogue has {sorted(targets)}")
+        self.targets = targets
         self.targets_dir = targets_dir
         self.stream = stream or VibrationParams()
         self.agents: dict[str, Agent] = {}
+        self.sources: dict[str, SyntheticStream] = {}
         self.plan: list[tuple[CohortSpec, str, str | None]] = []  # (cohort, device id, enrolment token)
+        self.stopping = False
 
     def enrol_plan(self) -> list[tuple[CohortSpec, str, str | None]]:
         """Create enrolment tokens for devices not yet enrolled (state kept under state_root)."""
@@ -198,28 +195,39 @@ class Simulation:
             server=self.server, device_id=device_id, target=c.target, runtime=tgt.runtime,
             state_dir=self.state_root / device_id, trusted_keys=self.trusted, enrolment_token=token,
             report_interval_s=self.report_interval_s, inference_interval_s=self.inference_interval_s,
-            stream=self.stream, stream_seed=self.seed * 100_003 + index,
-            drift=cohort_stream(self.stream, c.drift), drift_after_s=c.drift_after_s,
-            faults=Faults(**c.faults.model_dump()), energy_mw=tgt.active_power_mw, duration_s=duration_s,
-            max_reports=max_reports, emulate_target_timing=True)
+            energy_mw=tgt.active_power_mw, duration_s=duration_s, max_reports=max_reports)
+
+    def stream_seed(self, index: int) -> int:
+        """Return the sensor-stream seed of the index-th device."""
+        return self.seed * 100_003 + index
+
+    def source(self, c: CohortSpec, index: int) -> SyntheticStream:
+        """Return a device's synthetic sensor stream (the cohort's drift from ``drift_after_s`` on)."""
+        return SyntheticStream(self.stream, self.stream_seed(index), cohort_stream(self.stream, c.drift),
+                               c.drift_after_s)
 
     def set_drift(self, cohort: str, **knobs: float) -> int:
-        """Change a running cohort's stream knobs now (async mode); return the number of agents changed."""
+        """Change a running cohort's stream knobs now (async mode); return the number of devices changed."""
         params = self.stream.model_copy(update=DriftSpec(**knobs).model_dump(exclude_none=True))
         n = 0
-        for a in self.agents.values():
-            if a.cfg.device_id.startswith(f"{cohort}-"):
-                a.cfg.drift, a._drifted = params, False
-                a.cfg.drift_after_s = 0.0
+        for device_id, src in self.sources.items():
+            if device_id.startswith(f"{cohort}-"):
+                src.set_drift(params)
                 n += 1
         return n
 
+    def stop(self) -> None:
+        """Ask every running agent to stop after its current step (async mode); crashed ones stay down."""
+        self.stopping = True
+        for a in list(self.agents.values()):
+            a.cfg.duration_s = 0.0
+
     # ---- async mode -----------------------------------------------------------------------------------------
 
-    async def _supervise(self, res: DeviceResult, cfg: AgentConfig, client: Any, runners: _SharedRunners,
-                         deadline: float | None) -> None:
+    async def _supervise(self, res: DeviceResult, cfg: AgentConfig, c: CohortSpec, source: SyntheticStream,
+                         client: Any, runners: _SharedRunners, deadline: float | None) -> None:
         report_budget = cfg.max_reports
-        while True:
+        while not self.stopping:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
@@ -228,12 +236,14 @@ class Simulation:
                 cfg.max_reports = max(0, report_budget - res.reports_sent)
                 if cfg.max_reports == 0:
                     return
-            agent = Agent(cfg, client=client, runner_factory=runners)
+            runtime = DeviceRuntime(runners, emulate_timing=True, fault=c.faults,
+                                    package_faults=self.package_faults, seed=cfg.device_id)
+            agent = Agent(cfg, source, client=client, runner_factory=runtime)
             self.agents[cfg.device_id] = agent
             try:
                 await agent.run()
                 return
-            except AgentCrash:
+            except InjectedCrash:
                 res.restarts += 1
                 await asyncio.sleep(0.2)  # a supervisor's restart delay
             except AgentStopped as exc:
@@ -261,7 +271,8 @@ class Simulation:
                     res = DeviceResult(did, c.name, c.target)
                     result.devices.append(res)
                     cfg = self.agent_config(c, did, tok, i, duration_s, reports_per_device)
-                    jobs.append(self._supervise(res, cfg, client, runners, deadline))
+                    source = self.sources[did] = self.source(c, i)
+                    jobs.append(self._supervise(res, cfg, c, source, client, runners, deadline))
                 await asyncio.gather(*jobs)
         finally:
             runners.close()
@@ -270,12 +281,12 @@ class Simulation:
 
     # ---- process mode ---------------------------------------------------------------------------------------
 
-    def _agent_argv(self, cfg: AgentConfig, c: CohortSpec) -> list[str]:
-        argv = [sys.executable, "-c", "from cli import main; main()", "agent",
-                "--server", cfg.server, "--device-id", cfg.device_id, "--target", cfg.target,
-                "--state-dir", str(cfg.state_dir), "--trusted-key", str(self.key_path),
-                "--report-interval", str(cfg.report_interval_s), "--inference-interval",
-                str(cfg.inference_interval_s), "--seed", str(cfg.stream_seed), "--emulate-target-timing"]
+    def _agent_argv(self, cfg: AgentConfig, c: CohortSpec, index: int) -> list[str]:
+        argv = product_command(
+            "agent", "--server", cfg.server, "--device-id", cfg.device_id, "--target", cfg.target,
+            "--state-dir", str(cfg.state_dir), "--trusted-key", str(self.key_path),
+            "--report-interval", str(cfg.report_interval_s), "--inference-interval", str(cfg.inference_interval_s),
+            "--input", "synthetic", "--seed", str(self.stream_seed(index)), "--emulate-target-timing")
         if self.targets_dir is not None:
             argv += ["--targets-dir", str(self.targets_dir)]
         if cfg.enrolment_token:
@@ -284,60 +295,49 @@ class Simulation:
             argv += [f"--drift-{k.replace('_', '-')}", str(v)]
         if c.drift_after_s:
             argv += ["--drift-after", str(c.drift_after_s)]
-        f = c.faults
-        if f.crash_after_s:
-            argv += ["--fault-crash-after", str(f.crash_after_s)]
-        if f.slow_inference_ms:
-            argv += ["--fault-slow-ms", str(f.slow_inference_ms)]
-        if f.corrupt_output_rate:
-            argv += ["--fault-corrupt-rate", str(f.corrupt_output_rate)]
         if cfg.max_reports is not None:
             argv += ["--max-reports", str(cfg.max_reports)]
         return argv
 
     def run_processes(self, duration_s: float | None, reports_per_device: int | None) -> SimulationResult:
+        """Run one agent process per device; an injected crash is a SIGKILL, and the process is started again."""
         t0, wall_t0 = time.monotonic(), time.time()
         result = SimulationResult(mode="processes", duration_s=0.0)
-        procs: dict[str, tuple[subprocess.Popen[bytes], DeviceResult, AgentConfig, CohortSpec]] = {}
+        procs: dict[str, tuple[subprocess.Popen[bytes], float, DeviceResult, AgentConfig, CohortSpec, int]] = {}
         logs = self.state_root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "TINYMLOPS_HOME": str(settings.home())}
 
-        def start(cfg: AgentConfig, c: CohortSpec) -> subprocess.Popen[bytes]:
+        def start(cfg: AgentConfig, c: CohortSpec, i: int) -> subprocess.Popen[bytes]:
             with (logs / f"{cfg.device_id}.log").open("ab") as log_file:
-                return subprocess.Popen(self._agent_argv(cfg, c), stdout=log_file, stderr=log_file, env=env)
+                return subprocess.Popen(self._agent_argv(cfg, c, i), stdout=log_file, stderr=log_file, env=env)
 
         for i, (c, did, tok) in enumerate(self.plan):
             res = DeviceResult(did, c.name, c.target)
             result.devices.append(res)
             cfg = self.agent_config(c, did, tok, i, None, reports_per_device)
-            procs[did] = (start(cfg, c), res, cfg, c)
+            procs[did] = (start(cfg, c, i), time.monotonic(), res, cfg, c, i)
         try:
             while procs:
                 if duration_s is not None and time.monotonic() - t0 >= duration_s:
                     break
-                for did, (p, res, cfg, c) in list(procs.items()):
-                    code = p.poll()
-                    if code is None:
-                        continue
-                    if code == CRASH_EXIT_CODE:  # injected crash: restart like a supervisor
+                for did, (p, started, res, cfg, c, i) in list(procs.items()):
+                    crash = c.faults.crash_after_s
+                    if crash is not None and p.poll() is None and time.monotonic() - started >= crash:
+                        p.kill()  # the injected crash: the process dies without any cleanup
+                        p.wait()
                         res.restarts += 1
-                        cfg.enrolment_token = None
-                        procs[did] = (start(cfg, c), res, cfg, c)
-                    else:
+                        cfg.enrolment_token = None  # enrolled by now (or the token is spent): use the credential
+                        procs[did] = (start(cfg, c, i), time.monotonic(), res, cfg, c, i)
+                        continue
+                    code = p.poll()
+                    if code is not None:
                         if code != 0:
                             res.stopped = f"exit code {code}"
                         del procs[did]
                 time.sleep(0.2)
         finally:
-            for p, *_ in procs.values():
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p, *_ in procs.values():
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            _stop_processes([p for p, *_ in procs.values()])
         result.duration_s = time.monotonic() - t0
         self._fill_from_server(result, wall_t0)
         return result
@@ -367,6 +367,19 @@ class Simulation:
         if self.mode == "processes":
             return self.run_processes(duration_s, reports_per_device)
         return asyncio.run(self.run_async(duration_s, reports_per_device))
+
+
+def _stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every agent process, wait for their clean exit, SIGKILL what is left after 15 s."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def run_simulation(server_url: str, operator_token: str, cohorts: list[CohortSpec], duration_s: float | None = 30.0,

@@ -1,0 +1,182 @@
+"""The device's package store: verify, stage, install atomically, keep the previous package, recover.
+
+On-disk layout (``state_dir``)::
+
+    current.json                {"current": package_id, "previous": package_id}   (replaced atomically)
+    packages/<package_id>/      manifest.json, manifest.sig, model file            (renamed in complete)
+    staging/                    partial downloads; wiped at start-up
+
+A crash (or a signal) at any point leaves ``current.json`` naming a complete, verified package (or none before
+the first install): staging is written and fsynced before the rename, the pointer is replaced only after the
+rename, and start-up verifies the current package again, falling back to the previous one if it does not verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinymlops.fleet.packages import Bundle, PackageRejected, verify_package
+
+log = logging.getLogger("tinymlops.agent")
+
+
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace a file atomically: temp file in the same directory, fsync, rename, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    _write_synced(tmp, data)
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+@dataclass
+class Installed:
+    package_id: str
+    directory: Path
+    manifest: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / self.manifest["file"]
+
+
+class InstallState:
+    """The device's package store: verify, stage, install atomically, keep the previous, recover."""
+
+    def __init__(self, state_dir: Path, trusted_keys: list[Any], target: str) -> None:
+        self.root = Path(state_dir)
+        self.trusted_keys = trusted_keys
+        self.target = target
+        self.packages = self.root / "packages"
+        self.staging = self.root / "staging"
+        self.pointer = self.root / "current.json"
+        self.fell_back_from: str | None = None  # set by recover() when the current package no longer verified
+        self.packages.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def _read_pointer(self) -> dict[str, str | None]:
+        try:
+            data = json.loads(self.pointer.read_text())
+            return {"current": data.get("current"), "previous": data.get("previous")}
+        except (OSError, ValueError, AttributeError):
+            return {"current": None, "previous": None}
+
+    def _verified(self, package_id: str | None) -> Installed | None:
+        if not package_id:
+            return None
+        d = self.packages / package_id
+        try:
+            manifest = verify_package(Bundle.read(d), self.trusted_keys, self.target)
+        except PackageRejected as exc:
+            log.warning("installed package %s does not verify: %s", package_id, exc.reason)
+            return None
+        return Installed(package_id, d, manifest)
+
+    def recover(self) -> Installed | None:
+        """Wipe partial downloads and return the current package, falling back to the previous if needed."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        ptr = self._read_pointer()
+        cur = self._verified(ptr["current"])
+        self.fell_back_from = None
+        if cur is None and ptr["current"] is not None:
+            self.fell_back_from = ptr["current"]
+            prev = self._verified(ptr["previous"])
+            atomic_write(self.pointer, json.dumps({"current": prev.package_id if prev else None,
+                                                    "previous": None}).encode())
+            cur = prev
+        keep = {p for p in self._read_pointer().values() if p}
+        for d in self.packages.iterdir():
+            if d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+        return cur
+
+    def current(self) -> Installed | None:
+        """Return the current package without re-verifying the artifact (verified at install and start-up)."""
+        pid = self._read_pointer()["current"]
+        if not pid or not (self.packages / pid / "manifest.json").is_file():
+            return None
+        return Installed(pid, self.packages / pid, json.loads((self.packages / pid / "manifest.json").read_text()))
+
+    def previous_id(self) -> str | None:
+        return self._read_pointer()["previous"]
+
+    def stage(self, bundle: Bundle, package_id: str) -> tuple[Path, dict[str, Any]]:
+        """Verify a bundle and write it, fsynced, to a staging directory (PackageRejected if it fails)."""
+        manifest = verify_package(bundle, self.trusted_keys, self.target)
+        d = self.staging / f"{package_id}.{uuid.uuid4().hex[:8]}"
+        d.mkdir(parents=True)
+        _write_synced(d / "manifest.json", bundle.manifest_bytes)
+        _write_synced(d / "manifest.sig", base64.b64encode(bundle.signature))
+        _write_synced(d / manifest["file"], bundle.artifact)
+        _fsync_dir(d)
+        return d, manifest
+
+    def commit(self, staged: Path, package_id: str) -> Installed:
+        """Move a staged package into place and point ``current`` at it (previous = the old current)."""
+        final = self.packages / package_id
+        if final.exists():  # a re-install of the same content: replace it wholesale
+            shutil.rmtree(final)
+        staged.rename(final)
+        _fsync_dir(self.packages)
+        old = self._read_pointer()["current"]
+        previous = old if old and old != package_id else self._read_pointer()["previous"]
+        atomic_write(self.pointer, json.dumps({"current": package_id, "previous": previous}).encode())
+        keep = {package_id, previous}
+        for d in self.packages.iterdir():
+            if d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+        return Installed(package_id, final, json.loads((final / "manifest.json").read_text()))
+
+    def rollback(self) -> Installed | None:
+        """Point ``current`` back at the previous package (if it still verifies)."""
+        ptr = self._read_pointer()
+        prev = self._verified(ptr["previous"])
+        if prev is None:
+            return None
+        atomic_write(self.pointer, json.dumps({"current": prev.package_id, "previous": ptr["current"]}).encode())
+        return prev
+
+
+def open_model(installed: Installed, runtime: str) -> Any:
+    """Open an installed package's model in the runtime the device's target names."""
+    from tinymlops.runtimes import open_runner, runtime_family
+
+    return open_runner(installed.model_path, runtime_family(runtime))
+
+
+def smoke_test(runner: Any, manifest: dict[str, Any]) -> None:
+    """Run one zero input through a freshly loaded model and check the output shape (PackageRejected if not)."""
+    n_features = len(manifest["preprocessing"]["feature_names"])
+    try:
+        out = np.asarray(runner.predict(np.zeros((1, n_features), np.float32)))
+    except Exception as exc:  # any runtime failure means the package cannot serve here
+        raise PackageRejected(f"model does not run in this runtime: {exc}") from None
+    if out.shape[-1] != len(manifest["class_names"]) or not np.all(np.isfinite(out)):
+        raise PackageRejected(f"model output shape {out.shape} does not match {len(manifest['class_names'])} classes")
