@@ -24,8 +24,9 @@ from tinymlops.monitor.reference import ReferenceProfile
 from tinymlops.monitor.sketches import LATENCY_EDGES_MS, Sketch
 from tinymlops.rollout import plan
 from tinymlops.rollout.config import GateThresholds, RolloutConfig, StageConfig
-from tinymlops.rollout.controller import Controller, list_rollouts, publish_package
+from tinymlops.rollout.controller import Controller, list_rollouts
 from tinymlops.rollout.history import model_history
+from tinymlops.rollout.publish import publish_package
 from tinymlops.rollout.state import RolloutDevice
 
 MODEL = "rollout-unit"
