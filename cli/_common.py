@@ -108,7 +108,7 @@ def _store_failure(exc: BaseException) -> str | None:
     if top in _STORE_ERRORS:
         from tinymlops import registry
 
-        return f"MLflow store {registry.tracking_uri()}: {_first_line(exc)}"
+        return f"MLflow store {registry.tracking_uri()}: {registry.store_error_cause(exc)}"
     if top in _PREFECT_ERRORS or "Prefect API" in str(exc):
         api = os.environ.get("PREFECT_API_URL") or "temporary Prefect server"
         return f"Prefect API ({api}): {_first_line(exc)}"

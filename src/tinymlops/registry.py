@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinymlops import hygiene, settings
-from tinymlops.errors import RegistryError
+from tinymlops.errors import ConfigError, RegistryError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -50,6 +51,7 @@ def connect(uri: str | None = None) -> MlflowClient:
     import mlflow
     from mlflow import MlflowClient
 
+    sqlite_path = check_sqlite_uri(resolved)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     user_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -60,14 +62,85 @@ def connect(uri: str | None = None) -> MlflowClient:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    client = MlflowClient(tracking_uri=resolved, registry_uri=resolved)
     try:
-        client.search_experiments(max_results=1)
+        # one quick try for the probe: an absent server fails in a second, not after urllib3's retries
+        with _env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}):
+            client = MlflowClient(tracking_uri=resolved, registry_uri=resolved)
+            client.search_experiments(max_results=1)
     except Exception as exc:  # any transport or store error means "not usable"
-        raise RegistryError(f"MLflow tracking store {resolved} is not reachable: {str(exc).splitlines()[0]}"
-                            ) from None
+        if sqlite_path is not None:
+            raise RegistryError(f"MLflow store {sqlite_path} is not a usable MLflow database: "
+                                f"{store_error_cause(exc)}") from None
+        raise RegistryError(f"MLflow tracking store {resolved} is not reachable: {store_error_cause(exc)}") from None
     _client, _client_uri = client, resolved
     return client
+
+
+#: first bytes of every SQLite 3 database file
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_uri(uri: str) -> Path | None:
+    """Return the database file of a ``sqlite:`` URI (None for other stores), refusing unusable ones up front.
+
+    MLflow would create a missing directory and an empty store there, so a typo in the URI silently starts a new,
+    empty registry: a directory that does not exist is refused instead (ConfigError, exit 2). A file that is not
+    an SQLite database is refused before MLflow touches it (RegistryError naming the file).
+    """
+    if not uri.startswith("sqlite:"):
+        return None
+    database = uri.removeprefix("sqlite:").removeprefix("//").split("?", 1)[0]
+    database = database[1:] if database.startswith("/") else database  # sqlite:///rel, sqlite:////abs
+    if database in ("", ":memory:"):
+        return None
+    path = Path(database).absolute()
+    if not path.parent.is_dir():
+        raise ConfigError(f"MLflow tracking URI {uri}: directory {path.parent} does not exist (create it, or fix "
+                          "MLFLOW_TRACKING_URI / mlflow.tracking_uri; nothing was created)")
+    if path.is_dir():
+        raise ConfigError(f"MLflow tracking URI {uri}: {path} is a directory, not a database file")
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as f:
+            if f.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+                raise RegistryError(f"MLflow store {path} is not an SQLite database (corrupt, or another kind of "
+                                    "file): restore it from a backup or move it away to start a new store")
+    return path
+
+
+def store_error_cause(exc: BaseException) -> str:
+    """Return the cause of an MLflow transport/store failure in a few words (no urllib3 retry text)."""
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for err in reversed(seen):  # the innermost socket error says it best
+        if isinstance(err, TimeoutError) or type(err).__name__ in ("ReadTimeout", "ConnectTimeout", "timeout"):
+            return "timed out"
+        if isinstance(err, OSError) and err.strerror:
+            return str(err.strerror)
+    text = str(exc)
+    for pattern, fmt in ((r"\[Errno -?\d+\] ([^'\")]+)", "{0}"), (r"error code (\d+) != 200", "HTTP {0} (not an MLflow "
+                                                                                       "server, or access refused)")):
+        m = re.search(pattern, text)
+        if m:
+            return fmt.format(m.group(1).strip())
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def client() -> MlflowClient:

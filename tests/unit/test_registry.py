@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +92,84 @@ def test_versions_runs_and_alias_moves_are_plain_dataclasses(tm_home: Path, tmp_
     assert isinstance(move, registry.AliasMove)
     assert (move.alias, move.version, move.previous_version, move.reason) == ("candidate-x", "1", "", "best on x")
     assert move.figures == {"latency_ms": 2.5} and move.time_ms > 0
+
+
+# ---- store errors: one line naming the store and the cause, exit 1; a sqlite URI in a missing directory exit 2 ----
+
+TINYMLOPS = Path(sys.executable).with_name("tinymlops")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _variants(tmp_path: Path, uri: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["TINYMLOPS_HOME"] = str(tmp_path / "home")
+    if uri is not None:
+        env["MLFLOW_TRACKING_URI"] = uri
+    return subprocess.run([str(TINYMLOPS), "variants", "M"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _one_line_error(res: subprocess.CompletedProcess[str]) -> str:
+    out = (res.stdout + res.stderr).strip()
+    assert "Traceback" not in out and "Max retries" not in out and "urllib3" not in out, out
+    lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def test_unreachable_server_is_one_line_naming_store_and_cause(tmp_path: Path) -> None:
+    uri = f"http://127.0.0.1:{_free_port()}"
+    t0 = time.perf_counter()
+    res = _variants(tmp_path, uri)
+    assert res.returncode == 1
+    assert _one_line_error(res) == f"error: MLflow tracking store {uri} is not reachable: Connection refused"
+    assert time.perf_counter() - t0 < 60  # no retry back-off
+
+
+def test_sqlite_uri_in_a_missing_directory_is_refused_and_nothing_is_created(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    res = _variants(tmp_path, f"sqlite:///{missing}/x.db")
+    assert res.returncode == 2
+    line = _one_line_error(res)
+    assert f"directory {missing} does not exist" in line and "nothing was created" in line
+    assert not (tmp_path / "no").exists()
+
+
+def test_corrupt_store_file_is_named(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"PK\x03\x04 this is a zip file, not a database" * 100)
+    res = _variants(tmp_path, f"sqlite:///{db}")
+    assert res.returncode == 1
+    assert _one_line_error(res).startswith(f"error: MLflow store {db} is not an SQLite database")
+    assert db.read_bytes().startswith(b"PK\x03\x04")  # left as it was
+
+
+def test_damaged_store_pages_are_named(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert _variants(tmp_path, None).returncode == 1  # creates the embedded store (the model does not exist)
+    db = home / "mlflow.db"
+    data = bytearray(db.read_bytes())
+    data[100:] = bytes((i * 7919) % 251 for i in range(len(data) - 100))  # header intact, pages garbage
+    db.write_bytes(bytes(data))
+    res = _variants(tmp_path, None)
+    assert res.returncode == 1
+    line = _one_line_error(res)
+    assert line.startswith(f"error: MLflow store {db} is not a usable MLflow database") and "malformed" in line
+
+
+def test_store_error_cause_of_a_failed_mlflow_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+    try:
+        MlflowClient(tracking_uri=f"http://127.0.0.1:{_free_port()}").search_experiments(max_results=1)
+    except Exception as exc:
+        assert registry.store_error_cause(exc) == "Connection refused"
+    else:
+        raise AssertionError("a closed port answered")
