@@ -55,10 +55,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     home = tmp_path_factory.mktemp("compress-home")
     os.environ["TINYMLOPS_HOME"] = str(home)
     from tinymlops.config import load_pipeline
-    from tinymlops.train import run_training
+    from tinymlops.train import run_train
 
     cfg_path = write_config(home / "pipeline.yaml")
-    res = run_training(load_pipeline(cfg_path))
+    res = run_train(load_pipeline(cfg_path))
     assert res.version == "1"
     return cfg_path, res.run_id
 
@@ -162,9 +162,8 @@ def test_technique_effects_are_measured_in_the_artifact(compressed: dict[str, An
 
 
 def test_variants_listing_lineage_and_prefect_table(compressed: dict[str, Any]) -> None:
-    from typer.testing import CliRunner
-
     from cli import app
+    from typer.testing import CliRunner
 
     runner = CliRunner()
     res = runner.invoke(app, ["variants", MODEL, "--json"])
@@ -198,14 +197,13 @@ def test_variants_listing_lineage_and_prefect_table(compressed: dict[str, Any]) 
 def test_a_failing_variant_is_recorded_and_the_others_go_on(trained: tuple[Path, str], tmp_path: Path) -> None:
     from tinymlops import registry
     from tinymlops.compress.stage import run_compress
-    from tinymlops.config import load_pipeline
 
     cfg_path = write_config(tmp_path / "bad.yaml", compress={"variants": [
         {"technique": "cluster", "name": "cluster-too-many", "clusters": 128, "epochs": 1},  # head has 64 weights
         {"technique": "ptq-int8", "name": "int8-ok", "representative_samples": 20},
     ]})
     before = len(registry.list_versions(MODEL))
-    out = run_compress(load_pipeline(cfg_path), "1")
+    out = run_compress(cfg_path, "1").to_dict()
     res = by_variant(out)
     assert res["int8-ok"]["status"] == "registered" and res["cluster-too-many"]["status"] == "failed"
     assert "128 clusters" in res["cluster-too-many"]["error"] and "probabilities" in res["cluster-too-many"]["error"]

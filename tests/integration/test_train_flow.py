@@ -100,12 +100,12 @@ def test_exported_package_predicts_like_the_trained_model(trained) -> None:
 def test_failed_training_is_marked_failed_and_registers_nothing(trained, tmp_path: Path) -> None:
     from tinymlops import registry
     from tinymlops.config import load_pipeline
-    from tinymlops.train import run_training
+    from tinymlops.train import run_train
 
     bad = write_config(tmp_path, model={"arch": "cnn2d", "params": {}},  # 33 features: not a square image
                        preprocessing={"features": "spectral", "bands": 7})
     with pytest.raises(ValueError, match="square image"):
-        run_training(load_pipeline(bad))
+        run_train(load_pipeline(bad))
     c = registry.client()
     exp = c.get_experiment_by_name("it-train")
     failed = c.search_runs([exp.experiment_id], "attributes.status = 'FAILED'")
