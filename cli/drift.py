@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._common import console, handle_errors, print_json, print_table
+from cli._common import console, handle_errors, print_json, print_table, run_flow
 from cli._prefect import NoPrefectOpt, start_flow
 from tinymlops.errors import UsageError
 
@@ -128,7 +128,7 @@ def schedule(
     from flows.drift import serve_deployments
 
     console.print("serving " + ", ".join(x["deployment"] for x in listing) + " (Ctrl-C to stop)")
-    serve_deployments(deployments)
+    run_flow(serve_deployments, deployments)  # Ctrl-C/SIGTERM: stop the server and children, exit 130/143
 
 
 def register(app: typer.Typer) -> None:
