@@ -111,6 +111,12 @@ def registered(model: str, version: str, run_id: str) -> None:
         _registered.append((model, version, run_id))
 
 
+def registered_from(run_id: str) -> list[tuple[str, str]]:
+    """Return the (model, version) pairs this process registered from a run."""
+    with _cond:
+        return [(m, v) for m, v, r in _registered if r == run_id]
+
+
 def open_runs() -> list[str]:
     """Return the ids of runs this process opened and has not ended, oldest first."""
     with _cond:

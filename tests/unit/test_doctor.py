@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tinymlops import hygiene, registry
@@ -124,3 +125,23 @@ def test_shutdown_kills_open_runs_and_freezes_other_threads(tmp_path: Path) -> N
     assert res["incomplete"] == {"1": None, "2": "interrupted"}
     assert res["snap_runs"] == 2 and res["late_blocked"] and res["ender_blocked"]
     assert res["versions"] == 2  # the late registration never happened
+
+
+def test_run_block_interrupted_ends_killed_and_tags_its_version(tm_home: Path) -> None:
+    class Signalled(BaseException):  # like KeyboardInterrupt or Prefect's TerminationSignal
+        pass
+
+    ids: dict[str, str] = {}
+    try:
+        with registry.run("exp-interrupted", "stage") as r:
+            ids["run"] = r.run_id
+            ids["version"] = registry.register_version("int-model", r.run_id, {}, "cut off")
+            raise Signalled
+    except Signalled:
+        pass
+    run = registry.get_run(ids["run"])
+    assert run.status == "KILLED" and run.tags["error"].startswith("Signalled")
+    assert registry.get_version("int-model", ids["version"]).tags[hygiene.INCOMPLETE_TAG] == "interrupted"
+    with pytest.raises(ValueError), registry.run("exp-interrupted", "broken") as r:
+        raise ValueError("bad")
+    assert registry.get_run(r.run_id).status == "FAILED"

@@ -316,8 +316,8 @@ def close_stage(ref: StageRef, results: list[dict[str, Any]], seconds: float) ->
 
 
 def fail_stage(ref: StageRef, exc: BaseException) -> None:
-    """Mark the compress run FAILED with the reason (the stage could not run its variants)."""
-    registry.end_run(ref.compress_run_id, f"{type(exc).__name__}: {exc}")
+    """Mark the compress run FAILED with the reason (the stage could not run its variants); KILLED if interrupted."""
+    registry.end_run(ref.compress_run_id, f"{type(exc).__name__}: {exc}", interrupted=not isinstance(exc, Exception))
 
 
 def run_compress(config: str | Path | PipelineConfig, version: str, parent_run_id: str | None = None,
