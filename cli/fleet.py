@@ -8,6 +8,7 @@ Heavy imports stay inside the commands.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,6 +17,8 @@ import typer
 from cli._common import console, err_console, handle_errors, print_json, print_table
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from tinymlops.fleet.agent import Agent
     from tinymlops.fleet.inputs import InputSource
 
@@ -98,13 +101,73 @@ def serve(db: DbOpt = None,
                       f"targets={sorted(catalogue)}", highlight=False, soft_wrap=True)
     if workers == 1:
         app = service.create_app(st=st, poll_interval_s=poll_interval, known_targets=set(catalogue) or None)
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
-        return
-    st.dispose()  # migrated once here; each worker process opens its own engine
-    os.environ.update({"TINYMLOPS_FLEET_DB": st.url, "TINYMLOPS_FLEET_POLL_S": str(poll_interval),
-                       "TINYMLOPS_FLEET_TARGETS": ",".join(sorted(catalogue))})
-    uvicorn.run("tinymlops.fleet.service:create_app_from_env", factory=True, workers=workers, host=host,
-                port=port, log_level="warning", access_log=False)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        code = _serve_until_signal(lambda: server.run())
+    else:
+        st.dispose()  # migrated once here; each worker process opens its own engine
+        os.environ.update({"TINYMLOPS_FLEET_DB": st.url, "TINYMLOPS_FLEET_POLL_S": str(poll_interval),
+                           "TINYMLOPS_FLEET_TARGETS": ",".join(sorted(catalogue))})
+        config = uvicorn.Config("tinymlops.fleet.service:create_app_from_env", factory=True, workers=workers,
+                                host=host, port=port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=5)
+        code = _serve_until_signal(lambda: _run_workers(config))
+    if code:
+        err_console.print(f"fleet service stopped by signal (exit {code}); pending telemetry committed")
+        raise typer.Exit(code)
+
+
+class _Stopped(BaseException):
+    """Raised by our signal handler once uvicorn has shut down and re-raised the signal it caught."""
+
+
+def _serve_until_signal(run: Callable[[], int | None]) -> int:
+    """Run a server until it returns (0) or SIGINT/SIGTERM stops it (130/143, after its graceful shutdown).
+
+    uvicorn catches both signals itself, shuts down (the lifespan commits pending telemetry), restores the previous
+    handlers (ours) and raises the signal again, which lands here; ``run`` may also return the signal it got.
+    """
+    import signal
+
+    got: list[int] = []
+
+    def on_signal(sig: int, _frame: object) -> None:
+        got.append(sig)
+        raise _Stopped
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        sig = run()
+        if sig:
+            got.append(sig)
+    except _Stopped:
+        pass
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return 128 + got[0] if got else 0
+
+
+def _run_workers(config: uvicorn.Config) -> int | None:
+    """Run uvicorn's multi-worker supervisor; return the signal that stopped it (None if none did)."""
+    import signal
+
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    stopped_by: list[int] = []
+
+    class Supervisor(Multiprocess):
+        def handle_int(self) -> None:
+            stopped_by.append(signal.SIGINT)
+            super().handle_int()
+
+        def handle_term(self) -> None:
+            stopped_by.append(signal.SIGTERM)
+            super().handle_term()
+
+    Supervisor(config, sockets=[config.bind_socket()]).run()
+    return stopped_by[0] if stopped_by else None
 
 
 @fleet_app.command("operator-token")

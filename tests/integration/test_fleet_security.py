@@ -20,6 +20,7 @@ from tinymlops.sim import demo_model
 from tinymlops.sim.streams import SyntheticStream
 
 pytestmark = pytest.mark.integration
+SEED = 7  # the synthetic sensor stream every agent here reads
 
 
 class Fleet:
@@ -64,7 +65,7 @@ class Fleet:
                                  duration_s=seconds)
 
     def run_agent(self, cfg: agent.AgentConfig) -> agent.Agent:
-        a = agent.Agent(cfg, SyntheticStream(seed=7))
+        a = agent.Agent(cfg, SyntheticStream(seed=SEED))
         asyncio.run(a.run())
         return a
 
@@ -237,7 +238,7 @@ def test_default_telemetry_contains_no_raw_input_values(fleet: Fleet) -> None:
         "/v1/enrolment-tokens", json={"cohort": "c"}).json()["tokens"][0], seconds=1.5)
     a = fleet.run_agent(private_cfg)
     assert a.reports_sent >= 2 and a.inferences >= 20
-    assert _leaked(fleet, "priv-default", a.inferences, private_cfg.stream_seed) == 0
+    assert _leaked(fleet, "priv-default", a.inferences, SEED) == 0
     stored = store.telemetry_window(fleet.st, "sec", device_id="priv-default")
     assert stored and all(r.samples is None and r.feedback is None for r in stored)
 
@@ -246,7 +247,7 @@ def test_default_telemetry_contains_no_raw_input_values(fleet: Fleet) -> None:
                                                      "feedback_opt_in": True}).json()["tokens"][0]
     opt_cfg = fleet.agent_config("priv-optin", tok, seconds=1.5)
     b = fleet.run_agent(opt_cfg)
-    assert _leaked(fleet, "priv-optin", b.inferences, opt_cfg.stream_seed) > 0
+    assert _leaked(fleet, "priv-optin", b.inferences, SEED) > 0
     stored = store.telemetry_window(fleet.st, "sec", device_id="priv-optin")
     samples = [x for r in stored for x in (r.samples or [])]
     assert samples and all(len(x) == len(fleet.manifest["preprocessing"]["feature_names"]) for x in samples)

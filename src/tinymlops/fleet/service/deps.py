@@ -1,0 +1,198 @@
+"""Shared FastAPI dependencies of the fleet service routers: one :class:`Service` per app, auth, caches, ingestion.
+
+Two kinds of caller, two kinds of credential (``Authorization: Bearer ...``, only hashes stored):
+
+* operators (``tmo_op_...``): the :func:`operator` dependency;
+* devices (``tmo_dev_...``): the :func:`device` dependency; every device URL is ``/v1/devices/{device_id}/...``
+  and the id must be the credential's own.
+
+Verdicts are cached for :data:`AUTH_CACHE_TTL_S` (a revocation reaches other workers within that time); the
+telemetry hot path authenticates on the event loop without a thread hop when the cache is warm.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from tinymlops.fleet import api, auth
+from tinymlops.fleet.service.context import DeviceCtx, PackageCtx, check_sketch
+from tinymlops.fleet.service.writer import TelemetryWriter
+from tinymlops.fleet.store import DesiredState, Device, OperatorToken, Package, Store
+from tinymlops.monitor.reference import ReferenceProfile
+from tinymlops.monitor.sketches import edges_digest
+
+AUTH_CACHE_TTL_S = 30.0
+
+
+class Service:
+    """The state every route shares: store, telemetry writer, settings and the auth/package caches."""
+
+    def __init__(self, st: Store, poll_interval_s: float, known_targets: set[str] | None) -> None:
+        self.store = st
+        self.writer = TelemetryWriter(st)
+        self.poll_interval_s = poll_interval_s
+        self.known_targets = known_targets
+        # token hash -> (device, expiry): with several workers a revocation reaches the others within the TTL
+        self.device_cache: dict[str, tuple[DeviceCtx | None, float]] = {}
+        self.operator_cache: dict[str, tuple[bool, float]] = {}  # token hash -> (valid, expiry)
+        self.package_cache: dict[str, PackageCtx] = {}
+
+    # ---- auth -----------------------------------------------------------------------------------------------
+
+    def _lookup_operator(self, token_hash: str) -> bool:
+        with self.store.session() as s:
+            row = s.get(OperatorToken, token_hash)
+            return row is not None and not row.revoked
+
+    async def authenticate_operator(self, authorization: str | None) -> None:
+        """Raise 401/403 unless the header carries a live operator token."""
+        token = auth.bearer(authorization)
+        if token is None:
+            raise HTTPException(401, "operator token required (Authorization: Bearer tmo_op_...)")
+        h = auth.hash_token(token)
+        hit = self.operator_cache.get(h)
+        if hit is not None and hit[1] > time.monotonic():
+            ok = hit[0]
+        else:
+            ok = await run_in_threadpool(self._lookup_operator, h)
+            if len(self.operator_cache) > 10_000:
+                self.operator_cache.clear()
+            self.operator_cache[h] = (ok, time.monotonic() + AUTH_CACHE_TTL_S)
+        if not ok:
+            raise HTTPException(403, "not an operator token")
+
+    def _lookup_device(self, token_hash: str) -> DeviceCtx | None:
+        with self.store.session() as s:
+            d = s.scalar(select(Device).where(Device.credential_hash == token_hash))
+            ctx = None if d is None or d.revoked else DeviceCtx(d.id, d.target, d.cohort, d.samples_opt_in,
+                                                                d.feedback_opt_in)
+        if len(self.device_cache) > 200_000:
+            self.device_cache.clear()
+        self.device_cache[token_hash] = (ctx, time.monotonic() + AUTH_CACHE_TTL_S)
+        return ctx
+
+    async def authenticate_device(self, device_id: str, authorization: str | None) -> DeviceCtx:
+        """Return the calling device (401/403 unless its credential is live and its own ``device_id``)."""
+        token = auth.bearer(authorization)
+        if token is None:
+            raise HTTPException(401, "device credential required (Authorization: Bearer tmo_dev_...)")
+        h = auth.hash_token(token)
+        # the hot path (telemetry) stays on the event loop: a thread hop per request halves throughput
+        hit = self.device_cache.get(h)
+        ctx = hit[0] if hit is not None and hit[1] > time.monotonic() else await run_in_threadpool(
+            self._lookup_device, h)
+        if ctx is None:
+            raise HTTPException(403, "unknown or revoked device credential")
+        if ctx.id != device_id:
+            raise HTTPException(403, "a device may only access its own resources")
+        return ctx
+
+    # ---- packages -------------------------------------------------------------------------------------------
+
+    def package_ctx(self, package_id: str) -> PackageCtx | None:
+        """Return what telemetry checks need of a package (cached: packages are immutable)."""
+        if package_id in self.package_cache:
+            return self.package_cache[package_id]
+        with self.store.session() as s:
+            p = s.get(Package, package_id)
+            if p is None:
+                return None
+            ref = ReferenceProfile.model_validate(json.loads(p.manifest_json)["reference"])
+        ctx = PackageCtx(package_id, p.model_name, p.model_version, p.target, edges_digest(ref),
+                         tuple(len(f.inner_edges) + 1 for f in ref.features), len(ref.class_names),
+                         len(ref.confidence_inner_edges) + 1, len(ref.features))
+        self.package_cache[package_id] = ctx
+        return ctx
+
+    def allowed_package(self, ctx: DeviceCtx, package_id: str) -> Package:
+        """Return a package the device may download: its desired or current one (403/404 otherwise)."""
+        with self.store.session() as s:
+            d = s.get(Device, ctx.id)
+            ds = s.get(DesiredState, ctx.id)
+            allowed = {ds.package_id if ds else None, d.current_package_id if d else None}
+            if package_id not in allowed:
+                raise HTTPException(403, "a device may only download its desired or current package")
+            p = s.get(Package, package_id)
+            if p is None:
+                raise HTTPException(404, f"package {package_id!r} does not exist")
+            return p
+
+    # ---- telemetry ------------------------------------------------------------------------------------------
+
+    async def ingest_telemetry(self, device_id: str, authorization: str | None, body: bytes) -> None:
+        """Authenticate, validate and commit one report (HTTPException says why not)."""
+        ctx = await self.authenticate_device(device_id, authorization)
+        # parsed by pydantic-core straight from bytes: several times faster than FastAPI's json + validate
+        try:
+            report = api.TelemetryReport.model_validate_json(body)
+        except ValidationError as exc:
+            raise HTTPException(422, exc.errors(include_url=False, include_context=False,
+                                                include_input=False)) from None
+        pkg = self._check_report(ctx, report)
+        now = time.time()
+        sk = report.sketch
+        await self.writer.write({
+            "device_id": ctx.id, "seq": report.seq, "model_name": pkg.model_name,
+            "model_version": pkg.model_version, "package_id": pkg.id, "target": ctx.target, "cohort": ctx.cohort,
+            "window_start_unix_s": sk.window_start if sk.window_start is not None else now,
+            "window_end_unix_s": sk.window_end if sk.window_end is not None else now,
+            "received_unix_s": now, "n_inferences": sk.n_inferences, "sketch_json": sk.model_dump_json(),
+            "samples_json": json.dumps(report.samples) if report.samples is not None else None,
+            "feedback_json": json.dumps([f.model_dump() for f in report.feedback])
+            if report.feedback is not None else None,
+        })
+
+    def _check_report(self, ctx: DeviceCtx, report: api.TelemetryReport) -> PackageCtx:
+        """Return the report's package if the device may send this report (HTTPException 403/422 if not)."""
+        if report.device_id is not None and report.device_id != ctx.id:
+            raise HTTPException(403, "a device may only post its own telemetry")
+        if report.samples is not None and not ctx.samples_opt_in:
+            raise HTTPException(403, "this device has not opted in to sending input samples")
+        if report.feedback is not None and not ctx.feedback_opt_in:
+            raise HTTPException(403, "this device has not opted in to sending feedback")
+        pkg = self.package_ctx(report.package_id)
+        if pkg is None:
+            raise HTTPException(422, f"package {report.package_id!r} does not exist")
+        if pkg.target != ctx.target:
+            raise HTTPException(422, f"package {pkg.id!r} is for {pkg.target}, this device is a {ctx.target}")
+        problem = check_sketch(report.sketch, pkg)
+        if problem:
+            raise HTTPException(422, f"sketch rejected: {problem}")
+        if report.samples is not None and any(len(x) != pkg.n_features for x in report.samples):
+            raise HTTPException(422, f"each sample must have {pkg.n_features} feature values")
+        return pkg
+
+
+# ---- dependencies ---------------------------------------------------------------------------------------------
+
+
+def service(request: Request) -> Service:
+    """Return the app's :class:`Service`."""
+    svc: Service = request.app.state.service
+    return svc
+
+
+ServiceDep = Annotated[Service, Depends(service)]
+
+
+async def operator(svc: ServiceDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Require an operator token."""
+    await svc.authenticate_operator(authorization)
+
+
+async def device(device_id: str, svc: ServiceDep,
+                 authorization: Annotated[str | None, Header()] = None) -> DeviceCtx:
+    """Require the credential of the device named in the path."""
+    return await svc.authenticate_device(device_id, authorization)
+
+
+Operator = Depends(operator)
+DeviceDep = Annotated[DeviceCtx, Depends(device)]
+
