@@ -30,7 +30,7 @@ home is now. Run it with TINYMLOPS_HOME (or ./.tinymlops) naming the moved home.
 def _report(r: object, as_json: bool) -> None:
     from dataclasses import asdict
 
-    from tinymlops.relocate import Relocation
+    from tinymlops.mlflow_store import Relocation
 
     assert isinstance(r, Relocation)
     if as_json:
@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def move(new_dir: Annotated[Path, typer.Argument(help="new home directory (must not exist, or be empty)")],
              as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-        from tinymlops.relocate import move_store
+        from tinymlops.mlflow_store import move_store
 
         r = move_store(new_dir)
         _report(r, as_json)
@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
     def relocate(old: Annotated[Path | None, typer.Option("--from", help="directory the store was moved from "
                                                           "(default: found in mlflow.db)")] = None,
                  as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-        from tinymlops import relocate as reloc
+        from tinymlops import mlflow_store as reloc
 
         _report(reloc.relocate(old_home=old), as_json)
 

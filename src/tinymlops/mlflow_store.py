@@ -1,4 +1,5 @@
-"""Move or repair the embedded MLflow store (``<home>/mlflow.db`` + ``<home>/mlartifacts/``).
+"""The MLflow store as files and URIs: refuse unusable ``sqlite:`` stores, explain store failures in a few words,
+and move or repair the embedded store (``<home>/mlflow.db`` + ``<home>/mlartifacts/``).
 
 MLflow records artifact locations as absolute URIs in its database (experiments, runs, model versions, logged
 models), so a project home that was moved or copied still points at the old directory and its artifacts and
@@ -12,14 +13,18 @@ never imports MLflow. Stop other tinymlops/MLflow processes using the store firs
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinymlops import settings
-from tinymlops.errors import UsageError
+from tinymlops.errors import ConfigError, RegistryError, UsageError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -29,6 +34,74 @@ LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri
                     ("model_versions", "storage_location"), ("logged_models", "artifact_location"))
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
+
+
+#: first bytes of every SQLite 3 database file
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_uri(uri: str) -> Path | None:
+    """Return the database file of a ``sqlite:`` URI (None for other stores), refusing unusable ones up front.
+
+    MLflow would create a missing directory and an empty store there, so a typo in the URI silently starts a new,
+    empty registry: a directory that does not exist is refused instead (ConfigError, exit 2). A file that is not
+    an SQLite database is refused before MLflow touches it (RegistryError naming the file).
+    """
+    if not uri.startswith("sqlite:"):
+        return None
+    database = uri.removeprefix("sqlite:").removeprefix("//").split("?", 1)[0]
+    database = database[1:] if database.startswith("/") else database  # sqlite:///rel, sqlite:////abs
+    if database in ("", ":memory:"):
+        return None
+    path = Path(database).absolute()
+    if not path.parent.is_dir():
+        raise ConfigError(f"MLflow tracking URI {uri}: directory {path.parent} does not exist (create it, or fix "
+                          "MLFLOW_TRACKING_URI / mlflow.tracking_uri; nothing was created)")
+    if path.is_dir():
+        raise ConfigError(f"MLflow tracking URI {uri}: {path} is a directory, not a database file")
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as f:
+            if f.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+                raise RegistryError(f"MLflow store {path} is not an SQLite database (corrupt, or another kind of "
+                                    "file): restore it from a backup or move it away to start a new store")
+    return path
+
+
+def store_error_cause(exc: BaseException) -> str:
+    """Return the cause of an MLflow transport/store failure in a few words (no urllib3 retry text)."""
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for err in reversed(seen):  # the innermost socket error says it best
+        if isinstance(err, TimeoutError) or type(err).__name__ in ("ReadTimeout", "ConnectTimeout", "timeout"):
+            return "timed out"
+        if isinstance(err, OSError) and err.strerror:
+            return str(err.strerror)
+    text = str(exc)
+    for pattern, fmt in ((r"\[Errno -?\d+\] ([^'\")]+)", "{0}"), (r"error code (\d+) != 200", "HTTP {0} (not an MLflow "
+                                                                                       "server, or access refused)")):
+        m = re.search(pattern, text)
+        if m:
+            return fmt.format(m.group(1).strip())
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
+
+
+@contextlib.contextmanager
+def env_override(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for a block, restoring them after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass
