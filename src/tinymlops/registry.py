@@ -17,16 +17,17 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinymlops import hygiene, settings
-from tinymlops.errors import ConfigError, RegistryError
+from tinymlops.errors import RegistryError
+from tinymlops.mlflow_store import check_sqlite_uri, env_override, store_error_cause
+from tinymlops.registry_types import AliasMove, RunInfo, VersionInfo, run_info, version_info
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -64,7 +65,7 @@ def connect(uri: str | None = None) -> MlflowClient:
             os.environ[k] = v
     try:
         # one quick try for the probe: an absent server fails in a second, not after urllib3's retries
-        with _env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}):
+        with env_override({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}):
             client = MlflowClient(tracking_uri=resolved, registry_uri=resolved)
             client.search_experiments(max_results=1)
     except Exception as exc:  # any transport or store error means "not usable"
@@ -74,73 +75,6 @@ def connect(uri: str | None = None) -> MlflowClient:
         raise RegistryError(f"MLflow tracking store {resolved} is not reachable: {store_error_cause(exc)}") from None
     _client, _client_uri = client, resolved
     return client
-
-
-#: first bytes of every SQLite 3 database file
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def check_sqlite_uri(uri: str) -> Path | None:
-    """Return the database file of a ``sqlite:`` URI (None for other stores), refusing unusable ones up front.
-
-    MLflow would create a missing directory and an empty store there, so a typo in the URI silently starts a new,
-    empty registry: a directory that does not exist is refused instead (ConfigError, exit 2). A file that is not
-    an SQLite database is refused before MLflow touches it (RegistryError naming the file).
-    """
-    if not uri.startswith("sqlite:"):
-        return None
-    database = uri.removeprefix("sqlite:").removeprefix("//").split("?", 1)[0]
-    database = database[1:] if database.startswith("/") else database  # sqlite:///rel, sqlite:////abs
-    if database in ("", ":memory:"):
-        return None
-    path = Path(database).absolute()
-    if not path.parent.is_dir():
-        raise ConfigError(f"MLflow tracking URI {uri}: directory {path.parent} does not exist (create it, or fix "
-                          "MLFLOW_TRACKING_URI / mlflow.tracking_uri; nothing was created)")
-    if path.is_dir():
-        raise ConfigError(f"MLflow tracking URI {uri}: {path} is a directory, not a database file")
-    if path.is_file() and path.stat().st_size > 0:
-        with path.open("rb") as f:
-            if f.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
-                raise RegistryError(f"MLflow store {path} is not an SQLite database (corrupt, or another kind of "
-                                    "file): restore it from a backup or move it away to start a new store")
-    return path
-
-
-def store_error_cause(exc: BaseException) -> str:
-    """Return the cause of an MLflow transport/store failure in a few words (no urllib3 retry text)."""
-    seen: list[BaseException] = []
-    e: BaseException | None = exc
-    while e is not None and e not in seen:
-        seen.append(e)
-        e = e.__cause__ or e.__context__
-    for err in reversed(seen):  # the innermost socket error says it best
-        if isinstance(err, TimeoutError) or type(err).__name__ in ("ReadTimeout", "ConnectTimeout", "timeout"):
-            return "timed out"
-        if isinstance(err, OSError) and err.strerror:
-            return str(err.strerror)
-    text = str(exc)
-    for pattern, fmt in ((r"\[Errno -?\d+\] ([^'\")]+)", "{0}"), (r"error code (\d+) != 200", "HTTP {0} (not an MLflow "
-                                                                                       "server, or access refused)")):
-        m = re.search(pattern, text)
-        if m:
-            return fmt.format(m.group(1).strip())
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def client() -> MlflowClient:
@@ -174,89 +108,6 @@ class RunRef:
 
     run_id: str
     experiment_id: str
-
-
-# --------------------------------------------------------------------------------------------------------------
-# what the adapter hands out: plain dataclasses, so MLflow's object shapes stop here
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """A registered model version: where its files are, what run made it, its tags and aliases."""
-
-    name: str
-    version: str
-    run_id: str
-    source: str
-    tags: dict[str, str] = field(default_factory=dict)
-    aliases: list[str] = field(default_factory=list)
-    description: str = ""
-    status: str = "READY"
-    created_ms: int = 0
-
-    @property
-    def uri(self) -> str:
-        """Return the ``models:/name/version`` URI."""
-        return f"models:/{self.name}/{self.version}"
-
-
-@dataclass(frozen=True)
-class DatasetInput:
-    """A dataset logged as an input of a run (name, digest, source JSON, context such as ``train``)."""
-
-    name: str
-    digest: str
-    source: str
-    context: str
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """A run: identity, status, params, latest metrics, tags, artifact location and dataset inputs."""
-
-    run_id: str
-    experiment_id: str
-    status: str
-    name: str
-    params: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    artifact_uri: str = ""
-    start_ms: int = 0
-    end_ms: int | None = None
-    datasets: list[DatasetInput] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class AliasMove:
-    """One recorded alias move (from the ``<model>/alias-history`` experiment)."""
-
-    time_ms: int
-    alias: str
-    version: str
-    previous_version: str
-    reason: str
-    actor: str
-    figures: dict[str, float] = field(default_factory=dict)
-
-
-def _version_info(mv: Any) -> VersionInfo:
-    return VersionInfo(name=str(mv.name), version=str(mv.version), run_id=str(mv.run_id or ""),
-                       source=str(mv.source or ""), tags=dict(mv.tags or {}), aliases=list(mv.aliases or []),
-                       description=str(mv.description or ""), status=str(mv.status or ""),
-                       created_ms=int(mv.creation_timestamp or 0))
-
-
-def _run_info(r: Any) -> RunInfo:
-    datasets = []
-    for inp in (r.inputs.dataset_inputs if r.inputs else []):
-        context = next((t.value for t in inp.tags if t.key == "mlflow.data.context"), inp.dataset.name)
-        datasets.append(DatasetInput(inp.dataset.name, inp.dataset.digest, str(inp.dataset.source), context))
-    return RunInfo(run_id=r.info.run_id, experiment_id=str(r.info.experiment_id), status=str(r.info.status),
-                   name=str(r.info.run_name or ""), params=dict(r.data.params), metrics=dict(r.data.metrics),
-                   tags=dict(r.data.tags), artifact_uri=str(r.info.artifact_uri or ""),
-                   start_ms=int(r.info.start_time or 0), end_ms=r.info.end_time, datasets=datasets)
 
 
 @contextlib.contextmanager
@@ -377,7 +228,7 @@ def get_version(model_name: str, version: str | int) -> VersionInfo:
     from mlflow.exceptions import MlflowException
 
     try:
-        return _version_info(client().get_model_version(model_name, str(version)))
+        return version_info(client().get_model_version(model_name, str(version)))
     except MlflowException:
         raise RegistryError(f"model version {model_name}/{version} does not exist in {tracking_uri()}") from None
 
@@ -387,7 +238,7 @@ def get_alias(model_name: str, alias: str) -> VersionInfo | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return _version_info(client().get_model_version_by_alias(model_name, alias))
+        return version_info(client().get_model_version_by_alias(model_name, alias))
     except MlflowException:
         return None
 
@@ -404,7 +255,7 @@ def list_versions(model_name: str) -> list[VersionInfo]:
     aliases: dict[str, list[str]] = {}
     for alias, v in sorted((model.aliases or {}).items()):
         aliases.setdefault(str(v), []).append(alias)
-    versions = [_version_info(v) for v in client().search_model_versions(f"name='{model_name}'", max_results=10000)]
+    versions = [version_info(v) for v in client().search_model_versions(f"name='{model_name}'", max_results=10000)]
     return sorted((dataclasses.replace(v, aliases=aliases.get(v.version, [])) for v in versions),
                   key=lambda v: int(v.version))
 
@@ -420,7 +271,7 @@ def get_run(run_id: str) -> RunInfo:
     from mlflow.exceptions import MlflowException
 
     try:
-        return _run_info(client().get_run(run_id))
+        return run_info(client().get_run(run_id))
     except MlflowException:
         raise RegistryError(f"run {run_id} does not exist in {tracking_uri()}") from None
 
@@ -577,7 +428,7 @@ def running_runs() -> list[RunInfo]:
     for i in range(0, len(exp_ids), 100):
         found += c.search_runs(exp_ids[i:i + 100], filter_string="attributes.status = 'RUNNING'",
                                run_view_type=ViewType.ALL, max_results=50000)
-    return sorted((_run_info(r) for r in found), key=lambda r: r.start_ms)
+    return sorted((run_info(r) for r in found), key=lambda r: r.start_ms)
 
 
 def end_stale_run(run_id: str, status: str = "KILLED", ended_by: str = "tinymlops doctor",
@@ -586,7 +437,7 @@ def end_stale_run(run_id: str, status: str = "KILLED", ended_by: str = "tinymlop
     c = client()
     c.set_tag(run_id, hygiene.ENDED_BY_TAG, ended_by)
     c.set_terminated(run_id, status)
-    versions = [_version_info(v) for v in c.search_model_versions(f"run_id = '{run_id}'")]
+    versions = [version_info(v) for v in c.search_model_versions(f"run_id = '{run_id}'")]
     for v in versions:
         c.set_model_version_tag(v.name, v.version, hygiene.INCOMPLETE_TAG, incomplete)
     return versions
