@@ -18,20 +18,25 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML (
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout instead of tables")]
 
 
-def _check_config(path: Path) -> None:
-    from tinymlops.config import load_pipeline
+def _check_config(path: Path, references: bool = False) -> Any:
+    from tinymlops.config import check_references, load_pipeline
 
-    load_pipeline(path)  # fail fast with a config error (exit 2) before Prefect starts
+    cfg = load_pipeline(path)  # fail fast with a config error (exit 2) before Prefect starts
+    if references:  # boards, drift/rollout configs: fail now, not after 30 s of training
+        check_references(cfg, path)
+    return cfg
 
 
 @handle_errors
 def validate(path: Annotated[Path, typer.Argument(help="any tinymlops YAML: pipeline, target, drift or rollout")],
              json_out: JsonOpt = False) -> None:
     """Check a config file; exit 0 if valid, 2 with file, key path and reason if not."""
-    from tinymlops.config import detect_kind, load, read_yaml
+    from tinymlops.config import PipelineConfig, check_references, detect_kind, load, read_yaml
 
     kind = detect_kind(read_yaml(path), path)
-    load(path, kind)
+    cfg = load(path, kind)
+    if isinstance(cfg, PipelineConfig):
+        check_references(cfg, path)
     if json_out:
         print_json({"path": str(path), "valid": True, "kind": kind})
     else:
@@ -65,9 +70,7 @@ def run(config: ConfigOpt = Path("configs/pipeline.yaml"), json_out: JsonOpt = F
     `stages:` in the config picks the stages (they always run in this order); without train the pipeline starts
     from the latest registered float32 version. Each stage is a flow run of its own, nested in the pipeline's.
     """
-    from tinymlops.config import load_pipeline
-
-    cfg = load_pipeline(config)
+    cfg = _check_config(config, references=True)
     out = start_flow("flows.pipeline:pipeline_flow", str(config), quiet=json_out)
     if json_out:
         print_json(out)

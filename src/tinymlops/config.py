@@ -332,3 +332,48 @@ def resolve_relative(config_path: str | Path, ref: str) -> Path:
     if p.is_absolute() or p.exists():
         return p
     return Path(config_path).parent / p
+
+
+def check_references(cfg: PipelineConfig, path: str | Path) -> None:
+    """Check what a pipeline config points at: target boards, drift/rollout configs (which must validate too).
+
+    ``validate`` and ``run``/``train`` call this before any work starts, so a typo in a board name fails in a second
+    instead of after training. Raises ConfigError with one ``file: key: reason`` line per problem.
+    """
+    from tinymlops.profile.targets import resolve_target, targets_dir
+
+    problems: list[str] = []
+    directory: Path | None = None
+    try:
+        explicit = cfg.profile.targets_dir
+        directory = targets_dir(resolve_relative(path, explicit) if explicit else None)
+    except ConfigError as exc:
+        problems.append(f"{path}: profile.targets_dir: {exc}")
+    boards: list[tuple[str, str]] = []
+    if cfg.profile.targets != "all":
+        boards += [(f"profile.targets[{i}]", t) for i, t in enumerate(cfg.profile.targets)]
+    if "rollout" in cfg.stages and cfg.rollout:
+        d = cfg.demo_fleet
+        boards += [("demo_fleet.healthy_target", d.healthy_target), ("demo_fleet.faulty_target", d.faulty_target)]
+        if "drift" in cfg.stages and d.monitor_target:
+            boards.append(("demo_fleet.monitor_target", d.monitor_target))
+    if directory is not None:
+        for key, board in boards:
+            try:
+                resolve_target(board, directory)
+            except ConfigError as exc:
+                problems.append(f"{path}: {key}: {exc}")
+    for key in ("drift", "rollout"):
+        ref = getattr(cfg, key)
+        if not ref:
+            continue
+        ref_path = resolve_relative(path, ref)
+        if not ref_path.is_file():
+            problems.append(f"{path}: {key}: {ref_path}: file not found")
+            continue
+        try:
+            load(ref_path, key)
+        except ConfigError as exc:
+            problems.append(f"{path}: {key}: {exc}")
+    if problems:
+        raise ConfigError("\n".join(problems))
