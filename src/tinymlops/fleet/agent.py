@@ -323,8 +323,11 @@ class Agent:
             self.feedback.append((now + self.cfg.feedback_delay_s,
                                   {"timestamp": now, "prediction": int(out.argmax()), "label": int(label)}))
 
-    def _flush_into_pending(self) -> None:
-        """Close the current window into a report queued for sending (nothing if no model ran)."""
+    def _flush_into_pending(self, final: bool = False) -> None:
+        """Close the current window into a report queued for sending (nothing if no model ran).
+
+        ``final`` (the agent is stopping) sends the feedback still waiting for its delay too.
+        """
         if self.builder is None or self.installed is None:
             return
         sk = self.builder.flush()
@@ -340,7 +343,7 @@ class Agent:
         if self.credential and self.credential.get("samples_opt_in") and self.reservoir:
             report["samples"], self.reservoir, self.reservoir_seen = self.reservoir, [], 0
         if self.credential and self.credential.get("feedback_opt_in"):
-            now = time.time()
+            now = float("inf") if final else time.time()
             due = [f for t, f in self.feedback if t <= now]
             self.feedback = [(t, f) for t, f in self.feedback if t > now]
             if due:
@@ -348,9 +351,9 @@ class Agent:
         self.pending.append(report)
         del self.pending[:-MAX_PENDING_REPORTS]
 
-    async def report(self) -> None:
+    async def report(self, final: bool = False) -> None:
         """Close the window and send queued reports (kept for retry if the server is unreachable)."""
-        self._flush_into_pending()
+        self._flush_into_pending(final)
         while self.pending:
             r = await self.client.post(self._url(f"{self.device_path}/telemetry"), headers=self._headers(),
                                        json=self.pending[0])
@@ -416,7 +419,8 @@ class Agent:
                     break
                 await asyncio.sleep(cfg.inference_interval_s)
             with contextlib.suppress(httpx.HTTPError):
-                await self.report()
+                # at the end of the input, labels still waiting for their delay go out too
+                await self.report(final=self.source.exhausted)
         finally:
             if self.runner is not None and not self._shared_runners:
                 self.runner.close()
