@@ -16,7 +16,7 @@ from pathlib import Path
 from tinymlops.profile import costmodel
 from tinymlops.profile.profiler import ProfileCache, profile_model
 from tinymlops.profile.reference_models import export_reference_models
-from tinymlops.profile.targets import catalogue
+from tinymlops.profile.targets import SHIPPED_TARGETS_DIR, catalogue
 
 # reference figures from ../shared/reference/mlperf_tiny_models.md (params excl. BN, MACs)
 REFERENCE = {"kws": (22_604, 2.66e6), "vww": (210_850, 7.49e6), "ic": (77_706, 12.50e6), "ad": (265_864, 0.264e6)}
@@ -53,7 +53,7 @@ def main() -> None:
     print(f"built 4 int8 reference models in {time.perf_counter() - t0:.1f} s ({out})\n")
 
     cache = ProfileCache()
-    targets = catalogue(Path(__file__).resolve().parents[1] / "configs" / "targets")
+    targets = catalogue(SHIPPED_TARGETS_DIR)
     board = targets["nucleo-l4r5zi"]
 
     print("== static analysis vs MLPerf Tiny reference (MACs, params within 2 %)")

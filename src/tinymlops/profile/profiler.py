@@ -187,97 +187,131 @@ def check_support(st: StaticAnalysis, target: TargetConfig) -> list[str]:
     return reasons
 
 
+@dataclass
+class _Figures:
+    """The figures of one model on one target as profiling refines them (estimate, then measurements)."""
+
+    latency_ms: float
+    energy_uj: float
+    arena_bytes: int
+    peak_ram_bytes: int = 0
+    flash_bytes: int = 0
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    measured: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _arena_estimate(st: StaticAnalysis, rt: str) -> int:
+    """Return the runtime's working memory (arena / activations) estimated from the graph."""
+    if rt.startswith("tflm") and st.format == "tflite":
+        return st.tflm_arena_bytes[rt]
+    if rt in ("tflite", "onnxruntime"):
+        return st.activation_peak_bytes + st.model_bytes  # weights are loaded into RAM on Linux runtimes
+    return st.activation_peak_bytes
+
+
+def _measure_tflm(p: Path, st: StaticAnalysis, rt: str, cache: ProfileCache, fig: _Figures) -> None:
+    """Replace the arena estimate by the arena TFLite Micro measures (or record why it could not run)."""
+    m = cache.get_tflm_arena(p)
+    if "arena_bytes" in m:
+        # the interpreter here runs reference kernels; CMSIS-NN adds its scratch buffers on top
+        fig.arena_bytes = m["arena_bytes"] + (st.tflm_arena_bytes[rt] - st.tflm_arena_bytes["tflm-reference"])
+        fig.measured["tflm_arena_bytes"] = m["arena_bytes"]
+        fig.measured["tflm_arena_estimate_bytes"] = st.tflm_arena_bytes["tflm-reference"]
+        fig.measured["tflm_arena_error_pct"] = round(
+            100.0 * (st.tflm_arena_bytes["tflm-reference"] - m["arena_bytes"]) / m["arena_bytes"], 2)
+        fig.sources["peak_ram_bytes"] = "tflm-measured arena + runtime overhead"
+    elif m.get("abort"):
+        # an abort cannot be told apart from a model the interpreter really cannot run: do not recommend it
+        fig.measured["tflm_error"] = m["error"]
+        fig.reasons.append("TFLite Micro aborted on this model (" + m["error"].split(": TFLite Micro ", 1)[-1][:200]
+                           + "); the static arena estimate is reported but the model is unverified on " + rt)
+    else:
+        fig.measured["tflm_error"] = m["error"]
+        fig.reasons.append(f"TFLite Micro cannot run this model: {m['error'].split(': ', 1)[-1][:300]}")
+
+
+def _measure_host(p: Path, target: TargetConfig, cache: ProfileCache, fig: _Figures) -> None:
+    """Replace latency/energy (and RAM) by timing the model in its runtime on this host."""
+    rt = target.runtime
+    h = cache.get_host(p, HOST_RUNTIME[rt])
+    fig.measured["host"] = {**h, "label": "host-measured"}
+    if "error" in h:
+        fig.reasons.append(f"{rt} on this host failed: {h['error'][:300]}")
+        return
+    fig.latency_ms = h["latency_ms"]
+    fig.energy_uj = fig.latency_ms * target.active_power_mw
+    fig.sources["latency_ms"] = "host-measured"
+    fig.sources["energy_uj"] = "host-measured latency x nominal power"
+    if h.get("peak_rss_increase_bytes") is not None:
+        fig.peak_ram_bytes = h["peak_rss_increase_bytes"] + target.ram_overhead_bytes
+        fig.sources["peak_ram_bytes"] = "host-measured RSS increase + runtime baseline"
+
+
+def _run_device(p: Path, target: TargetConfig, fig: _Figures) -> None:
+    """Replace figures by what the target's own device runner measured (estimates stay if it fails)."""
+    from tinymlops.profile.device import run_command
+
+    assert target.runner is not None
+    try:
+        d = run_command(target.runner, p.resolve(), target.name)
+    except RuntimeCrash as exc:
+        fig.measured["device"] = {"error": str(exc), "label": "device-measured"}
+        fig.notes.append(f"device runner failed, figures are estimates: {exc}")
+        return
+    fig.measured["device"] = {**d, "label": "device-measured"}
+    fig.latency_ms = d["latency_ms"]
+    fig.sources["latency_ms"] = "device-measured"
+    if "energy_uj" in d:
+        fig.energy_uj = d["energy_uj"]
+        fig.sources["energy_uj"] = "device-measured"
+    else:
+        fig.energy_uj = fig.latency_ms * target.active_power_mw
+        fig.sources["energy_uj"] = "device-measured latency x active power"
+    if "peak_ram_bytes" in d:
+        fig.peak_ram_bytes = d["peak_ram_bytes"]
+        fig.sources["peak_ram_bytes"] = "device-measured"
+    elif "arena_bytes" in d:
+        fig.peak_ram_bytes = d["arena_bytes"] + target.ram_overhead_bytes
+        fig.sources["peak_ram_bytes"] = "device-measured arena + runtime overhead"
+    if "flash_bytes" in d:
+        fig.flash_bytes = d["flash_bytes"]
+        fig.sources["flash_bytes"] = "device-measured"
+
+
 def profile_model(path: str | Path, target: TargetConfig, cache: ProfileCache | None = None,
                   measure_tflm: bool = True, measure_host: bool = True, run_device: bool = True,
                   layers: bool = False) -> dict[str, Any]:
-    """Profile a model file on a target and return the JSON-able result (the CLI contract)."""
+    """Profile a model file on a target and return the JSON-able result (the CLI contract).
+
+    The cost model's estimate comes first; each measurement that applies replaces the figures it measured, in
+    this order: TFLite Micro's arena, host timing (``host: true`` targets), the target's device runner.
+    """
     p = Path(path)
     cache = cache or ProfileCache()
     st = cache.get_static(p)
     rt = target.runtime
-    reasons = check_support(st, target)
-    notes: list[str] = []
-    measured: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-
     est = costmodel.estimate(st.graph, target.core, rt, target.clock_mhz, target.active_power_mw)
-    notes += est.notes
-    latency_ms, energy_uj = est.latency_ms, est.energy_uj
-    sources["latency_ms"] = sources["energy_uj"] = "estimated"
+    arena_est = _arena_estimate(st, rt)
+    fig = _Figures(est.latency_ms, est.energy_uj, arena_est, reasons=check_support(st, target),
+                   notes=list(est.notes))
+    fig.sources.update({"latency_ms": "estimated", "energy_uj": "estimated", "peak_ram_bytes": "estimated"})
+    if measure_tflm and rt.startswith("tflm") and st.format == "tflite" and not fig.reasons:
+        _measure_tflm(p, st, rt, cache, fig)
+    fig.peak_ram_bytes = fig.arena_bytes + target.ram_overhead_bytes
+    fig.flash_bytes = st.model_bytes + target.flash_overhead_bytes
+    if measure_host and target.host and rt in HOST_RUNTIME and st.format in RUNTIME_FORMATS[rt] and not fig.reasons:
+        _measure_host(p, target, cache, fig)
+    if run_device and target.runner is not None and not fig.reasons:
+        _run_device(p, target, fig)
+    return _result(p, st, target, est, arena_est, fig, layers)
 
-    # memory: the runtime's working memory (arena / activations) + what the runtime itself needs
-    if rt.startswith("tflm") and st.format == "tflite":
-        arena_est = st.tflm_arena_bytes[rt]
-    elif rt in ("tflite", "onnxruntime"):
-        arena_est = st.activation_peak_bytes + st.model_bytes  # weights are loaded into RAM on Linux runtimes
-    else:
-        arena_est = st.activation_peak_bytes
-    arena = arena_est
-    sources["peak_ram_bytes"] = "estimated"
-    if measure_tflm and rt.startswith("tflm") and st.format == "tflite" and not reasons:
-        m = cache.get_tflm_arena(p)
-        if "arena_bytes" in m:
-            # the interpreter here runs reference kernels; CMSIS-NN adds its scratch buffers on top
-            arena = m["arena_bytes"] + (st.tflm_arena_bytes[rt] - st.tflm_arena_bytes["tflm-reference"])
-            measured["tflm_arena_bytes"] = m["arena_bytes"]
-            measured["tflm_arena_estimate_bytes"] = st.tflm_arena_bytes["tflm-reference"]
-            measured["tflm_arena_error_pct"] = round(
-                100.0 * (st.tflm_arena_bytes["tflm-reference"] - m["arena_bytes"]) / m["arena_bytes"], 2)
-            sources["peak_ram_bytes"] = "tflm-measured arena + runtime overhead"
-        elif m.get("abort"):
-            # an abort cannot be told apart from a model the interpreter really cannot run: do not recommend it
-            measured["tflm_error"] = m["error"]
-            reasons.append("TFLite Micro aborted on this model (" + m["error"].split(": TFLite Micro ", 1)[-1][:200]
-                           + "); the static arena estimate is reported but the model is unverified on " + rt)
-        else:
-            measured["tflm_error"] = m["error"]
-            reasons.append(f"TFLite Micro cannot run this model: {m['error'].split(': ', 1)[-1][:300]}")
-    peak_ram = arena + target.ram_overhead_bytes
-    flash = st.model_bytes + target.flash_overhead_bytes
 
-    if measure_host and target.host and rt in HOST_RUNTIME and st.format in RUNTIME_FORMATS[rt] and not reasons:
-        h = cache.get_host(p, HOST_RUNTIME[rt])
-        if "error" in h:
-            reasons.append(f"{rt} on this host failed: {h['error'][:300]}")
-            measured["host"] = {**h, "label": "host-measured"}
-        else:
-            measured["host"] = {**h, "label": "host-measured"}
-            latency_ms = h["latency_ms"]
-            energy_uj = latency_ms * target.active_power_mw
-            sources["latency_ms"] = "host-measured"
-            sources["energy_uj"] = "host-measured latency x nominal power"
-            if h.get("peak_rss_increase_bytes") is not None:
-                peak_ram = h["peak_rss_increase_bytes"] + target.ram_overhead_bytes
-                sources["peak_ram_bytes"] = "host-measured RSS increase + runtime baseline"
-
-    if run_device and target.runner is not None and not reasons:
-        from tinymlops.profile.device import run_command
-
-        try:
-            d = run_command(target.runner, p.resolve(), target.name)
-        except RuntimeCrash as exc:
-            measured["device"] = {"error": str(exc), "label": "device-measured"}
-            notes.append(f"device runner failed, figures are estimates: {exc}")
-        else:
-            measured["device"] = {**d, "label": "device-measured"}
-            latency_ms = d["latency_ms"]
-            sources["latency_ms"] = "device-measured"
-            if "energy_uj" in d:
-                energy_uj = d["energy_uj"]
-                sources["energy_uj"] = "device-measured"
-            else:
-                energy_uj = latency_ms * target.active_power_mw
-                sources["energy_uj"] = "device-measured latency x active power"
-            if "peak_ram_bytes" in d:
-                peak_ram = d["peak_ram_bytes"]
-                sources["peak_ram_bytes"] = "device-measured"
-            elif "arena_bytes" in d:
-                peak_ram = d["arena_bytes"] + target.ram_overhead_bytes
-                sources["peak_ram_bytes"] = "device-measured arena + runtime overhead"
-            if "flash_bytes" in d:
-                flash = d["flash_bytes"]
-                sources["flash_bytes"] = "device-measured"
-
+def _result(p: Path, st: StaticAnalysis, target: TargetConfig, est: costmodel.Estimate, arena_est: int,
+            fig: _Figures, layers: bool) -> dict[str, Any]:
+    """Judge fit (RAM, flash, latency SLO) and assemble the JSON contract."""
+    latency_ms, peak_ram, flash, reasons = fig.latency_ms, fig.peak_ram_bytes, fig.flash_bytes, fig.reasons
     fits_ram = peak_ram <= target.sram_bytes
     fits_flash = flash <= target.flash_bytes
     meets_slo = target.latency_slo_ms is None or latency_ms <= target.latency_slo_ms
@@ -287,15 +321,15 @@ def profile_model(path: str | Path, target: TargetConfig, cache: ProfileCache | 
         reasons.append(f"flash {_fmt(flash)} B > flash {_fmt(target.flash_bytes)} B")
     if not meets_slo:
         reasons.append(f"latency {latency_ms:.3g} ms > SLO {target.latency_slo_ms:g} ms")
-    supported = not check_support(st, target)
     result: dict[str, Any] = {
         "target": target.name, "model": str(p), "format": st.format, "sha256": st.sha256, "core": target.core,
-        "runtime": rt, "clock_mhz": target.clock_mhz,
-        "latency_ms": round(latency_ms, 6), "energy_uj": round(energy_uj, 4), "peak_ram_bytes": int(peak_ram),
+        "runtime": target.runtime, "clock_mhz": target.clock_mhz,
+        "latency_ms": round(latency_ms, 6), "energy_uj": round(fig.energy_uj, 4), "peak_ram_bytes": int(peak_ram),
         "flash_bytes": int(flash), "macs": st.macs, "params": st.params,
         "fits": bool(fits_ram and fits_flash and meets_slo and not reasons),
-        "fits_ram": fits_ram, "fits_flash": fits_flash, "meets_slo": meets_slo, "ops_supported": supported,
-        "reasons": reasons, "notes": notes, "sources": sources,
+        "fits_ram": fits_ram, "fits_flash": fits_flash, "meets_slo": meets_slo,
+        "ops_supported": not check_support(st, target),
+        "reasons": reasons, "notes": fig.notes, "sources": fig.sources,
         "estimated": {"latency_ms": round(est.latency_ms, 6), "energy_uj": round(est.energy_uj, 4),
                       "cycles": int(est.cycles), "arena_bytes": int(arena_est),
                       "peak_ram_bytes": int(arena_est + target.ram_overhead_bytes),
@@ -304,6 +338,6 @@ def profile_model(path: str | Path, target: TargetConfig, cache: ProfileCache | 
                       "method": "per-op-kind cost model (tinymlops.profile.costmodel)"},
         "static": st.summary(layers),
     }
-    if measured:
-        result["measured"] = measured
+    if fig.measured:
+        result["measured"] = fig.measured
     return result
