@@ -34,7 +34,31 @@ TokenOpt = Annotated[str | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 DbOpt = Annotated[str | None, typer.Option(
     "--db", envvar="TINYMLOPS_FLEET_DB",
-    help="SQLAlchemy URL of the fleet database (default: SQLite file <home>/fleet.db; PostgreSQL works too)")]
+    help="SQLAlchemy URL of the fleet database (default: the fleet the rollout demo recorded in <home>/fleet.json, "
+         "else SQLite file <home>/fleet.db; PostgreSQL works too)")]
+ReadServerOpt = Annotated[str | None, typer.Option(
+    "--server", envvar="TINYMLOPS_FLEET_URL",
+    help="ask this fleet service (default: read the fleet database directly, see --db)")]
+
+
+def _fleet_db(db: str | None) -> str:
+    """Resolve the fleet database (flag, env, recorded demo fleet, default) and say on stderr which one it is."""
+    from tinymlops import settings
+
+    url, why = settings.fleet_db_choice(db)
+    err_console.print(f"fleet: {url}  ({why})", highlight=False, soft_wrap=True)
+    return url
+
+
+def _read_store(db: str | None):  # type: ignore[no-untyped-def]
+    """Open the fleet database for reading (UsageError naming it if a SQLite file does not exist)."""
+    from tinymlops.errors import UsageError
+    from tinymlops.fleet import store
+
+    url = _fleet_db(db)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"no fleet database at {url}: run `tinymlops fleet serve` or the demo, or pass --db/--server")
+    return store.open_store(url)
 
 
 def _token_file() -> Path:
@@ -91,7 +115,7 @@ def serve(db: DbOpt = None,
     from tinymlops.fleet import service, store
     from tinymlops.profile.targets import catalogue as target_catalogue
 
-    st = store.open_store(db)
+    st = store.open_store(_fleet_db(db))
     if not service.has_operator_token(st) or not _token_file().is_file():
         token = service.create_operator_token(st, "cli")
         path = _write_token(token)
@@ -178,7 +202,7 @@ def operator_token(db: DbOpt = None, name: Annotated[str, typer.Option(help="who
     """Create a new operator token directly in the fleet database and print it."""
     from tinymlops.fleet import service, store
 
-    token = service.create_operator_token(store.open_store(db), name)
+    token = service.create_operator_token(store.open_store(_fleet_db(db)), name)
     if save:
         _write_token(token)
     typer.echo(token)
@@ -205,15 +229,22 @@ def enrol_token(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
 
 @fleet_app.command("devices")
 @handle_errors
-def devices(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+def devices(server: ReadServerOpt = None, token: TokenOpt = None, db: DbOpt = None,
             cohort: Annotated[str | None, typer.Option(help="only this cohort")] = None,
             target: Annotated[str | None, typer.Option(help="only this target")] = None,
             json_out: JsonOpt = False) -> None:
     """List devices: target, cohort, current/previous/desired version, last seen."""
     import time
 
-    with _client(server, token) as op:
-        rows = op.devices(cohort, target)
+    if server is None:
+        from tinymlops.fleet import api, store
+
+        st = _read_store(db)
+        rows = [api.DeviceOut(**d.as_dict()).model_dump() for d in store.list_devices(st, cohort, target)]
+        st.dispose()
+    else:
+        with _client(server, token) as op:
+            rows = op.devices(cohort, target)
     if json_out:
         print_json(rows)
         return
@@ -247,10 +278,18 @@ def deploy(package_id: Annotated[str, typer.Argument(help="package id (see `tiny
 
 @fleet_app.command("packages")
 @handle_errors
-def list_packages(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, json_out: JsonOpt = False) -> None:
-    """List packages stored in the fleet service."""
-    with _client(server, token) as op:
-        rows = op.packages()
+def list_packages(server: ReadServerOpt = None, token: TokenOpt = None, db: DbOpt = None,
+                  json_out: JsonOpt = False) -> None:
+    """List packages stored in the fleet."""
+    if server is None:
+        from tinymlops.fleet import api, store
+
+        st = _read_store(db)
+        rows = [api.PackageInfo(**r).model_dump() for r in store.list_package_rows(st)]
+        st.dispose()
+    else:
+        with _client(server, token) as op:
+            rows = op.packages()
     if json_out:
         print_json(rows)
         return
@@ -261,12 +300,19 @@ def list_packages(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None, js
 
 @fleet_app.command("events")
 @handle_errors
-def events(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+def events(server: ReadServerOpt = None, token: TokenOpt = None, db: DbOpt = None,
            device: Annotated[str | None, typer.Option(help="only this device")] = None,
            json_out: JsonOpt = False) -> None:
     """List deployment events: installs, rejections (with reason), rollbacks."""
-    with _client(server, token) as op:
-        rows = op.events(device_id=device)
+    if server is None:
+        from tinymlops.fleet import api, store
+
+        st = _read_store(db)
+        rows = [api.EventOut(**e).model_dump() for e in store.deployment_events(st, device_id=device)]
+        st.dispose()
+    else:
+        with _client(server, token) as op:
+            rows = op.events(device_id=device)
     if json_out:
         print_json(rows)
         return

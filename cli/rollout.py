@@ -27,9 +27,12 @@ TargetsDirOpt = Annotated[Path | None, typer.Option(help="target catalogue direc
 
 
 def _store(db: str | None) -> Any:
+    from tinymlops import settings
     from tinymlops.fleet.store import open_store
 
-    return open_store(db)
+    url, why = settings.fleet_db_choice(db)  # say which fleet: the demo's recorded one is the default
+    err_console.print(f"fleet: {url}  ({why})", highlight=False, soft_wrap=True)
+    return open_store(url)
 
 
 def _ago(t: float | None) -> str:

@@ -433,3 +433,13 @@ def get_package_row(store: Store, package_id: str) -> dict[str, Any] | None:
         return {"id": p.id, "model_name": p.model_name, "model_version": p.model_version, "variant": p.variant,
                 "format": p.format, "target": p.target, "sha256": p.sha256, "size_bytes": p.size_bytes,
                 "key_id": p.key_id, "created_unix_s": p.created_unix_s}
+
+
+def list_package_rows(store: Store, model_name: str | None = None) -> list[dict[str, Any]]:
+    """Return the metadata of every stored package (oldest first), optionally of one model."""
+    q = select(Package.id)
+    if model_name is not None:
+        q = q.where(Package.model_name == model_name)
+    with store.session() as s:
+        ids = list(s.scalars(q.order_by(Package.created_unix_s)))
+    return [row for i in ids if (row := get_package_row(store, i)) is not None]

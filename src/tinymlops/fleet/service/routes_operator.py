@@ -99,14 +99,7 @@ def upload_package(req: api.PackageUpload, svc: ServiceDep) -> api.PackageInfo:
 def list_packages(svc: ServiceDep,
                   model_name: Annotated[str | None, Query(max_length=128)] = None) -> list[api.PackageInfo]:
     """List stored packages (metadata only)."""
-    from sqlalchemy import select
-
-    q = select(Package.id)
-    if model_name is not None:
-        q = q.where(Package.model_name == model_name)
-    with svc.store.session() as s:
-        ids = list(s.scalars(q.order_by(Package.created_unix_s)))
-    return [api.PackageInfo(**store.get_package_row(svc.store, i)) for i in ids]  # type: ignore[arg-type]
+    return [api.PackageInfo(**row) for row in store.list_package_rows(svc.store, model_name)]
 
 
 @router.put("/v1/desired-state")
