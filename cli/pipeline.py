@@ -24,6 +24,9 @@ def _check_config(path: Path, references: bool = False) -> Any:
     cfg = load_pipeline(path)  # fail fast with a config error (exit 2) before Prefect starts
     if references:  # boards, drift/rollout configs: fail now, not after 30 s of training
         check_references(cfg, path)
+    from tinymlops import registry
+
+    registry.connect(cfg.mlflow.tracking_uri)  # an unusable store: one line now, not errors logged by every flow
     return cfg
 
 
