@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._common import console, err_console, handle_errors, print_json, print_table
+from cli._common import console, err_console, handle_errors, print_json, print_table, run_flow
 from cli._prefect import NoPrefectOpt, start_flow
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML (see configs/pipeline.yaml)")]
@@ -124,13 +123,14 @@ def _where_to_look(experiment: str, model_name: str) -> None:
 @handle_errors
 def ui(port: Annotated[int, typer.Option(help="port to listen on")] = 5000,
        host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1") -> None:
-    """Start the MLflow UI on the project's store and print its URL (Ctrl-C stops it)."""
-    from tinymlops import settings
+    """Start the MLflow UI on the project's store and print its URL (Ctrl-C or SIGTERM stop it and its server)."""
+    from tinymlops import registry, settings
 
     uri = settings.tracking_uri()
     if not uri.startswith("sqlite:"):
         console.print(f"The store is a server: open {uri} in a browser.")
         return
+    registry.connect(uri)  # a corrupt store or a missing directory: one line now, not the server's traceback
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
     if exe is None:
         err_console.print("error: the mlflow command is not installed in this environment")
@@ -138,8 +138,11 @@ def ui(port: Annotated[int, typer.Option(help="port to listen on")] = 5000,
     console.print(f"MLflow UI for {uri}\n  → [bold]http://{host}:{port}[/]  (Ctrl-C to stop)")
     cmd = [exe, "server", "--backend-store-uri", uri, "--default-artifact-root",
            settings.artifact_root().as_uri(), "--host", host, "--port", str(port), "--workers", "1"]
-    with contextlib.suppress(KeyboardInterrupt):
-        subprocess.run(cmd, check=False)
+    # the server is a child process: SIGINT/SIGTERM stop it too and exit 130/143 (see cli/_interrupts.py)
+    code = run_flow(subprocess.call, cmd)
+    if code:
+        err_console.print(f"error: mlflow server exited with code {code} (is port {port} in use?)")
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
