@@ -1,0 +1,189 @@
+"""CLI commands of what goes onto a device: ``tinymlops package`` (a signed package) and ``tinymlops agent``.
+
+The agent reads its sensor windows from ``--input`` (a file, stdin, a Unix or TCP socket; see docs/fleet.md), or
+from the simulator's synthetic stream, and stops on SIGINT/SIGTERM with exit code 130/143.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cli._common import console, err_console, handle_errors, print_json
+from cli.fleet import DEFAULT_SERVER, JsonOpt, ServerOpt, TokenOpt, _client
+
+if TYPE_CHECKING:
+    from tinymlops.fleet.agent import Agent
+    from tinymlops.fleet.inputs import InputSource
+
+
+def package(model: Annotated[str, typer.Argument(help="registered model name")],
+            version: Annotated[str, typer.Argument(help="registered version")],
+            target: Annotated[str, typer.Option(help="catalogue target the package is for")],
+            out: Annotated[Path | None, typer.Option(help="write the package directory here")] = None,
+            upload: Annotated[bool, typer.Option(help="upload it to the fleet service")] = False,
+            server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+            targets_dir: Annotated[Path | None, typer.Option(help="target catalogue directory")] = None,
+            json_out: JsonOpt = False) -> None:
+    """Build a signed package (manifest + model, Ed25519) for a target from a registered MLflow version.
+
+    The signing key lives in <home>/keys/ (generated on first use); devices trust package_signing.pub.
+    """
+    from tinymlops.errors import UsageError
+    from tinymlops.fleet import packages
+
+    if out is None and not upload:
+        raise UsageError("give --out DIR and/or --upload")
+    bundle = packages.build_package(model, version, target, targets=targets_dir)
+    info = {"package_id": bundle.id, "model": model, "version": str(version), "target": target,
+            "sha256": bundle.manifest["sha256"], "size_bytes": bundle.manifest["size_bytes"],
+            "key_id": bundle.manifest["key_id"]}
+    if out is not None:
+        info["path"] = str(bundle.write(out))
+    if upload:
+        with _client(server, token) as op:
+            op.upload(bundle)
+        info["uploaded_to"] = server
+    if json_out:
+        print_json(info)
+    else:
+        console.print(f"package {bundle.id} ({info['size_bytes']} bytes, key {info['key_id']})"
+                      + (f" -> {info['path']}" if out else "") + (" uploaded" if upload else ""))
+
+
+INPUT_HELP = ("where sensor windows come from: a .npy file (windows x samples x channels), a JSON-lines file or - "
+              "(stdin), unix:PATH or tcp:HOST:PORT (a sensor process writing JSON lines), or synthetic (the "
+              "simulator's vibration stream; --seed and --drift-* apply to it only)")
+SIM = "Simulation (--input synthetic)"
+
+
+def agent(server: ServerOpt = DEFAULT_SERVER,
+          device_id: Annotated[str, typer.Option(help="this device's id")] = "",
+          target: Annotated[str, typer.Option(help="catalogue target this device is")] = "",
+          input_spec: Annotated[str, typer.Option("--input", help=INPUT_HELP)] = "synthetic",
+          state_dir: Annotated[Path | None, typer.Option(help="where packages and the credential live "
+                                                              "(default <home>/agents/<device-id>)")] = None,
+          enrolment_token: Annotated[str | None, typer.Option(envvar="TINYMLOPS_ENROLMENT_TOKEN",
+                                                              help="one-time token (first start only)")] = None,
+          trusted_key: Annotated[Path | None, typer.Option(help="Ed25519 public key packages must be signed "
+                                                                "with (default <home>/keys/package_signing.pub)")] = None,
+          report_interval: Annotated[float, typer.Option(min=0.05, help="seconds between telemetry reports")] = 10.0,
+          inference_interval: Annotated[float, typer.Option(min=0.0, help="seconds between inferences")] = 0.1,
+          duration: Annotated[float | None, typer.Option(help="stop after N seconds (default: run forever)")] = None,
+          max_reports: Annotated[int | None, typer.Option(help="stop after N telemetry reports")] = None,
+          targets_dir: Annotated[Path | None, typer.Option(help="target catalogue directory")] = None,
+          runtime: Annotated[str | None, typer.Option(help="override the runtime named by the target")] = None,
+          seed: Annotated[int, typer.Option(help="seed of the synthetic stream", rich_help_panel=SIM)] = 0,
+          drift_gain: Annotated[float | None, typer.Option(help="drift: sensor gain", rich_help_panel=SIM)] = None,
+          drift_offset: Annotated[float | None, typer.Option(help="drift: sensor offset",
+                                                             rich_help_panel=SIM)] = None,
+          drift_noise_std: Annotated[float | None, typer.Option(help="drift: noise std", rich_help_panel=SIM)] = None,
+          drift_shaft_hz: Annotated[float | None, typer.Option(help="drift: machine speed (Hz)",
+                                                               rich_help_panel=SIM)] = None,
+          drift_after: Annotated[float, typer.Option(help="seconds before the drift starts",
+                                                     rich_help_panel=SIM)] = 0.0,
+          emulate_target_timing: Annotated[bool, typer.Option(
+              help="simulated device: report the target's profiled latency/memory (with jitter), not this "
+                   "host's", rich_help_panel=SIM)] = False,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every step")] = False) -> None:
+    """Run the edge agent for one device: poll desired state, install verified packages, infer, report.
+
+    SIGINT stops it with exit code 130, SIGTERM with 143 (after the current step; an install cut short leaves
+    the previous package in place). A finite --input (a file) ends the agent after its last window.
+    """
+    import logging
+
+    from tinymlops import settings
+    from tinymlops.errors import UsageError
+    from tinymlops.fleet import packages
+    from tinymlops.fleet.agent import Agent, AgentConfig
+    from tinymlops.profile.targets import get_target
+
+    if not device_id or not target:
+        raise UsageError("--device-id and --target are required")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    tgt = get_target(target, targets_dir)
+    cfg = AgentConfig(server=server, device_id=device_id, target=target, runtime=runtime or tgt.runtime,
+                      state_dir=state_dir or settings.home() / "agents" / device_id,
+                      trusted_keys=[packages.load_public_key(trusted_key or packages.default_public_key_path())],
+                      enrolment_token=enrolment_token, report_interval_s=report_interval,
+                      inference_interval_s=inference_interval, energy_mw=tgt.active_power_mw, duration_s=duration,
+                      max_reports=max_reports)
+    drift = {"gain": drift_gain, "offset": drift_offset, "noise_std": drift_noise_std, "shaft_hz": drift_shaft_hz}
+    source = _agent_input(input_spec, seed, drift, drift_after)
+    factory = None
+    if emulate_target_timing:
+        from tinymlops.fleet.install import open_model
+        from tinymlops.sim.faults import DeviceRuntime
+
+        factory = DeviceRuntime(open_model, emulate_timing=True, seed=device_id)
+    a = Agent(cfg, source, runner_factory=factory)
+    try:
+        code = _run_until_signal(a)
+    finally:
+        source.close()
+    err_console.print(f"{device_id}: {a.reports_sent} reports, {a.inferences} inferences, "
+                      f"running {a.installed.package_id if a.installed else 'nothing'}"
+                      + (f"; stopped by signal (exit {code})" if code else ""), highlight=False)
+    if code:
+        raise typer.Exit(code)
+
+
+def _agent_input(spec: str, seed: int, drift: dict[str, float | None], drift_after: float) -> InputSource:
+    """Open the agent's input source: a real one from tinymlops.fleet.inputs, or the simulator's stream."""
+    from tinymlops.errors import UsageError
+    from tinymlops.fleet.inputs import open_input
+
+    if spec != "synthetic":
+        if any(v is not None for v in drift.values()) or drift_after:
+            raise UsageError(f"--drift-* apply to --input synthetic only, not --input {spec}")
+        return open_input(spec)
+    from tinymlops.config import VibrationParams
+    from tinymlops.sim.simulator import DriftSpec, cohort_stream
+    from tinymlops.sim.streams import SyntheticStream
+
+    err_console.print("input: the simulator's synthetic vibration stream (pass --input for a real sensor)",
+                      highlight=False)
+    base = VibrationParams()
+    return SyntheticStream(base, seed, cohort_stream(base, DriftSpec(**drift)), drift_after)
+
+
+def _run_until_signal(a: Agent) -> int:
+    """Run the agent until it ends (0) or SIGINT/SIGTERM cancels it (130/143); AgentStopped exits 3."""
+    import asyncio
+    import signal
+
+    from tinymlops.fleet.agent import AgentStopped
+
+    got: list[int] = []
+
+    async def main() -> None:
+        task = asyncio.ensure_future(a.run())
+        loop = asyncio.get_running_loop()
+
+        def stop(sig: int) -> None:  # stop after the current step; installs are atomic
+            got.append(sig)
+            task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop, sig)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not got:
+                raise
+
+    try:
+        asyncio.run(main())
+    except AgentStopped as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(3) from None
+    return 128 + got[0] if got else 0
+
+
+def register(app: typer.Typer) -> None:
+    """Add the device commands to the main app."""
+    app.command("package")(handle_errors(package))
+    app.command("agent")(handle_errors(agent))
