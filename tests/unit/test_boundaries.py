@@ -93,3 +93,12 @@ def test_simulation_scan_sees_from_imports(tmp_path: Path) -> None:
     f.write_text("def f():\n    from tinymlops import sim\n    from tinymlops.sim.faults import FaultSpec\n",
                  encoding="utf-8")
     assert {"tinymlops.sim", "tinymlops.sim.faults"} <= imported_modules(f)
+
+
+def test_library_spawns_the_installed_command_not_the_cli_module() -> None:
+    offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if "from cli import" in p.read_text()]
+    assert offenders == []
+    from tinymlops.sim.command import product_command
+
+    argv = product_command("fleet", "serve")
+    assert argv[-2:] == ["fleet", "serve"] and (argv[0].endswith("tinymlops") or argv[1:3] == ["-m", "cli"])
