@@ -191,7 +191,29 @@ def relocate(home: Path | None = None, old_home: Path | None = None) -> Relocati
     old = old_home or find_old_home(db)
     if old is None or old == home:
         return Relocation(str(old or home), str(home), str(db), {})
-    return Relocation(str(old), str(home), str(db), rewrite_locations(db, old, home))
+    updated = rewrite_locations(db, old, home)
+    updated[settings.FLEET_POINTER] = int(_rewrite_fleet_pointer(home, old, home))
+    return Relocation(str(old), str(home), str(db), updated)
+
+
+def _rewrite_fleet_pointer(home: Path, old_home: Path, new_home: Path) -> bool:
+    """Point ``<home>/fleet.json`` (the recorded fleet DB) at the moved home if it pointed into the old one."""
+    import json
+
+    pointer = home / settings.FLEET_POINTER
+    try:
+        rec = json.loads(pointer.read_text())
+        url = str(rec["db"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    old = f"sqlite:///{old_home}/"
+    if not url.startswith(old):
+        return False
+    rec["db"] = f"sqlite:///{new_home}/{url.removeprefix(old)}"
+    tmp = pointer.with_name(f".{pointer.name}.tmp")
+    tmp.write_text(json.dumps(rec) + "\n")
+    tmp.replace(pointer)
+    return True
 
 
 def move_store(new_home: Path, home: Path | None = None) -> Relocation:
@@ -216,6 +238,7 @@ def move_store(new_home: Path, home: Path | None = None) -> Relocation:
     shutil.move(str(home), str(new_home))
     try:
         updated = rewrite_locations(new_home / db.name, home, new_home)
+        updated[settings.FLEET_POINTER] = int(_rewrite_fleet_pointer(new_home, home, new_home))
     except BaseException:
         shutil.move(str(new_home), str(home))  # the rewrite is all-or-nothing; so is the move
         raise

@@ -57,6 +57,11 @@ def _readable(run_id: str, version: str, dst: Path) -> None:
 def test_store_move_keeps_artifacts_and_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     old, new = tmp_path / "old-home", tmp_path / "elsewhere" / "new-home"
     run_id, version = _build_store(old, tmp_path / "work", monkeypatch)
+    from tinymlops import settings
+
+    (old / "rollout-demo").mkdir()
+    (old / "rollout-demo" / "fleet.db").write_bytes(b"")
+    settings.record_fleet_db(f"sqlite:///{old}/rollout-demo/fleet.db", "the demo")
     (tmp_path / "elsewhere").mkdir()
     res = _cli(old, "store", "move", str(new), "--json")
     assert res.returncode == 0, res.stderr
@@ -64,6 +69,10 @@ def test_store_move_keeps_artifacts_and_versions(tmp_path: Path, monkeypatch: py
     assert out["old_home"] == str(old) and out["new_home"] == str(new)
     assert out["updated"]["model_versions.source"] == 1 and out["updated"]["runs.artifact_uri"] >= 1
     assert not old.exists() and (new / "mlflow.db").is_file()
+    assert out["updated"]["fleet.json"] == 1  # the demo's recorded fleet moved along
+    monkeypatch.setenv("TINYMLOPS_HOME", str(new))
+    monkeypatch.delenv("TINYMLOPS_FLEET_DB", raising=False)
+    assert settings.fleet_db_choice()[0] == f"sqlite:///{new}/rollout-demo/fleet.db"
 
     _use(new, monkeypatch)
     _readable(run_id, version, tmp_path / "dl")
