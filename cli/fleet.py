@@ -355,7 +355,9 @@ def simulate(devices: Annotated[int, typer.Option("--devices", "-n", min=1, max=
              duration: Annotated[float, typer.Option(min=1, help="seconds to run")] = 30.0,
              report_interval: Annotated[float, typer.Option(min=0.1, help="seconds between telemetry reports")] = 5.0,
              inference_interval: Annotated[float, typer.Option(min=0.001, help="seconds between inferences")] = 0.1,
-             mode: Annotated[str, typer.Option(help="processes | async | auto (processes up to 8 devices)")] = "auto",
+             mode: Annotated[str, typer.Option(
+                 help="processes | async | auto (processes up to 8 devices; slow or corrupt faults need async)")
+             ] = "auto",
              drift_cohort: Annotated[bool, typer.Option(
                  help="make the last cohort drift (gain 1.5, offset 0.3) halfway through")] = True,
              targets_dir: Annotated[Path | None, typer.Option(help="target catalogue directory")] = None,
