@@ -41,6 +41,7 @@ class _OneLineExpectedErrors(logging.Filter):
 
 
 def _quiet_expected_tracebacks() -> None:
+    # Prefect 3.9 puts its console handler on the root logger ("" below), not on "prefect"
     names = ["", *(n for n in logging.root.manager.loggerDict if n.startswith("prefect"))]
     for name in names:
         for handler in logging.getLogger(name).handlers:
@@ -58,10 +59,10 @@ def start_flow(entrypoint: str, *args: Any, quiet: bool = False, **kwargs: Any) 
     prepare(quiet)
     module, name = entrypoint.split(":")
     flow = getattr(importlib.import_module(module), name)
+    _quiet_expected_tracebacks()
     from cli import _common
 
     run = getattr(_common, "run_interruptibly", None)  # signal handling around the run (cli/_common.py)
     if run is not None:
         return run(flow, *args, **kwargs)
-    _quiet_expected_tracebacks()
     return flow(*args, **kwargs)

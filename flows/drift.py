@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows import retry_transient
 from tinymlops import registry, settings
 from tinymlops.monitor import retrain
 from tinymlops.monitor.check import CheckResult, load_drift_config, run_drift_check
@@ -26,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # one retry: a check only reads telemetry and logs new runs (a retried check logs its verdicts again)
-@task(name="drift-check", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="drift-check", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_transient,
+      cache_policy=NO_CACHE)
 def check_task(model: str, config_path: str, version: str | None, target: str | None, cohort: str | None,
                window: str | None, until: float | None, store_url: str | None = None,
                log: bool = True) -> CheckResult:

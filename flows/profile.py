@@ -8,11 +8,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows import retry_transient
 from tinymlops.profile.matrix import run_profile
 
 
 # retries are safe: metrics/tags are overwritten, an alias only moves to the same recommendation
-@task(name="profile-matrix", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+@task(name="profile-matrix", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2,
+      retry_condition_fn=retry_transient)
 def profile_task(model_name: str, targets_dir: str | None, targets: list[str] | str,
                  experiment: str | None) -> dict[str, Any]:
     """Profile all packaged versions on all targets, log to MLflow, move candidate aliases."""

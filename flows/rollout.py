@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows import retry_transient
 from tinymlops.rollout.controller import TickResult
 from tinymlops.rollout.run import run_rollout, summary
 
@@ -36,7 +37,7 @@ def stage_table(res: TickResult) -> list[dict[str, Any]]:
 
 # retries are safe: starting again finds the target's active rollout and resumes it from its persisted stage
 @task(name="rollout-target", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
-      task_run_name="rollout-{target}")
+      retry_condition_fn=retry_transient, task_run_name="rollout-{target}")
 def rollout_target_task(model_name: str, target: str, config_path: str, fleet_url: str | None,
                         operator_token: str | None, db_url: str | None, version: str | None, override: bool,
                         targets_dir: str | None, max_s: float | None, wait: bool = True) -> dict[str, Any]:
