@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -50,9 +51,11 @@ run_interruptibly = run_flow
 
 
 class _NoTraceback(logging.Filter):
-    """Render a log record's exception as one line instead of a traceback."""
+    """Render a log record's exception as one line instead of a traceback; drop urllib3's retry chatter."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("urllib3"):
+            return False  # "Retrying (Retry(total=0, ...))": the error line says which store failed and why
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             record.msg = f"{record.getMessage()} ({_first_line(exc)})"
@@ -67,7 +70,7 @@ class _one_line_prefect_errors:  # noqa: N801 - used like a function: `with _one
         if os.environ.get("TINYMLOPS_DEBUG"):
             return
         self.flt = _NoTraceback()
-        for name in ("prefect", *[n for n in logging.root.manager.loggerDict if n.startswith("prefect.")]):
+        for name in ("", "prefect", *[n for n in logging.root.manager.loggerDict if n.startswith("prefect.")]):
             for h in logging.getLogger(name).handlers:
                 if isinstance(h, logging.StreamHandler) and h not in self.handlers:
                     h.addFilter(self.flt)
@@ -83,8 +86,11 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
-def _fail(message: str, code: int) -> typer.Exit:
+def _fail(message: str, code: int, end_runs: str | None = None) -> typer.Exit:
+    """Print the one-line error, then end the runs this process left open with status ``end_runs``."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if end_runs:
+        _end_open_runs(end_runs, "error")
     return typer.Exit(code)
 
 
@@ -94,7 +100,13 @@ def _end_open_runs(status: str, reason: str, timeout_s: float = 5.0) -> None:
 
     if not hygiene.open_runs():
         return
-    worker = threading.Thread(target=lambda: registry.end_open_runs(status, reason), daemon=True)
+    def end() -> None:
+        with contextlib.suppress(Exception):  # the store is down: the hint below says what to do
+            registry.end_open_runs(status, reason)
+
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # no retry warnings after the error line
+
+    worker = threading.Thread(target=end, daemon=True)
     worker.start()
     worker.join(timeout_s)
     if hygiene.open_runs():
@@ -127,9 +139,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TinyMLOpsError as exc:
-            if exc.exit_code == 1:
-                _end_open_runs("FAILED", "error")
-            raise _fail(str(exc), exc.exit_code) from None
+            raise _fail(str(exc), exc.exit_code, "FAILED" if exc.exit_code == 1 else None) from None
         except FileNotFoundError as exc:
             raise _fail(f"{exc.filename or exc}: file not found", 2) from None
         except KeyboardInterrupt:
@@ -140,8 +150,7 @@ def handle_errors(fn: F) -> F:
             message = _store_failure(exc)
             if message is None:
                 raise
-            _end_open_runs("FAILED", "error")
-            raise _fail(message, 1) from None
+            raise _fail(message, 1, "FAILED") from None
 
     return wrapper  # type: ignore[return-value]
 

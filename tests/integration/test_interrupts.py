@@ -192,3 +192,71 @@ def test_sigint_stops_schedule(tmp_path: Path) -> None:
     _wait_for(proc, "the scheduler to serve", serving, 180)
     elapsed, err, children = _interrupt(proc, signal.SIGINT)
     _check_clean_exit(elapsed, err, children, 130, proc.returncode, "SIGINT")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _mlflow_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen[bytes]:
+    import urllib.request
+
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    proc = subprocess.Popen([exe, "server", "--backend-store-uri", f"sqlite:///{db}", "--default-artifact-root",
+                             artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("mlflow server did not start")
+
+
+def test_store_server_killed_mid_train_is_one_line_then_doctor_ends_the_run(tmp_path: Path) -> None:
+    """The MLflow server dies while `train` logs to it: one error line naming the store (no tracebacks), exit 1,
+    a pointer to `doctor`; once the server is back, `doctor --fix` ends the run the crash left RUNNING."""
+    db, artifacts, port = tmp_path / "server.db", tmp_path / "artifacts", _free_port()
+    server = _mlflow_server(db, artifacts, port)
+    uri = f"http://127.0.0.1:{port}"
+    home = tmp_path / "home"
+    config = _config(tmp_path, 1000, [])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(TINYMLOPS_HOME=str(home), MLFLOW_TRACKING_URI=uri)
+    proc = subprocess.Popen([EXE, "train", "-c", str(config)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(proc, "training to log to the server", lambda: _run_status(db, "train-mlp") == "RUNNING", 300)
+        time.sleep(2)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"MLflow store {uri}:" in errors[0], err[-3000:]
+    assert "tinymlops doctor --fix" in err
+    assert _run_status(db, "train-mlp") == "RUNNING"  # nobody could tell the dead server
+
+    server = _mlflow_server(db, artifacts, port)
+    try:
+        res = subprocess.run([EXE, "doctor", "--fix"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert _run_status(db, "train-mlp") == "KILLED"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
