@@ -30,10 +30,22 @@ def doctor(
     registry.connect()
     findings = hygiene.diagnose(fix=fix, unowned=unowned)
     problems = [f for f in findings if f.problem]
+    incomplete = [{"model": v.name, "version": v.version, "run_id": v.run_id,
+                   "incomplete": v.tags[hygiene.INCOMPLETE_TAG], "aliases": v.aliases}
+                  for v in registry.incomplete_versions()]
     if json_out:
         print_json({"store": registry.tracking_uri(), "healthy": not problems, "problems": len(problems),
-                    "runs": [{**asdict(f), "problem": f.problem} for f in findings]})
-    elif not findings:
+                    "runs": [{**asdict(f), "problem": f.problem} for f in findings],
+                    "incomplete_versions": incomplete})
+        if problems:
+            raise typer.Exit(1)
+        return
+    if incomplete:  # kept for the record (an alias may point at one); not deployable as a finished version
+        print_table(f"versions tagged {hygiene.INCOMPLETE_TAG} (their run was cut off)",
+                    ["model", "version", "why", "aliases", "run"],
+                    [[v["model"], v["version"], v["incomplete"], ", ".join(v["aliases"]), v["run_id"]]
+                     for v in incomplete])
+    if not findings:
         console.print(f"[green]healthy[/] {registry.tracking_uri()}: no run is left RUNNING")
     else:
         print_table(f"RUNNING runs in {registry.tracking_uri()}", ["run", "name", "owner", "owner state", "action"],

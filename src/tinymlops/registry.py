@@ -441,3 +441,9 @@ def end_stale_run(run_id: str, status: str = "KILLED", ended_by: str = "tinymlop
     for v in versions:
         c.set_model_version_tag(v.name, v.version, hygiene.INCOMPLETE_TAG, incomplete)
     return versions
+
+
+def incomplete_versions() -> list[VersionInfo]:
+    """Return every version tagged ``tinymlops.incomplete`` (its run was interrupted or crashed), oldest first."""
+    found = client().search_model_versions(f"tags.`{hygiene.INCOMPLETE_TAG}` LIKE '%'", max_results=10000)
+    return sorted((version_info(v) for v in found), key=lambda v: v.created_ms)

@@ -80,6 +80,10 @@ def test_doctor_ends_only_runs_of_dead_processes(tm_home: Path) -> None:
         registry.end_run(ref.run_id)
     res = runner.invoke(app, ["doctor"])
     assert res.exit_code == 0 and "healthy" in res.stdout
+    report = json.loads(runner.invoke(app, ["doctor", "--json"]).stdout)
+    assert report["healthy"] and report["runs"] == []
+    assert [(v["model"], v["version"], v["incomplete"]) for v in report["incomplete_versions"]] == [
+        ("doctor-model", version, "crashed")]
 
 
 def test_doctor_ends_unowned_runs_only_when_asked(tm_home: Path) -> None:
