@@ -123,14 +123,16 @@ class Interrupts:
         for sig, prev in self._prev.items():
             signal.signal(sig, prev)
         with contextlib.suppress(OSError):
-            os.write(self._wfd, b"\0")  # stops the watcher
+            os.write(self._wfd, b"\0")  # stops the watcher, which closes the read end
+            os.close(self._wfd)
 
     def _python_handler(self, signum: int, _frame: Any) -> None:
         # CPython wrote the signal number to the wakeup fd before calling this; if someone replaced our fd the
         # watcher never saw it, so handle it here
         current = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
-        if current not in (self._wfd, -1):
-            signal.set_wakeup_fd(current)
+        if current != self._wfd:
+            if current != -1:
+                signal.set_wakeup_fd(current, warn_on_full_buffer=False)  # keep the other owner's fd
             self.on_signal(signum)
 
     def _watch(self) -> None:
@@ -141,6 +143,7 @@ class Interrupts:
                 return
             for signum in data:
                 if signum == 0:
+                    os.close(self._rfd)
                     return
                 if signum in HANDLED:
                     self.on_signal(signum)
