@@ -7,6 +7,7 @@ No TensorFlow or Prefect here (tests/integration/test_interrupts.py signals the 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,7 +58,8 @@ def test_signal_stops_stubborn_children_and_exits(tmp_path: Path, sig: int, code
     assert 1.5 < elapsed < 8, elapsed  # waited for the child to obey SIGTERM, then SIGKILLed it
     assert _gone(child)
     name = signal.Signals(sig).name
-    assert err.strip().splitlines() == [f"interrupted ({name}): stopped 2 child process(es)"], err
+    lines = err.strip().splitlines()  # the shell and, unless between two loop iterations, its sleep
+    assert len(lines) == 1 and re.fullmatch(rf"interrupted \({name}\): stopped [12] child process\(es\)", lines[0]), err
 
 
 def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
