@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._common import console, handle_errors, print_json, print_table, run_flow
+from cli._common import console, err_console, handle_errors, print_json, print_table, run_flow
 from cli._prefect import NoPrefectOpt, start_flow
 from tinymlops.errors import UsageError
 
@@ -28,7 +28,8 @@ def drift(
     window: Annotated[str | None, typer.Option(help="telemetry window ending now, e.g. 30m, 1h, 7d (default: "
                                                     "the config's)")] = None,
     until: Annotated[float | None, typer.Option(help="window end as unix seconds (default: now)")] = None,
-    fleet_db: Annotated[str | None, typer.Option(help="fleet store URL (default: .tinymlops/fleet.db)")] = None,
+    fleet_db: Annotated[str | None, typer.Option(help="fleet store URL (default: the fleet the demo recorded in "
+                                                      "<home>/fleet.json, else <home>/fleet.db)")] = None,
     log: Annotated[bool, typer.Option("--log/--no-log", help="log verdicts, figures and Evidently HTML to "
                                                              "MLflow")] = True,
     retrain: Annotated[bool, typer.Option("--retrain/--no-retrain", help="let a retrain verdict start the "
@@ -56,6 +57,10 @@ def drift(
         raise UsageError(f"--window: {exc}") from None
     if window_s is not None and window_s <= 0:
         raise UsageError("--window must be positive")
+    from tinymlops import settings
+
+    fleet_db, why = settings.fleet_db_choice(fleet_db)  # say which fleet: the demo's recorded one is the default
+    err_console.print(f"fleet: {fleet_db}  ({why})", highlight=False, soft_wrap=True)
     if no_prefect:
         from tinymlops import registry
         from tinymlops.monitor.check import run_drift_check

@@ -216,7 +216,7 @@ def history(model: Annotated[str, typer.Argument(help="registered model name")],
 
     url = db or default_url()
     if not url.startswith("sqlite:///") or Path(url.split("///", 1)[1]).is_file():
-        st = _store(url)
+        st = _store(db)  # the same fleet as url; says which one and why
     out = model_history(model, st, include_holds=holds)
     if json_out:
         print_json(out)

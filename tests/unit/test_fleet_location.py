@@ -61,7 +61,9 @@ def test_commands_default_to_the_fleet_the_demo_recorded(home: Path) -> None:
     assert url in err and "recorded in" in err  # the user sees which fleet this is
     code, out, err = _run("rollout", "status", "--json")
     assert code == 0 and url in err, err
-    with store.open_store().session() as s:  # what `drift` and the library open by default
+    code, out, err = _run("drift", "no-such-model", "--no-prefect", "--no-log", "--json")
+    assert url in err and "recorded in" in err, err  # drift names the fleet it reads before anything else
+    with store.open_store().session() as s:  # what the library opens by default
         assert s.get(Device, "raspberry-pi-4-0000") is not None
 
 
