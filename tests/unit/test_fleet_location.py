@@ -83,3 +83,15 @@ def test_a_recorded_fleet_whose_file_is_gone_is_ignored(home: Path) -> None:
     url = _demo_fleet(home)
     Path(url.removeprefix("sqlite:///")).unlink()
     assert settings.fleet_db_choice() == (f"sqlite:///{home / 'fleet.db'}", "default")
+
+
+def test_the_demo_records_the_fresh_fleet_it_creates(home: Path) -> None:
+    from tinymlops.sim.demo import fresh_fleet
+
+    (home / "rollout-demo").mkdir(parents=True)
+    (home / "rollout-demo" / "stale.txt").write_text("old devices")
+    url, st, token = fresh_fleet(home / "rollout-demo")
+    st.dispose()
+    assert url == f"sqlite:///{home / 'rollout-demo' / 'fleet.db'}" and token.startswith("tmo_op_")
+    assert not (home / "rollout-demo" / "stale.txt").exists()
+    assert settings.fleet_db_choice()[0] == url and "rollout demo" in settings.fleet_db_choice()[1]

@@ -29,8 +29,8 @@ from tinymlops.sim.command import product_command
 from tinymlops.sim.faults import FAULTS, FaultSpec, PackageFault
 from tinymlops.sim.simulator import CohortSpec, DriftSpec, Simulation, publish
 
-__all__ = ["FAULTS", "FaultSpec", "PackageFault", "SimulatedFleet", "fleet_service", "pick_versions", "run_demo",
-           "start_fleet", "wait_installed"]
+__all__ = ["FAULTS", "FaultSpec", "PackageFault", "SimulatedFleet", "fleet_service", "fresh_fleet", "pick_versions",
+           "run_demo", "start_fleet", "wait_installed"]
 
 
 def free_port() -> int:
@@ -157,6 +157,22 @@ def pick_versions(model_name: str, target: str, targets_dir: Path | None = None)
     return baseline, candidate
 
 
+def fresh_fleet(work: Path) -> tuple[str, Store, str]:
+    """Create the demo's fleet database in ``work`` (wiped first), record it as the project's fleet.
+
+    Returns (database URL, open store, operator token). Recording it (``<home>/fleet.json``) is what makes
+    ``tinymlops fleet devices``, ``rollout status`` and ``drift`` show the demo's fleet afterwards.
+    """
+    from tinymlops.fleet import service
+
+    shutil.rmtree(work, ignore_errors=True)  # a fresh fleet every run: old simulated devices would be offline
+    work.mkdir(parents=True)
+    db_url = f"sqlite:///{work.resolve() / 'fleet.db'}"
+    st = open_store(db_url)
+    settings.record_fleet_db(db_url, "the rollout demo (tinymlops rollout demo / make demo)")
+    return db_url, st, service.create_operator_token(st, "rollout-demo")
+
+
 def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
              faulty_target: str = "raspberry-pi-zero-2-w", config_path: str | Path = "configs/rollout.yaml",
              devices_per_target: int = 20, fault: str = "latency", targets_dir: Path | None = None,
@@ -176,7 +192,6 @@ def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
         runner: what drives the rollouts (default :func:`tinymlops.rollout.run.run_rollout`; the Prefect flow
             ``flows.rollout.rollout_flow`` takes the same arguments).
     """
-    from tinymlops.fleet import service
     from tinymlops.rollout.run import run_rollout
 
     if fault not in FAULTS:
@@ -193,12 +208,7 @@ def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
                                 feedback_opt_in=True, drift=d)
                      for name, d in (("line-a", DriftSpec()), ("line-b", drift))]
     work = Path(work_dir or settings.home() / "rollout-demo")
-    shutil.rmtree(work, ignore_errors=True)  # a fresh fleet every run: old simulated devices would be offline
-    work.mkdir(parents=True)
-    db_url = f"sqlite:///{work / 'fleet.db'}"
-    st = open_store(db_url)
-    settings.record_fleet_db(db_url, "the rollout demo (tinymlops rollout demo / make demo)")
-    token = service.create_operator_token(st, "rollout-demo")
+    db_url, st, token = fresh_fleet(work)
     with fleet_service(db_url, targets_dir=targets_dir, log_path=work / "service.log") as url:
         cohorts = [CohortSpec(name=t, devices=devices_per_target, target=t, feedback_opt_in=True) for t in targets]
         baseline_pkgs = {t: publish(url, token, model_name, [chosen[t][0]], [t], cohorts={t: t},
