@@ -136,3 +136,24 @@ def test_corrupt_model_files_give_clear_errors(tmp_path: Path) -> None:
     onnx_bad.write_bytes(b"not a model")
     with pytest.raises(ModelFormatError, match="broken.onnx"):
         open_runner(onnx_bad)
+
+
+def test_train_no_prefect_registers_the_same_way_without_prefect(tmp_path: Path) -> None:
+    """`tinymlops train --no-prefect` calls run_train in-process: a registered version, and Prefect never imported."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = write_config(tmp_path, mlflow={"experiment": "it-train-np", "registered_model": "it-vibration-np"})
+    code = ("import sys\nfrom cli import main\nsys.argv = ['tinymlops', *sys.argv[1:]]\ntry:\n    main()\n"
+            "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "assert 'prefect' not in sys.modules, 'prefect imported'\n")
+    env = {**os.environ, "TINYMLOPS_HOME": str(tmp_path / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    res = subprocess.run([sys.executable, "-c", code, "train", "-c", str(cfg), "--no-prefect", "--json"], cwd=repo,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["model_uri"] == "models:/it-vibration-np/1" and out["experiment"] == "it-train-np"
+    assert 0.5 < out["metrics"]["test_accuracy"] <= 1.0 and out["run_id"]
