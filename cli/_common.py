@@ -100,12 +100,12 @@ def _end_open_runs(status: str, reason: str, timeout_s: float = 5.0) -> None:
 
     if not hygiene.open_runs():
         return
+
     def end() -> None:
         with contextlib.suppress(Exception):  # the store is down: the hint below says what to do
             registry.end_open_runs(status, reason)
 
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # no retry warnings after the error line
-
     worker = threading.Thread(target=end, daemon=True)
     worker.start()
     worker.join(timeout_s)
