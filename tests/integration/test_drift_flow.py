@@ -191,9 +191,8 @@ def test_flow_catches_the_drifted_cohort_logs_evidently_and_starts_one_retrain(w
 
 
 def test_cli_drift_json_for_one_cohort_and_an_empty_window(world):
-    from typer.testing import CliRunner
-
     from cli import app
+    from typer.testing import CliRunner
 
     runner = CliRunner()
     r = runner.invoke(app, ["drift", MODEL, "-c", world["config"], "--cohort", "a", "--until", str(world["now"]),

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from cli import app
+from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
