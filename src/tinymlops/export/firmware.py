@@ -1,0 +1,201 @@
+"""Link a bundle into firmware for a QEMU Cortex-M board, run it on test inputs, measure flash, RAM and instructions.
+
+The firmware is the bundle's sources + ``c/fw_startup.c`` + ``c/fw_main.cc.in`` (the test harness) + the cached
+TFLM library, linked with our own linker script. It runs under ``qemu-system-arm -icount shift=0 -semihosting``:
+with ``shift=0`` one instruction takes 1 ns of virtual time, so SysTick ticks x (1e9 / SysTick Hz) is the exact,
+deterministic instruction count. Flash/RAM come from the linker map, attributed to model, TFLM, pre-processing,
+libc and the rest.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import numpy as np
+
+from tinymlops.errors import TinyMLOpsError
+from tinymlops.export.preprocess_c import c_source
+from tinymlops.export.toolchain import Emulated, TflmLibrary
+
+STACK_BYTES = 32 * 1024
+HEAP_BYTES = 16 * 1024
+QEMU_TIMEOUT_S = 600.0
+#: linker-map objects by component (first match wins); the rest is "app" (startup, harness, tm_model.cc)
+COMPONENTS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("model", re.compile(r"tm_model_data\.o")),
+    ("test_inputs", re.compile(r"tm_test_inputs\.o")),
+    ("preprocessing", re.compile(r"tm_preprocess\.o|tm_pp_config\.o")),
+    ("tflm", re.compile(r"libtensorflow-microlite\.a")),
+    ("libc", re.compile(r"lib(c_nano|c|m|g_nano|g|gcc|rdimon|rdimon_nano|stdc\+\+_nano|stdc\+\+|supc\+\+_nano|"
+                        r"supc\+\+|nosys)\.a|crt[a-z0-9]*\.o")),
+)
+FLASH_SECTIONS = (".isr_vector", ".text", ".ARM.extab", ".ARM.exidx", ".data")
+RAM_SECTIONS = (".data", ".bss")
+
+
+@dataclass
+class FirmwareBuild:
+    """A linked firmware and what it occupies."""
+
+    elf: Path
+    flash_bytes: int
+    ram_static_bytes: int                       # .data + .bss (includes the arena)
+    flash_by_component: dict[str, int]
+    ram_by_component: dict[str, int]
+    link_seconds: float
+    library: dict[str, Any] = field(default_factory=dict)
+
+
+def _run(cmd: list[str], cwd: Path, what: str) -> None:
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise TinyMLOpsError(f"{what} failed: {(res.stderr or res.stdout).strip()[-800:]}")
+
+
+def _test_inputs_c(X: np.ndarray) -> str:
+    rows = []
+    for x in np.asarray(X, np.float32).reshape(len(X), -1):
+        rows.append("{" + ", ".join(f"{float(v):.9e}f" for v in x) + "}")
+    return (f"/* {len(X)} raw inputs of the test split. */\n#include \"tm_model.h\"\n"
+            f"const float tm_test_inputs[{len(X)}][TM_RAW_INPUT_LEN] = {{\n" + ",\n".join(rows) + "\n};\n")
+
+
+def parse_map(text: str) -> dict[str, dict[str, int]]:
+    """Return bytes per (output section -> component) from a GNU ld map file's input-section lines."""
+    sizes: dict[str, dict[str, int]] = {}
+    out_sec = ""
+    pending = ""
+    line_re = re.compile(r"^\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+(\S.*)$")
+    for line in text.split("Linker script and memory map", 1)[-1].splitlines():
+        m_out = re.match(r"^(\.[A-Za-z_.]+)\s", line) or re.match(r"^(\.[A-Za-z_.]+)$", line)
+        if m_out:
+            out_sec = m_out.group(1)
+            continue
+        m_in = re.match(r"^ (\.\S+|COMMON)\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+(\S.*)$", line)
+        if m_in:
+            size, obj = int(m_in.group(2), 16), m_in.group(3)
+        elif re.match(r"^ (\.\S+|COMMON)$", line):
+            pending = line
+            continue
+        elif pending and (m2 := line_re.match(line)):
+            size, obj = int(m2.group(1), 16), m2.group(2)
+        else:
+            pending = ""
+            continue
+        pending = ""
+        comp = next((name for name, rx in COMPONENTS if rx.search(obj)), "app")
+        sec = sizes.setdefault(out_sec, {})
+        sec[comp] = sec.get(comp, 0) + size
+    return sizes
+
+
+def _section_sizes(elf: Path) -> dict[str, int]:
+    res = subprocess.run(["arm-none-eabi-size", "-A", str(elf)], capture_output=True, text=True, check=True)
+    out = {}
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].startswith(".") and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated, X_raw: np.ndarray) -> FirmwareBuild:
+    """Compile the bundle + harness + startup for the board and link them with the cached TFLM library."""
+    t0 = time.monotonic()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "fw_startup.c").write_text(c_source("fw_startup.c"))
+    (work / "fw_main.cc").write_text(Template(c_source("fw_main.cc.in")).substitute(n_inputs=len(X_raw)))
+    (work / "tm_test_inputs.c").write_text(_test_inputs_c(X_raw))
+    (work / "link.ld").write_text(Template(c_source("fw_link.ld.in")).substitute(
+        machine=emu.machine, core=emu.core, flash_origin=hex(emu.flash_origin), flash_bytes=emu.flash_bytes,
+        ram_origin=hex(emu.ram_origin), ram_bytes=emu.ram_bytes, stack_bytes=STACK_BYTES, heap_bytes=HEAP_BYTES))
+    arch = [f"-mcpu={emu.mcpu}", "-mthumb", "-mfloat-abi=hard", f"-mfpu={emu.fpu}"]
+    inc = [f"-I{bundle_src}", *lib.includes]
+    c_files = [bundle_src / "tm_preprocess.c", bundle_src / "tm_pp_config.c", work / "fw_startup.c",
+               work / "tm_test_inputs.c"]
+    cc_files = [bundle_src / "tm_model.cc", bundle_src / "tm_model_data.cc", work / "fw_main.cc"]
+    objs = []
+    for f in c_files:
+        obj = work / (f.stem + ".o")
+        _run(["arm-none-eabi-gcc", *lib.cflags, *arch, "-O2", "-std=c99", *inc, "-c", str(f), "-o", str(obj)],
+             work, f"compiling {f.name}")
+        objs.append(str(obj))
+    for f in cc_files:
+        obj = work / (f.stem + ".o")
+        _run(["arm-none-eabi-g++", *lib.cxxflags, *arch, "-O2", *inc, "-c", str(f), "-o", str(obj)],
+             work, f"compiling {f.name}")
+        objs.append(str(obj))
+    elf = work / "firmware.elf"
+    _run(["arm-none-eabi-g++", *arch, "-nostartfiles", "--specs=nano.specs", "--specs=rdimon.specs",
+          "-Wl,--gc-sections", f"-Wl,-Map={work / 'firmware.map'}", "-T", str(work / "link.ld"), *objs,
+          str(lib.lib_path), "-lm", "-o", str(elf)], work, "linking the firmware")
+    by_sec = parse_map((work / "firmware.map").read_text())
+    flash: dict[str, int] = {}
+    ram: dict[str, int] = {}
+    for sec, comps in by_sec.items():
+        for comp, n in comps.items():
+            if sec in FLASH_SECTIONS:
+                flash[comp] = flash.get(comp, 0) + n
+            if sec in RAM_SECTIONS:
+                ram[comp] = ram.get(comp, 0) + n
+    sizes = _section_sizes(elf)
+    return FirmwareBuild(elf, sum(sizes.get(s, 0) for s in FLASH_SECTIONS),
+                         sum(sizes.get(s, 0) for s in RAM_SECTIONS), dict(sorted(flash.items())),
+                         dict(sorted(ram.items())), time.monotonic() - t0)
+
+
+@dataclass
+class QemuRun:
+    """What the firmware printed under QEMU, parsed."""
+
+    inputs_q: np.ndarray            # (N, features) int8 quantised on the device
+    outputs_q: np.ndarray           # (N, classes) int8
+    classes: np.ndarray
+    pre_ticks: np.ndarray
+    inf_ticks: np.ndarray
+    init_ticks: int
+    arena_used_bytes: int
+    stack_bytes: int
+    seconds: float
+
+
+def run_qemu(elf: Path, emu: Emulated, n: int, n_features: int, n_classes: int) -> QemuRun:
+    """Run the firmware under QEMU with exact instruction counting; parse its semihosting output."""
+    cmd = ["qemu-system-arm", "-machine", emu.machine, "-nographic", "-monitor", "none", "-serial", "none",
+           "-semihosting", "-icount", "shift=0", "-kernel", str(elf)]
+    t0 = time.monotonic()
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=QEMU_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise TinyMLOpsError(f"firmware did not finish under {emu.machine} in {QEMU_TIMEOUT_S:.0f} s") from None
+    if res.returncode != 0 or "DONE" not in res.stdout:
+        raise TinyMLOpsError(f"firmware on {emu.machine} exited with {res.returncode}: "
+                             f"{(res.stdout + res.stderr).strip()[-600:]}")
+    ins = np.zeros((n, n_features), np.int8)
+    outs = np.zeros((n, n_classes), np.int8)
+    cls = np.zeros(n, np.int64)
+    pre = np.zeros(n, np.int64)
+    inf = np.zeros(n, np.int64)
+    init = arena = stack = 0
+    for line in res.stdout.splitlines():
+        p = line.split()
+        if not p:
+            continue
+        if p[0] in ("IN", "OUT"):
+            (ins if p[0] == "IN" else outs)[int(p[1])] = np.frombuffer(bytes.fromhex(p[2]), np.int8)
+        elif p[0] == "TICKS":
+            i = int(p[1])
+            pre[i], inf[i], cls[i] = int(p[2]), int(p[3]), int(p[4])
+        elif p[0] == "INIT":
+            init = int(p[2])
+        elif p[0] == "ARENA":
+            arena = int(p[1])
+        elif p[0] == "STACK":
+            stack = int(p[1])
+    return QemuRun(ins, outs, cls, pre, inf, init, arena, stack, time.monotonic() - t0)

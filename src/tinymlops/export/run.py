@@ -1,0 +1,223 @@
+"""The export entry point: registered version -> signed bundle (-> firmware -> QEMU run checked against TFLite).
+
+``run_export`` is what ``tinymlops export`` calls. Firmware steps need the Arm toolchain, QEMU and a TFLM tree
+(see :mod:`tinymlops.export.toolchain`); without ``--build`` nothing but Python and the registry is needed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinymlops.errors import ConfigError, UsageError
+from tinymlops.export.bundle import (
+    FORMATS,
+    ExportResult,
+    ExportSource,
+    arena_with_margin,
+    check_exportable,
+    layout,
+    measure_arena_bytes,
+    render_sources,
+    sign_bundle,
+)
+from tinymlops.export.model_info import ModelInfo
+
+Say = Callable[[str], None]
+
+
+def load_source(model_name: str, version: str, dst: Path) -> ExportSource:
+    """Download a registered version's package (model file + manifest) from MLflow."""
+    from tinymlops import registry
+
+    mv = registry.get_version(model_name, version)
+    pkg = registry.download_package(model_name, version, dst)
+    manifest = registry.read_manifest(pkg)
+    return ExportSource(model_name, str(version), str(manifest.get("variant") or mv.tags.get("variant", "")),
+                        pkg / manifest["file"], manifest, mv.run_id)
+
+
+def test_split(src: ExportSource, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Return up to ``n`` raw inputs and labels of the version's test split (regenerated from its train config)."""
+    from tinymlops import registry
+    from tinymlops.config import PipelineConfig
+    from tinymlops.data import load_dataset, split
+
+    train_run = registry.get_version(src.model_name, src.version).tags.get("train_run_id") or src.run_id
+    try:
+        path = registry.download(train_run, "config/pipeline.json")
+    except Exception as exc:  # noqa: BLE001  (any MLflow failure: say which run lacks the config)
+        raise ConfigError(f"train run {train_run} of {src.model_name} v{src.version} has no config/pipeline.json: "
+                          f"cannot rebuild the test split ({type(exc).__name__})") from None
+    cfg = PipelineConfig.model_validate_json(Path(path).read_text())
+    ds = load_dataset(cfg.dataset)
+    test = split(ds, cfg.dataset.seed, cfg.dataset.val_fraction, cfg.dataset.test_fraction)["test"]
+    return test.X[:n], test.y[:n], list(ds.class_names)
+
+
+def write_bundle(src: ExportSource, target: Any, fmt: str, out: Path, example: tuple[np.ndarray, str],
+                 say: Say = lambda s: None) -> tuple[ExportResult, ModelInfo]:
+    """Check, measure, render, lay out and sign a bundle in ``out`` (replaced if it exists)."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    info = check_exportable(src, target)
+    say(f"measuring the TFLM arena of {src.model_name} v{src.version}")
+    measured = measure_arena_bytes(src.model_path)
+    arena = arena_with_margin(measured)
+    files = layout(fmt, render_sources(src, target, info, arena, measured, example[0], example[1]), src, target)
+    if out.exists():
+        if not (out / "export.json").is_file() and any(out.iterdir()):
+            raise UsageError(f"{out}: directory exists and is not a tinymlops export; choose another --out")
+        shutil.rmtree(out)
+    for rel, text in files.items():
+        p = out / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    io = {"input": {"shape": list(info.input.shape), "dtype": info.input.dtype, "scale": info.input.scale,
+                    "zero_point": info.input.zero_point},
+          "output": {"shape": list(info.output.shape), "dtype": info.output.dtype, "scale": info.output.scale,
+                     "zero_point": info.output.zero_point}}
+    kid = sign_bundle(out, {"model_name": src.model_name, "model_version": src.version, "variant": src.variant,
+                            "target": target.name, "core": target.core, "runtime": target.runtime, "format": fmt,
+                            "arena_bytes": arena, "arena_measured_bytes": measured, "ops": list(info.ops),
+                            "class_names": src.manifest["class_names"], **io})
+    res = ExportResult(out, fmt, target.name, sorted(files), arena, measured, list(info.ops), io["input"],
+                       io["output"], kid)
+    return res, info
+
+
+def reference_outputs(model_path: Path, inputs_q: np.ndarray) -> np.ndarray:
+    """Run int8 inputs through the TFLite interpreter; return its int8 outputs (N, classes)."""
+    from tinymlops.tf import tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        it = tf.lite.Interpreter(model_path=str(model_path), num_threads=1)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    out = []
+    for x in inputs_q:
+        it.set_tensor(i["index"], x.reshape(i["shape"]).astype(np.int8))
+        it.invoke()
+        out.append(it.get_tensor(o["index"]).reshape(-1).copy())
+    return np.stack(out).astype(np.int8)
+
+
+def compare(src: ExportSource, info: ModelInfo, X: np.ndarray, y: np.ndarray, device: Any) -> dict[str, Any]:
+    """Compare the device run with Python pre-processing + the TFLite interpreter; return the figures."""
+    from tinymlops.preprocessing import FittedPreprocessing, transform
+    from tinymlops.runtimes import quantize
+
+    feats = transform(FittedPreprocessing(**src.manifest["preprocessing"]), X)
+    py_in = quantize(feats, info.input.scale, info.input.zero_point, np.int8)
+    ref_same_in = reference_outputs(src.model_path, device.inputs_q)   # the runtime alone, same int8 input
+    ref_py = reference_outputs(src.model_path, py_in)                  # end to end: Python pre-processing
+    d_out = np.abs(device.outputs_q.astype(int) - ref_same_in.astype(int))
+    ref_cls = ref_py.argmax(axis=1)
+    return {
+        "n_inputs": len(X),
+        "input_max_lsb_diff": int(np.abs(device.inputs_q.astype(int) - py_in.astype(int)).max()),
+        "output_max_lsb_diff": int(d_out.max()),
+        "outputs_off_by_1_lsb": int((d_out == 1).sum()),
+        "outputs_within_1_lsb": bool(d_out.max() <= 1),
+        "class_agreement": float((device.classes == ref_cls).mean()),
+        "device_accuracy": float((device.classes == y).mean()),
+        "tflite_accuracy": float((ref_cls == y).mean()),
+    }
+
+
+def tflm_dir_or_hint(tflm_dir: str | None) -> Path:
+    from tinymlops.export.toolchain import find_tflm
+
+    return find_tflm(tflm_dir)
+
+
+def build_and_run(res: ExportResult, src: ExportSource, target: Any, info: ModelInfo, *, run: bool,
+                  tflm_dir: str | None, n_inputs: int, jobs: int = 2, say: Say = lambda s: None) -> dict[str, Any]:
+    """Build the firmware for the target's QEMU board (and run it on test inputs); return the figures."""
+    from tinymlops.export.firmware import link_firmware, run_qemu
+    from tinymlops.export.toolchain import build_library, emulated, kernels_for, require_tools
+
+    emu = emulated(target.core)
+    require_tools(run)
+    tflm = tflm_dir_or_hint(tflm_dir)
+    lib = build_library(tflm, emu, kernels_for(target.runtime), jobs=jobs, log=say)
+    X, y, _ = test_split(src, n_inputs if run else 1)
+    src_dir = res.out_dir / "src"
+    fw = link_firmware(src_dir, res.out_dir / "firmware", lib, emu, X)
+    fig: dict[str, Any] = {
+        "machine": emu.machine, "core": emu.core, "kernels": kernels_for(target.runtime) or "reference",
+        "library": str(lib.lib_path), "library_cached": lib.cached, "library_build_s": round(lib.build_seconds, 1),
+        "link_s": round(fw.link_seconds, 2), "elf": str(fw.elf),
+        "flash_bytes": fw.flash_bytes - fw.flash_by_component.get("test_inputs", 0),
+        "flash_by_component": {k: v for k, v in fw.flash_by_component.items() if k != "test_inputs"},
+        "ram_static_bytes": fw.ram_static_bytes, "ram_by_component": fw.ram_by_component,
+        "arena_bytes": res.arena_bytes, "test_inputs_flash_bytes": fw.flash_by_component.get("test_inputs", 0),
+    }
+    if run:
+        say(f"running {len(X)} test inputs on {emu.machine} (qemu-system-arm -icount shift=0)")
+        dev = run_qemu(fw.elf, emu, len(X), info.input.elements, info.output.elements)
+        insn_per_tick = 1e9 / emu.systick_hz
+        inf = dev.inf_ticks * insn_per_tick
+        fig.update({
+            "instructions_per_inference": int(np.median(inf)),
+            "instructions_per_inference_min_max": [int(inf.min()), int(inf.max())],
+            "preprocessing_instructions": int(np.median(dev.pre_ticks * insn_per_tick)),
+            "instruction_resolution": int(insn_per_tick),
+            "arena_used_bytes": dev.arena_used_bytes, "stack_high_water_bytes": dev.stack_bytes,
+            "ram_bytes": fw.ram_static_bytes + dev.stack_bytes, "qemu_s": round(dev.seconds, 2),
+            **compare(src, info, X, y, dev),
+        })
+    return fig
+
+
+def run_export(model_name: str, version: str, target_name: str, fmt: str = "c", out: str | Path | None = None,
+               *, build: bool = False, run: bool = False, tflm_dir: str | None = None, n_inputs: int = 100,
+               log_to_mlflow: bool = True, targets_dir: str | Path | None = None, jobs: int = 2,
+               say: Say = lambda s: None) -> ExportResult:
+    """Export a registered version as a signed bundle for a target (THE entry point of ``tinymlops export``).
+
+    Raises:
+        ConfigError: unknown target, missing toolchain/TFLM tree (naming what to install or set).
+        UsageError: a float or unsupported model for a microcontroller target, a bad format.
+    """
+    from tinymlops import registry
+    from tinymlops.profile.targets import resolve_target
+
+    target = resolve_target(target_name, targets_dir)
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if run:
+        build = True
+    if build:  # fail before any work when the firmware cannot be built here
+        from tinymlops.export.toolchain import emulated, find_tflm, require_tools
+
+        emulated(target.core)
+        require_tools(run)
+        find_tflm(tflm_dir)
+    out_dir = Path(out or f"export-{model_name}-v{version}-{target.name}-{fmt}").resolve()
+    with tempfile.TemporaryDirectory(prefix="tinymlops-export-") as tmp:
+        src = load_source(model_name, version, Path(tmp))
+        check_exportable(src, target)
+        X, y, names = test_split(src, 1)
+        res, info = write_bundle(src, target, fmt, out_dir, (X[0], names[int(y[0])]), say)
+        if build:
+            res.firmware = build_and_run(res, src, target, info, run=run, tflm_dir=tflm_dir, n_inputs=n_inputs,
+                                         jobs=jobs, say=say)
+        if log_to_mlflow:
+            res.artifact_path = f"export/{target.name}/{fmt}"
+            for p in sorted(out_dir.iterdir()):  # the bundle, not the firmware build directory
+                if p.name != "firmware":
+                    registry.log_artifact(src.run_id, p, res.artifact_path + ("/" + p.name if p.is_dir() else ""))
+            tags = {f"export.{target.name}.{fmt}": res.key_id, f"export.{target.name}.arena_bytes": res.arena_bytes}
+            for k in ("flash_bytes", "ram_bytes", "instructions_per_inference"):
+                if k in res.firmware:
+                    tags[f"firmware.{target.name}.{k}"] = res.firmware[k]
+            registry.set_version_tags(model_name, version, tags)
+    return res
