@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._common import console, err_console, handle_errors, print_json, print_table
+from cli._common import console, err_console, handle_errors, print_json, print_table, run_flow
 from cli._prefect import NoPrefectOpt, start_flow
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout instead of tables")]
@@ -53,7 +53,8 @@ def compress(
     registry.connect(cfg.mlflow.tracking_uri)
     check_parent(cfg.mlflow.registered_model, version)  # fail fast, before Prefect starts
     if no_prefect:
-        out = run_compress(cfg, version, progress=None if json_out else err_console.print).to_dict()
+        # in this process, still interruptible: SIGINT/SIGTERM end its runs KILLED and exit 130/143
+        out = run_flow(run_compress, cfg, version, progress=None if json_out else err_console.print).to_dict()
     else:
         out = start_flow("flows.compress:compress_flow", str(config), version, quiet=json_out)
     if json_out:

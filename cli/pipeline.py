@@ -53,7 +53,8 @@ def train(config: ConfigOpt = Path("configs/pipeline.yaml"), no_prefect: NoPrefe
     if no_prefect:
         from tinymlops.train import run_train
 
-        out = run_train(config, progress=None if json_out else err_console.print).to_dict()
+        # in this process, still interruptible: SIGINT/SIGTERM end its runs KILLED and exit 130/143
+        out = run_flow(run_train, config, progress=None if json_out else err_console.print).to_dict()
     else:
         out = start_flow("flows.train:train_flow", str(config), quiet=json_out)
     if json_out:
