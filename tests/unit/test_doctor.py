@@ -149,3 +149,14 @@ def test_run_block_interrupted_ends_killed_and_tags_its_version(tm_home: Path) -
     with pytest.raises(ValueError), registry.run("exp-interrupted", "broken") as r:
         raise ValueError("bad")
     assert registry.get_run(r.run_id).status == "FAILED"
+
+
+def test_profile_skips_incomplete_versions(tm_home: Path, tmp_path: Path) -> None:
+    from tinymlops.profile.matrix import fetch_versions
+
+    ref = registry.start_run("exp-profile", "variant")
+    version = registry.register_version("prof-model", ref.run_id, {hygiene.INCOMPLETE_TAG: "interrupted"}, "cut off")
+    registry.end_run(ref.run_id)
+    versions, skipped = fetch_versions("prof-model", tmp_path)
+    assert versions == []
+    assert skipped == [f"version {version}: incomplete (interrupted), not a candidate"]

@@ -20,6 +20,7 @@ from typing import Any
 
 from tinymlops import registry
 from tinymlops.errors import RegistryError, TinyMLOpsError
+from tinymlops.hygiene import INCOMPLETE_TAG
 from tinymlops.metrics import PROFILE_FIGURES, fits_key, profile_metrics
 from tinymlops.profile.profiler import HOST_RUNTIME, RUNTIME_FORMATS, ProfileCache, profile_model
 from tinymlops.profile.select import pareto_front, recommend
@@ -36,6 +37,9 @@ def fetch_versions(model_name: str, work_dir: Path) -> tuple[list[dict[str, Any]
     """Download every version that has a package; return (versions, skipped notes)."""
     versions, skipped = [], []
     for mv in registry.list_versions(model_name):
+        if INCOMPLETE_TAG in mv.tags:  # registered by a stage that was interrupted or crashed (tinymlops doctor)
+            skipped.append(f"version {mv.version}: incomplete ({mv.tags[INCOMPLETE_TAG]}), not a candidate")
+            continue
         try:
             pkg = registry.download_package(model_name, mv.version, work_dir / f"v{mv.version}")
             manifest = registry.read_manifest(pkg)
