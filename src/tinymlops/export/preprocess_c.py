@@ -76,22 +76,36 @@ extern const tm_pp_config tm_pp_config_model;
 int main(int argc, char **argv) {
   const tm_pp_config *c = &tm_pp_config_model;
   int n = atoi(argv[1]);
+  float qscale = argc > 3 ? (float)atof(argv[2]) : 0.0f;
+  int qzp = argc > 3 ? atoi(argv[3]) : 0;
   size_t raw_len = (size_t)(c->kind == TM_PP_SPECTRAL ? c->samples * c->axes : c->samples);
   float *raw = malloc(raw_len * sizeof(float)), *f = malloc((size_t)c->n_features * sizeof(float));
   float *work = malloc((tm_pp_work_floats(c) + 1) * sizeof(float));
-  (void)argc;
   for (int i = 0; i < n; i++) {
     if (fread(raw, sizeof(float), raw_len, stdin) != raw_len) return 3;
     if (tm_pp_run(c, raw, f, work) != 0) return 4;
     fwrite(f, sizeof(float), (size_t)c->n_features, stdout);
+    if (qscale > 0.0f) {
+      int8_t q[4096];
+      for (int k = 0; k < c->n_features; k += 4096) {
+        int m = c->n_features - k < 4096 ? c->n_features - k : 4096;
+        tm_pp_quantize_int8(f + k, m, qscale, qzp, q);
+        fwrite(q, 1, (size_t)m, stdout);
+      }
+    }
   }
   return 0;
 }
 """
 
 
-def host_preprocess(spec: FittedPreprocessing, X_raw: np.ndarray, cc: str | None = None) -> np.ndarray:
-    """Compile the C block with the host compiler and run it on raw inputs; return float32 features (N, F)."""
+def host_preprocess(spec: FittedPreprocessing, X_raw: np.ndarray, cc: str | None = None,
+                    quant: tuple[float, int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Compile the C block with the host compiler and run it on raw inputs.
+
+    Returns float32 features (N, F) and, with ``quant`` = (scale, zero point), the int8 features the C code
+    quantises (else None).
+    """
     compiler = cc or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise ConfigError("no host C compiler (cc) on PATH: apt-get install -y gcc")
@@ -108,7 +122,12 @@ def host_preprocess(spec: FittedPreprocessing, X_raw: np.ndarray, cc: str | None
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise ConfigError(f"host build of the C pre-processing failed: {res.stderr.strip()[-500:]}")
-        run = subprocess.run([str(exe), str(len(X))], input=X.tobytes(), capture_output=True, check=False)
+        args = [str(exe), str(len(X))] + ([f"{quant[0]:.9e}", str(quant[1])] if quant else [])
+        run = subprocess.run(args, input=X.tobytes(), capture_output=True, check=False)
         if run.returncode != 0:
             raise ConfigError(f"C pre-processing exited with {run.returncode} on {len(X)} inputs")
-    return np.frombuffer(run.stdout, dtype=np.float32).reshape(len(X), spec.n_features)
+    f_bytes = 4 * spec.n_features
+    row = f_bytes + (spec.n_features if quant else 0)
+    buf = np.frombuffer(run.stdout, dtype=np.uint8).reshape(len(X), row)
+    feats = buf[:, :f_bytes].copy().view(np.float32)
+    return feats, (buf[:, f_bytes:].copy().view(np.int8) if quant else None)
