@@ -114,7 +114,7 @@ def schedule(
     from cli._prefect import prepare
 
     prepare(quiet=True)
-    from flows.drift import build_deployments, read_prefect_deployments
+    from flows.deployments import build_deployments, read_prefect_deployments
 
     entries = read_prefect_deployments(prefect_file)
     overrides = {e["name"]: {"model": model} for e in entries
@@ -130,7 +130,7 @@ def schedule(
             print_table("deployments", ["deployment", "schedules", "parameters"],
                         [[x["deployment"], ", ".join(x["schedules"]), x["parameters"]] for x in listing])
         return
-    from flows.drift import serve_deployments
+    from flows.deployments import serve_deployments
 
     console.print("serving " + ", ".join(x["deployment"] for x in listing) + " (Ctrl-C to stop)")
     run_flow(serve_deployments, deployments)  # Ctrl-C/SIGTERM: stop the server and children, exit 130/143

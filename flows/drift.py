@@ -2,7 +2,6 @@
 
 Thin wrapper around :func:`tinymlops.monitor.check.run_drift_check`; a ``retrain`` verdict starts the pipeline
 through Prefect (its deployment when one exists, else a local flow run in a subprocess) at most once per cooldown.
-Also builds the local deployments of prefect.yaml that ``tinymlops schedule`` serves.
 """
 
 from __future__ import annotations
@@ -123,36 +122,3 @@ def pipeline_drift_stage(pipeline_config: str, until: float | None = None,
     drift_path = resolve_relative(pipeline_config, cfg.drift) if cfg.drift else REPO / "configs" / "drift.yaml"
     return drift_flow(cfg.mlflow.registered_model, str(drift_path), until=until,
                       tracking_uri=cfg.mlflow.tracking_uri, store_url=store_url)
-
-
-def read_prefect_deployments(prefect_file: str | Path = REPO / "prefect.yaml") -> list[dict[str, Any]]:
-    """Return the deployment entries of prefect.yaml (name, entrypoint, parameters, schedules)."""
-    import yaml
-
-    data = yaml.safe_load(Path(prefect_file).read_text(encoding="utf-8")) or {}
-    return list(data.get("deployments") or [])
-
-
-def build_deployments(prefect_file: str | Path = REPO / "prefect.yaml",
-                      overrides: dict[str, dict[str, Any]] | None = None) -> list[Any]:
-    """Turn prefect.yaml's deployments into runner deployments that ``prefect.serve`` can run locally."""
-    from prefect.flows import load_flow_from_entrypoint
-
-    out = []
-    for d in read_prefect_deployments(prefect_file):
-        fl: Any = load_flow_from_entrypoint(str(REPO / d["entrypoint"]))
-        params = {**(d.get("parameters") or {}), **((overrides or {}).get(d["name"]) or {})}
-        crons = [s["cron"] for s in d.get("schedules") or [] if "cron" in s]
-        intervals = [s["interval"] for s in d.get("schedules") or [] if "interval" in s]
-        out.append(fl.to_deployment(name=d["name"], parameters=params, cron=crons or None,
-                                    interval=intervals or None, tags=d.get("tags"),
-                                    description=d.get("description")))
-    return out
-
-
-def serve_deployments(deployments: list[Any]) -> None:
-    """Serve runner deployments from this process until interrupted (schedules fire here; no work pool)."""
-    from prefect import serve
-
-    serve(*deployments, print_starting_message=False)
-

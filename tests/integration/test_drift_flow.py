@@ -124,7 +124,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> Iterator
 @pytest.fixture(scope="module")
 def pipeline_deployment(world) -> str:
     """Register the real pipeline flow's weekly deployment on the test Prefect server."""
-    from flows.drift import build_deployments
+    from flows.deployments import build_deployments
 
     dep = next(d for d in build_deployments(REPO / "prefect.yaml") if d.name == "pipeline-weekly")
     return str(dep.apply())
