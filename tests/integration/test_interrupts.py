@@ -134,6 +134,7 @@ def _store(home: Path) -> tuple[dict[str, str], dict[tuple[str, str], dict[str, 
 
 
 def _check_clean_exit(elapsed: float, err: str, children: list[int], code: int, rc: int, sig: str) -> None:
+    print(f"{sig}: exit {rc} after {elapsed:.2f} s; {len(children)} child process(es); {err.strip().splitlines()[-1]}")
     assert rc == code, err[-3000:]
     assert elapsed < 10, f"took {elapsed:.1f} s"
     survivors = [p for p in children if _alive(p)]
