@@ -261,3 +261,23 @@ def test_store_server_killed_mid_train_is_one_line_then_doctor_ends_the_run(tmp_
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
+
+
+def test_sigterm_stops_ui_and_its_server(tmp_path: Path) -> None:
+    """`tinymlops ui` runs `mlflow server` as a child: SIGTERM left it running (orphaned) on its port."""
+    import urllib.request
+
+    port = _free_port()
+    proc = _start(["ui", "--port", str(port)], tmp_path / "home", tmp_path)
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    _wait_for(proc, "the MLflow UI to answer", answers, 120)
+    elapsed, err, children = _interrupt(proc, signal.SIGTERM)
+    _check_clean_exit(elapsed, err, children, 143, proc.returncode, "SIGTERM")
+    assert not answers()
