@@ -92,6 +92,12 @@ def stop_children(wait_s: float = CHILD_WAIT_S) -> int:
 
 
 def _exists(pid: int) -> bool:
+    if not Path("/proc").is_dir():  # no /proc (macOS): a signal 0 tells whether the pid is there
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
     try:
         state = (Path("/proc") / str(pid) / "stat").read_text(encoding="ascii", errors="replace")
     except OSError:
