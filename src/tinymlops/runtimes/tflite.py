@@ -1,8 +1,16 @@
-"""TFLite interpreter adapter (TensorFlow's built-in interpreter)."""
+"""TFLite flatbuffer adapter: LiteRT (``ai-edge-litert``) when installed, else TensorFlow's deprecated interpreter.
+
+LiteRT is the maintained successor of ``tf.lite.Interpreter`` (which warns on every use and is scheduled for
+deletion) and is what a small device installs: a few MB, no TensorFlow. Both load the same flatbuffer with the same
+kernels, so outputs are identical (tests/integration/test_litert.py).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -10,14 +18,35 @@ from tinymlops.errors import ModelFormatError
 from tinymlops.runtimes import Runner, dequantize, quantize
 
 
+def litert_available() -> bool:
+    """Return True when the LiteRT interpreter (package ``ai-edge-litert``) is installed."""
+    return importlib.util.find_spec("ai_edge_litert") is not None
+
+
+def load_interpreter(path: Path, num_threads: int = 1, backend: str | None = None) -> tuple[Any, str]:
+    """Open a .tflite file and return (interpreter, backend name: 'litert' or 'tf.lite').
+
+    Args:
+        backend: force 'litert' or 'tf.lite'; default LiteRT when installed.
+    """
+    backend = backend or ("litert" if litert_available() else "tf.lite")
+    if backend == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter(model_path=str(path), num_threads=num_threads), backend
+    from tinymlops.tf import tf
+
+    with warnings.catch_warnings():  # the deprecation notice: install ai-edge-litert to leave this path
+        warnings.simplefilter("ignore")
+        return tf.lite.Interpreter(model_path=str(path), num_threads=num_threads), backend
+
+
 class TFLiteRunner(Runner):
     runtime = "tflite"
 
-    def __init__(self, path: Path, num_threads: int = 1) -> None:
-        from tinymlops.tf import tf
-
+    def __init__(self, path: Path, num_threads: int = 1, backend: str | None = None) -> None:
         try:
-            self._it = tf.lite.Interpreter(model_path=str(path), num_threads=num_threads)
+            self._it, self.backend = load_interpreter(path, num_threads, backend)
             self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelFormatError(f"{path}: TFLite cannot load this model: {exc}") from None
