@@ -28,8 +28,8 @@ HEAP_BYTES = 16 * 1024
 QEMU_TIMEOUT_S = 600.0
 #: linker-map objects by component (first match wins); the rest is "app" (startup, harness, tm_model.cc)
 COMPONENTS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("test_io", re.compile(r"\.tm_test_io\b")),
     ("model", re.compile(r"tm_model_data\.o")),
-    ("test_inputs", re.compile(r"tm_test_inputs\.o")),
     ("preprocessing", re.compile(r"tm_preprocess\.o|tm_pp_config\.o")),
     ("tflm", re.compile(r"libtensorflow-microlite\.a")),
     ("libc", re.compile(r"lib(c_nano|c|m|g_nano|g|gcc|rdimon|rdimon_nano|stdc\+\+_nano|stdc\+\+|supc\+\+_nano|"
@@ -58,14 +58,6 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
         raise TinyMLOpsError(f"{what} failed: {(res.stderr or res.stdout).strip()[-800:]}")
 
 
-def _test_inputs_c(X: np.ndarray) -> str:
-    rows = []
-    for x in np.asarray(X, np.float32).reshape(len(X), -1):
-        rows.append("{" + ", ".join(f"{float(v):.9e}f" for v in x) + "}")
-    return (f"/* {len(X)} raw inputs of the test split. */\n#include \"tm_model.h\"\n"
-            f"const float tm_test_inputs[{len(X)}][TM_RAW_INPUT_LEN] = {{\n" + ",\n".join(rows) + "\n};\n")
-
-
 def parse_map(text: str) -> dict[str, dict[str, int]]:
     """Return bytes per (output section -> component) from a GNU ld map file's input-section lines."""
     sizes: dict[str, dict[str, int]] = {}
@@ -79,17 +71,17 @@ def parse_map(text: str) -> dict[str, dict[str, int]]:
             continue
         m_in = re.match(r"^ (\.\S+|COMMON)\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+(\S.*)$", line)
         if m_in:
-            size, obj = int(m_in.group(2), 16), m_in.group(3)
+            in_sec, size, obj = m_in.group(1), int(m_in.group(2), 16), m_in.group(3)
         elif re.match(r"^ (\.\S+|COMMON)$", line):
-            pending = line
+            pending = line.strip()
             continue
         elif pending and (m2 := line_re.match(line)):
-            size, obj = int(m2.group(1), 16), m2.group(2)
+            in_sec, size, obj = pending, int(m2.group(1), 16), m2.group(2)
         else:
             pending = ""
             continue
         pending = ""
-        comp = next((name for name, rx in COMPONENTS if rx.search(obj)), "app")
+        comp = next((name for name, rx in COMPONENTS if rx.search(f"{in_sec} {obj}")), "app")
         sec = sizes.setdefault(out_sec, {})
         sec[comp] = sec.get(comp, 0) + size
     return sizes
@@ -105,20 +97,18 @@ def _section_sizes(elf: Path) -> dict[str, int]:
     return out
 
 
-def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated, X_raw: np.ndarray) -> FirmwareBuild:
+def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated) -> FirmwareBuild:
     """Compile the bundle + harness + startup for the board and link them with the cached TFLM library."""
     t0 = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
     (work / "fw_startup.c").write_text(c_source("fw_startup.c"))
-    (work / "fw_main.cc").write_text(Template(c_source("fw_main.cc.in")).substitute(n_inputs=len(X_raw)))
-    (work / "tm_test_inputs.c").write_text(_test_inputs_c(X_raw))
+    (work / "fw_main.cc").write_text(c_source("fw_main.cc.in"))
     (work / "link.ld").write_text(Template(c_source("fw_link.ld.in")).substitute(
         machine=emu.machine, core=emu.core, flash_origin=hex(emu.flash_origin), flash_bytes=emu.flash_bytes,
         ram_origin=hex(emu.ram_origin), ram_bytes=emu.ram_bytes, stack_bytes=STACK_BYTES, heap_bytes=HEAP_BYTES))
     arch = [f"-mcpu={emu.mcpu}", "-mthumb", "-mfloat-abi=hard", f"-mfpu={emu.fpu}"]
     inc = [f"-I{bundle_src}", *lib.includes]
-    c_files = [bundle_src / "tm_preprocess.c", bundle_src / "tm_pp_config.c", work / "fw_startup.c",
-               work / "tm_test_inputs.c"]
+    c_files = [bundle_src / "tm_preprocess.c", bundle_src / "tm_pp_config.c", work / "fw_startup.c"]
     cc_files = [bundle_src / "tm_model.cc", bundle_src / "tm_model_data.cc", work / "fw_main.cc"]
     objs = []
     for f in c_files:
@@ -162,16 +152,21 @@ class QemuRun:
     init_ticks: int
     arena_used_bytes: int
     stack_bytes: int
+    heap_bytes: int
     seconds: float
 
 
-def run_qemu(elf: Path, emu: Emulated, n: int, n_features: int, n_classes: int) -> QemuRun:
-    """Run the firmware under QEMU with exact instruction counting; parse its semihosting output."""
+def run_qemu(elf: Path, emu: Emulated, X_raw: np.ndarray, n_features: int, n_classes: int) -> QemuRun:
+    """Run the firmware under QEMU with exact instruction counting on raw inputs; parse its semihosting output."""
+    n = len(X_raw)
+    X = np.ascontiguousarray(X_raw, dtype="<f4").reshape(n, -1)
+    (elf.parent / "tm_inputs.bin").write_bytes(np.int32(n).astype("<i4").tobytes() + X.tobytes())
     cmd = ["qemu-system-arm", "-machine", emu.machine, "-nographic", "-monitor", "none", "-serial", "none",
            "-semihosting", "-icount", "shift=0", "-kernel", str(elf)]
     t0 = time.monotonic()
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=QEMU_TIMEOUT_S, check=False)
+        res = subprocess.run(cmd, cwd=elf.parent, capture_output=True, text=True, timeout=QEMU_TIMEOUT_S,
+                             check=False)
     except subprocess.TimeoutExpired:
         raise TinyMLOpsError(f"firmware did not finish under {emu.machine} in {QEMU_TIMEOUT_S:.0f} s") from None
     if res.returncode != 0 or "DONE" not in res.stdout:
@@ -182,7 +177,7 @@ def run_qemu(elf: Path, emu: Emulated, n: int, n_features: int, n_classes: int) 
     cls = np.zeros(n, np.int64)
     pre = np.zeros(n, np.int64)
     inf = np.zeros(n, np.int64)
-    init = arena = stack = 0
+    init = arena = stack = heap = 0
     for line in res.stdout.splitlines():
         p = line.split()
         if not p:
@@ -198,4 +193,6 @@ def run_qemu(elf: Path, emu: Emulated, n: int, n_features: int, n_classes: int) 
             arena = int(p[1])
         elif p[0] == "STACK":
             stack = int(p[1])
-    return QemuRun(ins, outs, cls, pre, inf, init, arena, stack, time.monotonic() - t0)
+        elif p[0] == "HEAP":
+            heap = int(p[1])
+    return QemuRun(ins, outs, cls, pre, inf, init, arena, stack, heap, time.monotonic() - t0)

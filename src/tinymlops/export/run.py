@@ -138,31 +138,30 @@ def tflm_dir_or_hint(tflm_dir: str | None) -> Path:
     return find_tflm(tflm_dir)
 
 
-def build_and_run(res: ExportResult, src: ExportSource, target: Any, info: ModelInfo, *, run: bool,
-                  tflm_dir: str | None, n_inputs: int, jobs: int = 2, say: Say = lambda s: None) -> dict[str, Any]:
-    """Build the firmware for the target's QEMU board (and run it on test inputs); return the figures."""
+def build_and_run(res: ExportResult, src: ExportSource, target: Any, info: ModelInfo,
+                  data: tuple[np.ndarray, np.ndarray] | None, *, tflm_dir: str | None, jobs: int = 2,
+                  say: Say = lambda s: None) -> dict[str, Any]:
+    """Build the firmware for the target's QEMU board (and run it on raw inputs ``data`` = (X, y)); return figures."""
     from tinymlops.export.firmware import link_firmware, run_qemu
     from tinymlops.export.toolchain import build_library, emulated, kernels_for, require_tools
 
     emu = emulated(target.core)
-    require_tools(run)
+    require_tools(data is not None)
     tflm = tflm_dir_or_hint(tflm_dir)
     lib = build_library(tflm, emu, kernels_for(target.runtime), jobs=jobs, log=say)
-    X, y, _ = test_split(src, n_inputs if run else 1)
-    src_dir = res.out_dir / "src"
-    fw = link_firmware(src_dir, res.out_dir / "firmware", lib, emu, X)
+    fw = link_firmware(res.out_dir / "src", res.out_dir / "firmware", lib, emu)
     fig: dict[str, Any] = {
         "machine": emu.machine, "core": emu.core, "kernels": kernels_for(target.runtime) or "reference",
         "library": str(lib.lib_path), "library_cached": lib.cached, "library_build_s": round(lib.build_seconds, 1),
         "link_s": round(fw.link_seconds, 2), "elf": str(fw.elf),
-        "flash_bytes": fw.flash_bytes - fw.flash_by_component.get("test_inputs", 0),
-        "flash_by_component": {k: v for k, v in fw.flash_by_component.items() if k != "test_inputs"},
+        "flash_bytes": fw.flash_bytes, "flash_by_component": fw.flash_by_component,
         "ram_static_bytes": fw.ram_static_bytes, "ram_by_component": fw.ram_by_component,
-        "arena_bytes": res.arena_bytes, "test_inputs_flash_bytes": fw.flash_by_component.get("test_inputs", 0),
+        "arena_bytes": res.arena_bytes,
     }
-    if run:
+    if data is not None:
+        X, y = data
         say(f"running {len(X)} test inputs on {emu.machine} (qemu-system-arm -icount shift=0)")
-        dev = run_qemu(fw.elf, emu, len(X), info.input.elements, info.output.elements)
+        dev = run_qemu(fw.elf, emu, X, info.input.elements, info.output.elements)
         insn_per_tick = 1e9 / emu.systick_hz
         inf = dev.inf_ticks * insn_per_tick
         fig.update({
@@ -171,7 +170,10 @@ def build_and_run(res: ExportResult, src: ExportSource, target: Any, info: Model
             "preprocessing_instructions": int(np.median(dev.pre_ticks * insn_per_tick)),
             "instruction_resolution": int(insn_per_tick),
             "arena_used_bytes": dev.arena_used_bytes, "stack_high_water_bytes": dev.stack_bytes,
-            "ram_bytes": fw.ram_static_bytes + dev.stack_bytes, "qemu_s": round(dev.seconds, 2),
+            # RAM of the model's code path: .data + .bss (arena included) + stack high-water, without the test
+            # harness's raw-input buffer (test_io) and the heap newlib's stdio takes (harness_heap_bytes)
+            "ram_bytes": fw.ram_static_bytes - fw.ram_by_component.get("test_io", 0) + dev.stack_bytes,
+            "harness_heap_bytes": dev.heap_bytes, "qemu_s": round(dev.seconds, 2),
             **compare(src, info, X, y, dev),
         })
     return fig
@@ -208,8 +210,8 @@ def run_export(model_name: str, version: str, target_name: str, fmt: str = "c", 
         X, y, names = test_split(src, 1)
         res, info = write_bundle(src, target, fmt, out_dir, (X[0], names[int(y[0])]), say)
         if build:
-            res.firmware = build_and_run(res, src, target, info, run=run, tflm_dir=tflm_dir, n_inputs=n_inputs,
-                                         jobs=jobs, say=say)
+            data = test_split(src, n_inputs)[:2] if run else None
+            res.firmware = build_and_run(res, src, target, info, data, tflm_dir=tflm_dir, jobs=jobs, say=say)
         if log_to_mlflow:
             res.artifact_path = f"export/{target.name}/{fmt}"
             for p in sorted(out_dir.iterdir()):  # the bundle, not the firmware build directory
