@@ -1,5 +1,8 @@
 """Edge agent: the process that stands for one device.
 
+(Over 450 lines on purpose: one class whose loop, install and telemetry steps share the device's state; the
+install store, input sources and package checks already live in their own modules.)
+
 It enrols once (one-time token -> own credential, kept in ``<state>/credential.json``), then loops: poll its
 desired state (interval from the server, jitter, exponential backoff on errors), download a new package, verify it
 (signature with the trusted key, target, sha256/size, and that it loads and runs in the target's runtime),
@@ -35,13 +38,19 @@ import numpy as np
 
 from tinymlops.fleet.inputs import InputSource
 from tinymlops.fleet.install import Installed, InstallState, atomic_write, open_model, smoke_test
-from tinymlops.fleet.packages import Bundle, PackageRejected
+from tinymlops.fleet.packages import MAX_MANIFEST_BYTES, Bundle, PackageRejected, is_safe_name
+from tinymlops.fleet.safejson import UnsafeJSON, loads_bounded
 
 __all__ = ["Agent", "AgentConfig", "AgentStopped", "InstallState", "Installed", "atomic_write", "open_model",
            "smoke_test"]
 
 log = logging.getLogger("tinymlops.agent")
 MAX_PENDING_REPORTS = 200
+MAX_ANSWER_BYTES = 2 * MAX_MANIFEST_BYTES + 65536  # a signed manifest's JSON envelope (the manifest is escaped in it)
+
+
+class BadAnswer(ValueError):
+    """The server's answer is not what the protocol allows (too large, not JSON, wrong shape)."""
 
 
 class AgentStopped(RuntimeError):
@@ -134,6 +143,23 @@ class Agent:
     def device_path(self) -> str:
         return f"/v1/devices/{self.cfg.device_id}"
 
+    async def _get_json(self, path: str, max_bytes: int = MAX_ANSWER_BYTES) -> tuple[int, Any]:
+        """GET a JSON answer, reading at most ``max_bytes`` (BadAnswer if larger, not JSON, or nested too deep)."""
+        chunks, size = [], 0
+        async with self.client.stream("GET", self._url(path), headers=self._headers()) as r:
+            if r.status_code in (401, 403):
+                raise AgentStopped(f"{self.cfg.device_id}: credential refused ({r.status_code})")
+            r.raise_for_status()
+            async for chunk in r.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise BadAnswer(f"answer to {path} is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+        try:
+            return r.status_code, loads_bounded(b"".join(chunks), max_bytes)
+        except UnsafeJSON as exc:
+            raise BadAnswer(f"answer to {path}: {exc}") from None
+
     # ---- enrolment ------------------------------------------------------------------------------------------
 
     async def enrol(self) -> dict[str, Any]:
@@ -149,7 +175,10 @@ class Agent:
             "target": self.cfg.target})
         if r.status_code != 201:
             raise AgentStopped(f"{self.cfg.device_id}: enrolment refused ({r.status_code}): {r.text[:200]}")
-        self.credential = r.json()
+        answer = r.json()
+        if not isinstance(answer, dict) or not isinstance(answer.get("credential"), str):
+            raise BadAnswer("enrolment answer carries no credential")
+        self.credential = answer
         fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(self.credential))
@@ -161,9 +190,7 @@ class Agent:
     # ---- packages -------------------------------------------------------------------------------------------
 
     def _activate(self, installed: Installed | None) -> None:
-        from tinymlops.monitor.reference import ReferenceProfile
         from tinymlops.monitor.sketches import SketchBuilder
-        from tinymlops.preprocessing import FittedPreprocessing
 
         if self.runner is not None and not self._shared_runners:
             self.runner.close()
@@ -171,8 +198,8 @@ class Agent:
         if installed is None:
             return
         self.runner = self._open(installed, self.cfg.runtime)
-        self.spec = FittedPreprocessing(**installed.manifest["preprocessing"])
-        self.builder = SketchBuilder(ReferenceProfile.model_validate(installed.manifest["reference"]))
+        self.spec, reference = _specs(installed.manifest)
+        self.builder = SketchBuilder(reference)
         self.reservoir, self.reservoir_seen, self.feedback = [], 0, []
 
     def start_from_disk(self) -> Installed | None:
@@ -197,11 +224,25 @@ class Agent:
             await self.client.post(self._url(f"{self.device_path}/events"), headers=self._headers(), json={
                 "kind": kind, "package_id": package_id, "model_version": version, "reason": reason[:2000]})
 
-    async def install(self, package_id: str) -> bool:
-        """Download, verify, stage, smoke-test and install a package; report success or rejection."""
+    async def _reject(self, package_id: str, version: str | None, reason: str) -> bool:
+        log.warning("%s: rejected package %s: %s", self.cfg.device_id, package_id[:128], reason)
+        self.rejected.add(package_id)
+        self._pending_rejections += 1
+        if is_safe_name(package_id):
+            await self.event("rejected", package_id, version, reason)
+        return False
+
+    async def install(self, package_id: str, authorisation: object = None) -> bool:
+        """Download, verify, stage, smoke-test and install a package; report success or rejection.
+
+        ``authorisation`` is the signed rollback authorisation the desired state carried (if any).
+        """
+        if not is_safe_name(package_id):  # never put a server-chosen string into a URL or a path unchecked
+            return await self._reject(package_id, None, "package id is not a plain name")
         log.info("%s: downloading package %s", self.cfg.device_id, package_id)
-        m = await self.client.get(self._url(f"{self.device_path}/packages/{package_id}"), headers=self._headers())
-        m.raise_for_status()
+        _status, signed = await self._get_json(f"{self.device_path}/packages/{package_id}")
+        if not isinstance(signed, dict):
+            raise BadAnswer("signed manifest answer is not an object")
         chunks: list[bytes] = []
         size = 0
         # streamed with a cap: a compromised server must not be able to exhaust the device's memory
@@ -215,20 +256,20 @@ class Agent:
                 chunks.append(chunk)
         import base64
 
-        signed = m.json()
         try:
-            signature = base64.b64decode(signed.get("signature_b64", ""), validate=True)
+            signature = base64.b64decode(str(signed.get("signature_b64", "")), validate=True)
         except ValueError:
             signature = b""
-        bundle = Bundle(signed.get("manifest_json", "").encode("utf-8"), signature, b"".join(chunks))
+        bundle = Bundle(str(signed.get("manifest_json", "")).encode("utf-8", "replace"), signature, b"".join(chunks))
         version = None
         try:
             if size > self.cfg.max_package_bytes:
                 raise PackageRejected(f"package larger than this device accepts ({self.cfg.max_package_bytes} bytes)")
             log.info("%s: installing package %s", self.cfg.device_id, package_id)
-            staged, manifest = await asyncio.to_thread(self.state.stage, bundle, package_id)
+            staged, manifest = await asyncio.to_thread(self.state.stage, bundle, package_id, authorisation)
             version = str(manifest.get("model_version"))
             try:
+                _specs(manifest)
                 probe = self._open(Installed(package_id, staged, manifest), self.cfg.runtime)
                 try:
                     smoke_test(probe, manifest)
@@ -243,11 +284,7 @@ class Agent:
                 raise PackageRejected(f"model does not load in {self.cfg.runtime}: {exc}") from None
             installed = await asyncio.to_thread(self.state.commit, staged, package_id)
         except PackageRejected as exc:
-            log.warning("%s: rejected package %s: %s", self.cfg.device_id, package_id, exc.reason)
-            self.rejected.add(package_id)
-            self._pending_rejections += 1
-            await self.event("rejected", package_id, version, exc.reason)
-            return False
+            return await self._reject(package_id, version, exc.reason)
         self._flush_into_pending()
         self._activate(installed)
         log.info("%s: installed package %s", self.cfg.device_id, package_id)
@@ -256,16 +293,20 @@ class Agent:
 
     async def poll(self) -> None:
         """Fetch the desired state and install it if it differs from what runs."""
-        r = await self.client.get(self._url(f"{self.device_path}/desired-state"), headers=self._headers())
-        if r.status_code in (401, 403):
-            raise AgentStopped(f"{self.cfg.device_id}: credential refused: {r.text[:200]}")
-        r.raise_for_status()
-        desired = r.json()
-        self.poll_interval_s = float(desired.get("poll_interval_s") or self.poll_interval_s)
+        _status, desired = await self._get_json(f"{self.device_path}/desired-state", 65536)
+        if not isinstance(desired, dict):
+            raise BadAnswer("desired state is not an object")
+        interval = desired.get("poll_interval_s")
+        if isinstance(interval, (int, float)) and not isinstance(interval, bool) and 0.05 <= interval <= 3600:
+            self.poll_interval_s = float(interval)
         pid = desired.get("package_id")
         current = self.installed.package_id if self.installed else None
+        if pid is not None and not isinstance(pid, str):
+            raise BadAnswer("desired package_id is not a string")
         if pid and pid != current and pid not in self.rejected:
-            await self.install(pid)
+            if len(self.rejected) > 1000:
+                self.rejected.clear()
+            await self.install(pid, desired.get("rollback_authorisation"))
 
     # ---- inference and telemetry ----------------------------------------------------------------------------
 
@@ -383,7 +424,7 @@ class Agent:
             while self.credential is None:
                 try:
                     await self.enrol()
-                except httpx.HTTPError as exc:
+                except (httpx.HTTPError, ValueError) as exc:
                     delay = self._backoff()
                     log.warning("%s: server unreachable (%s); retrying in %.1fs", cfg.device_id, exc, delay)
                     await asyncio.sleep(delay)
@@ -405,20 +446,24 @@ class Agent:
                         await self.poll()
                         self._backoff_s = 0.0
                         next_poll = now + self.poll_interval_s * self._rng.uniform(0.8, 1.2)
-                    except httpx.HTTPError as exc:
+                    except AgentStopped:
+                        raise
+                    except Exception as exc:  # any answer at all: log, back off, keep serving the current model
                         next_poll = now + self._backoff()
-                        log.warning("%s: poll failed: %s", cfg.device_id, exc)
+                        log.warning("%s: poll failed: %s", cfg.device_id, _brief(exc))
                 if now >= next_report:
                     try:
                         await self.report()
-                    except httpx.HTTPError as exc:
-                        log.warning("%s: report failed (kept for retry): %s", cfg.device_id, exc)
+                    except AgentStopped:
+                        raise
+                    except Exception as exc:
+                        log.warning("%s: report failed (kept for retry): %s", cfg.device_id, _brief(exc))
                     next_report = now + cfg.report_interval_s
                 await self.infer_once()
                 if self.source.exhausted:  # end of the input: a last report, then stop
                     break
                 await asyncio.sleep(cfg.inference_interval_s)
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(httpx.HTTPError, ValueError):
                 # at the end of the input, labels still waiting for their delay go out too
                 await self.report(final=self.source.exhausted)
         finally:
@@ -426,3 +471,21 @@ class Agent:
                 self.runner.close()
             if self._own_client and self._client is not None:
                 await self._client.aclose()
+
+
+def _brief(exc: BaseException) -> str:
+    """One line naming an error (the type, and the message cut short)."""
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _specs(manifest: dict[str, Any]) -> tuple[Any, Any]:
+    """Return a manifest's pre-processing spec and reference profile (PackageRejected if either is malformed)."""
+    from pydantic import ValidationError
+
+    from tinymlops.monitor.reference import ReferenceProfile
+    from tinymlops.preprocessing import FittedPreprocessing
+
+    try:
+        return FittedPreprocessing(**manifest["preprocessing"]), ReferenceProfile.model_validate(manifest["reference"])
+    except (TypeError, ValueError, KeyError, ValidationError) as exc:
+        raise PackageRejected(f"manifest pre-processing or reference is malformed: {_brief(exc)}") from None

@@ -3,12 +3,18 @@
 On-disk layout (``state_dir``)::
 
     current.json                {"current": package_id, "previous": package_id}   (replaced atomically)
+    sequence.json               {model_name: highest sequence installed}        (anti-rollback floor)
     packages/<package_id>/      manifest.json, manifest.sig, model file            (renamed in complete)
     staging/                    partial downloads; wiped at start-up
 
 A crash (or a signal) at any point leaves ``current.json`` naming a complete, verified package (or none before
 the first install): staging is written and fsynced before the rename, the pointer is replaced only after the
 rename, and start-up verifies the current package again, falling back to the previous one if it does not verify.
+
+Nothing the server sends becomes a path unchecked: a package id must be a plain name (:func:`is_safe_name`), must
+be the id of the manifest's content, and every directory built from it must resolve inside the state directory.
+A package whose signed ``sequence`` is below the highest one installed for its model is refused unless a signed
+rollback authorisation (:func:`~tinymlops.fleet.packages.check_rollback`) accompanies it.
 """
 
 from __future__ import annotations
@@ -25,12 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from tinymlops.fleet.packages import Bundle, PackageRejected, verify_package
+from tinymlops.fleet.packages import (
+    Bundle,
+    PackageRejected,
+    check_rollback,
+    is_safe_name,
+    package_id_for,
+    verify_package,
+)
 
 log = logging.getLogger("tinymlops.agent")
-
-
-
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -76,6 +86,7 @@ class InstallState:
         self.packages = self.root / "packages"
         self.staging = self.root / "staging"
         self.pointer = self.root / "current.json"
+        self.sequences = self.root / "sequence.json"
         self.fell_back_from: str | None = None  # set by recover() when the current package no longer verified
         self.packages.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -83,15 +94,40 @@ class InstallState:
     def _read_pointer(self) -> dict[str, str | None]:
         try:
             data = json.loads(self.pointer.read_text())
-            return {"current": data.get("current"), "previous": data.get("previous")}
+            return {k: v if is_safe_name(v) else None for k in ("current", "previous") for v in [data.get(k)]}
         except (OSError, ValueError, AttributeError):
             return {"current": None, "previous": None}
+
+    def _inside(self, parent: Path, name: str) -> Path:
+        """Return ``parent/name`` if ``name`` is a plain name that stays inside ``parent`` (PackageRejected if not)."""
+        path = parent / name
+        if not is_safe_name(name) or path.resolve().parent != parent.resolve():
+            raise PackageRejected(f"package id {name[:80]!r} is not a plain name")
+        return path
+
+    def floor(self, model_name: str) -> int:
+        """Return the highest sequence installed for a model (0 if none)."""
+        try:
+            value = json.loads(self.sequences.read_text()).get(model_name, 0)
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return value if type(value) is int else 0
+
+    def _raise_floor(self, manifest: dict[str, Any]) -> None:
+        try:
+            floors = json.loads(self.sequences.read_text())
+            floors = floors if isinstance(floors, dict) else {}
+        except (OSError, ValueError):
+            floors = {}
+        name, seq = manifest["model_name"], int(manifest.get("sequence", 0))
+        if seq > floors.get(name, 0):
+            atomic_write(self.sequences, json.dumps({**floors, name: seq}).encode())
 
     def _verified(self, package_id: str | None) -> Installed | None:
         if not package_id:
             return None
-        d = self.packages / package_id
         try:
+            d = self._inside(self.packages, package_id)
             manifest = verify_package(Bundle.read(d), self.trusted_keys, self.target)
         except PackageRejected as exc:
             log.warning("installed package %s does not verify: %s", package_id, exc.reason)
@@ -120,17 +156,31 @@ class InstallState:
     def current(self) -> Installed | None:
         """Return the current package without re-verifying the artifact (verified at install and start-up)."""
         pid = self._read_pointer()["current"]
-        if not pid or not (self.packages / pid / "manifest.json").is_file():
+        if not pid or not is_safe_name(pid) or not (self.packages / pid / "manifest.json").is_file():
             return None
         return Installed(pid, self.packages / pid, json.loads((self.packages / pid / "manifest.json").read_text()))
 
     def previous_id(self) -> str | None:
         return self._read_pointer()["previous"]
 
-    def stage(self, bundle: Bundle, package_id: str) -> tuple[Path, dict[str, Any]]:
-        """Verify a bundle and write it, fsynced, to a staging directory (PackageRejected if it fails)."""
+    def stage(self, bundle: Bundle, package_id: str,
+              authorisation: object = None) -> tuple[Path, dict[str, Any]]:
+        """Verify a bundle and write it, fsynced, to a staging directory (PackageRejected if it fails).
+
+        Refused besides a bad signature/target/hash: an id that is not a plain name or not this content's id, and
+        a sequence below the model's floor without a valid rollback ``authorisation``.
+        """
+        self._inside(self.packages, package_id)
         manifest = verify_package(bundle, self.trusted_keys, self.target)
-        d = self.staging / f"{package_id}.{uuid.uuid4().hex[:8]}"
+        if package_id != package_id_for(manifest, bundle.manifest_bytes):
+            raise PackageRejected(f"package id {package_id!r} does not match its manifest "
+                                  f"({package_id_for(manifest, bundle.manifest_bytes)!r})")
+        floor, seq = self.floor(manifest["model_name"]), int(manifest.get("sequence", 0))
+        if seq < floor:
+            why = check_rollback(authorisation, self.trusted_keys, package_id, manifest, floor)
+            if why is not None:
+                raise PackageRejected(f"downgrade refused: sequence {seq} is below {floor} ({why})")
+        d = self._inside(self.staging, f"{package_id}.{uuid.uuid4().hex[:8]}")
         d.mkdir(parents=True)
         _write_synced(d / "manifest.json", bundle.manifest_bytes)
         _write_synced(d / "manifest.sig", base64.b64encode(bundle.signature))
@@ -140,7 +190,7 @@ class InstallState:
 
     def commit(self, staged: Path, package_id: str) -> Installed:
         """Move a staged package into place and point ``current`` at it (previous = the old current)."""
-        final = self.packages / package_id
+        final = self._inside(self.packages, package_id)
         if final.exists():  # a re-install of the same content: replace it wholesale
             shutil.rmtree(final)
         staged.rename(final)
@@ -152,7 +202,9 @@ class InstallState:
         for d in self.packages.iterdir():
             if d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)
-        return Installed(package_id, final, json.loads((final / "manifest.json").read_text()))
+        installed = Installed(package_id, final, json.loads((final / "manifest.json").read_text()))
+        self._raise_floor(installed.manifest)
+        return installed
 
     def rollback(self) -> Installed | None:
         """Point ``current`` back at the previous package (if it still verifies)."""

@@ -36,6 +36,12 @@ MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 REQUIRED_KEYS = ("schema", "model_name", "model_version", "format", "target", "runtime", "file", "sha256",
                  "size_bytes", "class_names", "preprocessing", "input", "output", "reference", "key_id")
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_ARTIFACT_BYTES = 1 << 31
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_STR_LIMITS = {"schema": 64, "model_name": 128, "model_version": 32, "format": 16, "target": 64, "runtime": 64,
+               "key_id": 32}
 
 
 class PackageRejected(Exception):
@@ -195,20 +201,68 @@ class Bundle:
 def sign(manifest: dict[str, Any], artifact: bytes, key: Ed25519PrivateKey | None = None) -> Bundle:
     """Sign a manifest (its key_id is set to the signing key's) and return the bundle."""
     key = key or signing_key()
-    manifest = {**manifest, "key_id": key_id(key.public_key()), "sha256": sha256_hex(artifact),
-                "size_bytes": len(artifact)}
+    manifest = {"sequence": default_sequence(manifest.get("model_version")), **manifest,
+                "key_id": key_id(key.public_key()), "sha256": sha256_hex(artifact), "size_bytes": len(artifact)}
     manifest_bytes = canonical_json(manifest)
     return Bundle(manifest_bytes, key.sign(manifest_bytes), artifact)
+
+
+def is_safe_name(value: object) -> bool:
+    """Return whether a value may name a file or directory (letters, digits, ``._-``; no path, not ``.``/``..``)."""
+    return isinstance(value, str) and SAFE_NAME.fullmatch(value) is not None
+
+
+def check_manifest(manifest: dict[str, Any]) -> None:
+    """Check a manifest's schema: every field present with its type and bounds (PackageRejected if not)."""
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing or manifest.get("schema") != SCHEMA:
+        raise PackageRejected(f"manifest is not a {SCHEMA} manifest (missing {missing})")
+    for k, limit in _STR_LIMITS.items():
+        if not isinstance(manifest[k], str) or not 0 < len(manifest[k]) <= limit:
+            raise PackageRejected(f"manifest field {k!r} must be a string of 1-{limit} characters")
+    file = manifest["file"]
+    if not is_safe_name(file) or file in (MANIFEST_FILE, SIGNATURE_FILE):
+        raise PackageRejected(f"manifest file name {str(file)[:80]!r} is not a plain file name of the package")
+    if not isinstance(manifest["sha256"], str) or not _HEX64.fullmatch(manifest["sha256"]):
+        raise PackageRejected("manifest sha256 must be 64 lowercase hex digits")
+    size = manifest["size_bytes"]
+    if type(size) is not int or not 0 < size <= MAX_ARTIFACT_BYTES:
+        raise PackageRejected("manifest size_bytes must be a positive integer")
+    seq = manifest.get("sequence", 0)
+    if type(seq) is not int or not 0 <= seq < 2**53:
+        raise PackageRejected("manifest sequence must be a non-negative integer")
+    names = manifest["class_names"]
+    if not isinstance(names, list) or not 1 <= len(names) <= 10000 or not all(isinstance(n, str) for n in names):
+        raise PackageRejected("manifest class_names must be a list of 1-10000 strings")
+    for k in ("preprocessing", "input", "output", "reference"):
+        if not isinstance(manifest[k], dict):
+            raise PackageRejected(f"manifest field {k!r} must be an object")
+
+
+def parse_manifest(manifest_bytes: bytes) -> dict[str, Any]:
+    """Parse manifest bytes with bounded size and depth (PackageRejected if they are not a JSON object)."""
+    from tinymlops.fleet.safejson import UnsafeJSON, loads_bounded
+
+    try:
+        manifest = loads_bounded(manifest_bytes, MAX_MANIFEST_BYTES)
+    except UnsafeJSON as exc:
+        raise PackageRejected(f"manifest refused: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise PackageRejected("manifest is not a JSON object")
+    return manifest
+
+
+def default_sequence(version: object) -> int:
+    """Return the anti-rollback sequence of a model version: its number (MLflow numbers versions 1, 2, ...)."""
+    text = str(version)
+    return int(text) if text.isdigit() and len(text) < 16 else 0
 
 
 def verify_package(bundle: Bundle, trusted_keys: list[Ed25519PublicKey], target: str | None) -> dict[str, Any]:
     """Verify signature, key, manifest, target and artifact hash; return the manifest or raise PackageRejected."""
     if not bundle.signature:
         raise PackageRejected("unsigned package (no signature)")
-    try:
-        manifest = json.loads(bundle.manifest_bytes)
-    except ValueError:
-        manifest = None
+    manifest = parse_manifest(bundle.manifest_bytes)
     if not isinstance(manifest, dict):
         raise PackageRejected("manifest is not a JSON object")
     keys = {key_id(k): k for k in trusted_keys}
@@ -220,16 +274,66 @@ def verify_package(bundle: Bundle, trusted_keys: list[Ed25519PublicKey], target:
         key.verify(bundle.signature, bundle.manifest_bytes)
     except InvalidSignature:
         raise PackageRejected("bad signature: manifest altered or signed with another key") from None
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing or manifest.get("schema") != SCHEMA:
-        raise PackageRejected(f"manifest is not a {SCHEMA} manifest (missing {missing})")
+    check_manifest(manifest)
     if target is not None and manifest["target"] != target:
         raise PackageRejected(f"package is for target {manifest['target']!r}, this device is {target!r}")
     if len(bundle.artifact) != manifest["size_bytes"] or sha256_hex(bundle.artifact) != manifest["sha256"]:
         raise PackageRejected("artifact hash mismatch: model file altered or truncated")
-    if Path(str(manifest["file"])).name != manifest["file"]:
-        raise PackageRejected("manifest file name must not contain a path")
     return manifest
+
+
+# --------------------------------------------------------------------------------------------------------------
+# anti-rollback: a device installs a lower sequence only with a signed rollback authorisation
+# --------------------------------------------------------------------------------------------------------------
+
+ROLLBACK_SCHEMA = "tinymlops.rollback/1"
+ROLLBACK_TTL_S = 7 * 86400.0
+
+
+def authorise_rollback(package_id: str, manifest: dict[str, Any], replaces_sequence: int,
+                       key: Ed25519PrivateKey | None = None, ttl_s: float = ROLLBACK_TTL_S) -> dict[str, str]:
+    """Sign permission to go back to ``package_id`` on devices whose sequence floor is at most ``replaces_sequence``.
+
+    The rollout controller issues one when it rolls a canary back; it is bound to the package id, its model and
+    target, and to the sequence rolled back from, so replaying it after a newer release cannot downgrade again.
+    """
+    key = key or signing_key()
+    payload = {"schema": ROLLBACK_SCHEMA, "package_id": package_id, "model_name": manifest["model_name"],
+               "target": manifest["target"], "sequence": int(manifest.get("sequence", 0)),
+               "replaces_sequence": int(replaces_sequence), "expires_unix_s": time.time() + ttl_s,
+               "key_id": key_id(key.public_key())}
+    body = canonical_json(payload)
+    return {"payload_json": body.decode(), "signature_b64": base64.b64encode(key.sign(body)).decode()}
+
+
+def check_rollback(authorisation: object, trusted_keys: list[Ed25519PublicKey], package_id: str,
+                   manifest: dict[str, Any], floor: int) -> str | None:
+    """Return why a rollback authorisation does not allow installing this package below ``floor`` (None: it does)."""
+    if not isinstance(authorisation, dict):
+        return "no rollback authorisation"
+    try:
+        body = str(authorisation["payload_json"]).encode("utf-8")
+        sig = base64.b64decode(str(authorisation["signature_b64"]), validate=True)
+        payload = parse_manifest(body)
+    except (KeyError, ValueError, PackageRejected):
+        return "malformed rollback authorisation"
+    key = {key_id(k): k for k in trusted_keys}.get(str(payload.get("key_id")))
+    if key is None:
+        return "rollback authorisation signed by an untrusted key"
+    try:
+        key.verify(sig, body)
+    except InvalidSignature:
+        return "rollback authorisation has a bad signature"
+    expected = {"schema": ROLLBACK_SCHEMA, "package_id": package_id, "model_name": manifest["model_name"],
+                "target": manifest["target"], "sequence": manifest.get("sequence", 0)}
+    if any(payload.get(k) != v for k, v in expected.items()):
+        return "rollback authorisation is for another package"
+    replaces, expires = payload.get("replaces_sequence"), payload.get("expires_unix_s")
+    if type(replaces) is not int or replaces < floor:
+        return f"rollback authorisation replaces sequence {replaces}, this device is at {floor}"
+    if not isinstance(expires, (int, float)) or expires < time.time():
+        return "rollback authorisation expired"
+    return None
 
 
 def _profiled_expectation(run_id: str, target: str) -> dict[str, float]:
@@ -279,5 +383,6 @@ def build_package(model_name: str, version: str | int, target: str, key: Ed25519
         "source": {"run_id": mv.run_id, "train_run_id": mv.tags.get("train_run_id", ""),
                    "dataset_digest": mv.tags.get("dataset_digest", "")},
         "created_unix_s": time.time(),
+        "sequence": default_sequence(version),
     }
     return sign(manifest, artifact, key)
