@@ -21,11 +21,15 @@ NoPrefectOpt = Annotated[bool, typer.Option(
                          "(no flow run or artifacts; same MLflow records and output)")]
 
 
+#: the user's own log level, read when the CLI starts: library defaults set later (WARNING) must not hide progress
+_USER_LOG_LEVEL = os.environ.get("PREFECT_LOGGING_LEVEL")
+
+
 def prepare(quiet: bool) -> None:
     """Set Prefect's environment before it is imported: project-local home, task logs unless output is JSON."""
     from tinymlops.settings import prepare_environment
 
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING" if quiet else "INFO")
+    os.environ["PREFECT_LOGGING_LEVEL"] = _USER_LOG_LEVEL or ("WARNING" if quiet else "INFO")
     prepare_environment()
 
 

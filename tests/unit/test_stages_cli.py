@@ -49,6 +49,7 @@ def _cli(args: list[str], home: Path, api: bool = True) -> subprocess.CompletedP
     server (the flow runs it creates can be read back here)."""
     env = {**os.environ, "TINYMLOPS_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_LOGGING_LEVEL", None)  # as a user has it (this test process set a default)
     if api:
         from prefect.settings import PREFECT_API_URL
 
@@ -157,6 +158,7 @@ def test_run_without_train_in_stages_does_not_train(tm_home: Path, prefect_harne
     r = _cli(["run", "-c", path], tm_home)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "stages: without 'train'" in r.stderr and model in r.stderr and "Traceback" not in r.stderr
+    assert "Beginning flow run" in r.stderr  # progress logs show (the config check must not silence them)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
