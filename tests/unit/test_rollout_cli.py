@@ -39,7 +39,7 @@ def test_bad_input_exits_2_with_one_line(args: list[str], needle: str):
 def test_status_abort_and_history_on_an_empty_fleet(tm_home: Path):
     db = f"sqlite:///{tm_home / 'fleet.db'}"
     r = runner.invoke(app, ["rollout", "status", "--db", db, "--json"])
-    assert r.exit_code == 0 and json.loads(r.output) == []
+    assert r.exit_code == 0 and json.loads(r.stdout) == []
     r = runner.invoke(app, ["rollout", "abort", "nope", "--db", db])
     assert r.exit_code == 2 and "no rollout 'nope'" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["history", "no-such-model", "--db", db])
@@ -58,4 +58,4 @@ def test_start_needs_one_target_for_an_explicit_version(tm_home: Path):
                             "--db", f"sqlite:///{tm_home / 'fleet.db'}"])
     assert r.exit_code == 2 and "candidate-<target>" in r.output
     r = runner.invoke(app, ["history", "cli-rollout", "--json"])
-    assert r.exit_code == 0 and json.loads(r.output)["alias_moves"] == []
+    assert r.exit_code == 0 and json.loads(r.stdout)["alias_moves"] == []
