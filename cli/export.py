@@ -17,10 +17,13 @@ def _kb(n: int | None) -> str:
 
 def _print_firmware(fw: dict[str, Any]) -> None:
     comps = sorted(set(fw["flash_by_component"]) | set(fw["ram_by_component"]))
-    print_table(f"firmware for {fw['machine']} ({fw['core']}, {fw['kernels']} kernels)", ["part", "flash", "RAM"],
+    print_table(f"firmware on {fw['machine']}", ["part", "flash", "RAM"],
                 [[c, _kb(fw["flash_by_component"].get(c, 0)), _kb(fw["ram_by_component"].get(c, 0))] for c in comps]
-                + [["total", _kb(fw["flash_bytes"]), _kb(fw.get("ram_bytes", fw["ram_static_bytes"]))]])
-    console.print(f"ELF {fw['elf']} (TFLM library {'cached' if fw['library_cached'] else 'built'}; "
+                + ([["stack high-water", "", _kb(fw["stack_high_water_bytes"])]] if "ram_bytes" in fw else [])
+                + [["total (without test_io)", _kb(fw["flash_bytes"]),
+                    _kb(fw.get("ram_bytes", fw["ram_static_bytes"] - fw["ram_by_component"].get("test_io", 0)))]])
+    console.print(f"{fw['core']}, TFLM with {fw['kernels']} kernels; ELF {fw['elf']} (library "
+                  f"{'cached' if fw['library_cached'] else 'built'}; "
                   f"link {fw['link_s']} s); arena {fw['arena_bytes']:,} B in .bss")
     if "instructions_per_inference" in fw:
         console.print(

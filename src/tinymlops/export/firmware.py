@@ -179,20 +179,29 @@ def run_qemu(elf: Path, emu: Emulated, X_raw: np.ndarray, n_features: int, n_cla
     inf = np.zeros(n, np.int64)
     init = arena = stack = heap = 0
     for line in res.stdout.splitlines():
-        p = line.split()
-        if not p:
-            continue
-        if p[0] in ("IN", "OUT"):
-            (ins if p[0] == "IN" else outs)[int(p[1])] = np.frombuffer(bytes.fromhex(p[2]), np.int8)
-        elif p[0] == "TICKS":
-            i = int(p[1])
-            pre[i], inf[i], cls[i] = int(p[2]), int(p[3]), int(p[4])
-        elif p[0] == "INIT":
-            init = int(p[2])
-        elif p[0] == "ARENA":
-            arena = int(p[1])
-        elif p[0] == "STACK":
-            stack = int(p[1])
-        elif p[0] == "HEAP":
-            heap = int(p[1])
+        try:
+            init, arena, stack, heap = _parse_line(line, ins, outs, cls, pre, inf, (init, arena, stack, heap))
+        except (ValueError, IndexError):
+            raise TinyMLOpsError(f"firmware on {emu.machine} printed an unexpected line: {line[:200]!r}") from None
     return QemuRun(ins, outs, cls, pre, inf, init, arena, stack, heap, time.monotonic() - t0)
+
+
+def _parse_line(line: str, ins: np.ndarray, outs: np.ndarray, cls: np.ndarray, pre: np.ndarray, inf: np.ndarray,
+                state: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Parse one line the harness printed into the arrays; return (init ticks, arena, stack, heap)."""
+    init, arena, stack, heap = state
+    p = line.split()
+    if p and p[0] in ("IN", "OUT"):
+        (ins if p[0] == "IN" else outs)[int(p[1])] = np.frombuffer(bytes.fromhex(p[2]), np.int8)
+    elif p and p[0] == "TICKS":
+        i = int(p[1])
+        pre[i], inf[i], cls[i] = int(p[2]), int(p[3]), int(p[4])
+    elif p and p[0] == "INIT":
+        init = int(p[2])
+    elif p and p[0] == "ARENA":
+        arena = int(p[1])
+    elif p and p[0] == "STACK":
+        stack = int(p[1])
+    elif p and p[0] == "HEAP":
+        heap = int(p[1])
+    return init, arena, stack, heap
