@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import compress, doctor, drift, export, fleet, pipeline, profile, rollout, store
+from cli import compress, doctor, drift, export, fleet, pipeline, profile, rollout, server, store
 
 app = typer.Typer(
     name="tinymlops",
@@ -17,7 +17,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for _module in (pipeline, compress, profile, export, fleet, drift, rollout, doctor, store):
+for _module in (pipeline, compress, profile, export, fleet, drift, rollout, doctor, store, server):
     _module.register(app)
 
 
