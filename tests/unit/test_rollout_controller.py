@@ -48,7 +48,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     register_demo_model(MODEL, seed=1)
     targets = home / "targets"
     targets.mkdir()
-    for name in ("ok", "bad", "offline", "stop", "lease", "abort"):
+    for name in ("ok", "bad", "offline", "stop", "lease", "abort", "driver"):
         (targets / f"{name}.yaml").write_text(f"name: {name}\nruntime: onnxruntime\nlatency_slo_ms: 50\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\nflash_bytes: 32000000000\nactive_power_mw: 3000\n")
     yield home
     registry._client = None
@@ -328,3 +328,25 @@ def test_start_refuses_a_target_without_devices(st: Store, home: Path):
     ctl = Controller(st, targets_dir=home / "targets")
     with pytest.raises(UsageError, match="no device of target ok"):
         ctl.start(MODEL, "ok", config(), version="2")
+
+
+def test_run_rollout_is_the_driver_a_second_start_resumes(st: Store, home: Path, tmp_path: Path):
+    """The one rollout driver: created once (wait=False), a second run finds the same rollout and drives it."""
+    import yaml
+
+    from tinymlops.rollout.run import run_rollout
+
+    setup(st, home, "driver")
+    path = tmp_path / "rollout.yaml"
+    path.write_text(yaml.safe_dump({"kind": "rollout", **config().model_dump(mode="json")}))
+    args = (MODEL, ["driver"], path)
+    first = run_rollout(*args, store=st, versions={"driver": "2"}, targets_dir=home / "targets", wait=False)
+    assert [(r["target"], r["version"], r["status"]) for r in first.rollouts] == [("driver", "2", "running")]
+    ticks: list[Any] = []
+    again = run_rollout(*args, store=st, versions={"driver": "2"}, targets_dir=home / "targets", max_s=0,
+                        on_tick=ticks.append)
+    assert [r["id"] for r in again.rollouts] == [first.rollouts[0]["id"]]  # resumed, not a second rollout
+    assert ticks and ticks[0].rollout_id == first.rollouts[0]["id"]
+    out = again.to_dict()
+    assert out["table"]["columns"] == ["target", "version", "stages reached", "decision", "reason"]
+    assert out["table"]["rows"][0][0] == "driver" and out["model"] == MODEL
