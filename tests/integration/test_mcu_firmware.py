@@ -1,0 +1,118 @@
+"""Microcontroller firmware end to end: train + ptq-int8 the vibration demo (small), export, build for Cortex-M4
+(QEMU mps2-an386) and run the test split on the emulated device; outputs must match the TFLite interpreter.
+
+Needs ``gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm`` and ``TINYMLOPS_TFLM_DIR`` (CI installs and
+unpacks them, see .ci/run). The TFLM library is built once per core into ~/.cache/tinymlops (~5 min on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")
+                                      and os.environ.get("TINYMLOPS_TFLM_DIR")),
+                                 reason="needs the Arm toolchain, qemu-system-arm and TINYMLOPS_TFLM_DIR (.ci/run)")]
+
+MODEL = "it-mcu"
+SMALL: dict[str, Any] = {
+    "kind": "pipeline", "project": "vibration-mcu-test",
+    "mlflow": {"experiment": "it-mcu", "registered_model": MODEL},
+    "dataset": {"name": "vibration", "seed": 5, "vibration": {"windows_per_class": 60}},
+    "preprocessing": {"features": "spectral", "bands": 8},
+    "model": {"arch": "mlp", "params": {"hidden": [16], "dropout": 0.0}},
+    "train": {"epochs": 15, "early_stopping_patience": 0, "learning_rate": 0.01},
+    "stages": ["train", "compress"],
+    "compress": {"variants": [{"technique": "ptq-int8", "representative_samples": 50}]},
+}
+
+
+@pytest.fixture(scope="module")
+def int8_version(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Train the small demo model and register its ptq-int8 variant in a fresh store; return that version."""
+    home = tmp_path_factory.mktemp("mcu-home")
+    os.environ["TINYMLOPS_HOME"] = str(home)
+    from tinymlops import registry
+    from tinymlops.compress.stage import run_compress
+    from tinymlops.config import load_pipeline
+    from tinymlops.train import run_train
+
+    registry.connect()
+    cfg_path = home / "pipeline.yaml"
+    cfg_path.write_text(yaml.safe_dump(SMALL))
+    cfg = load_pipeline(cfg_path)
+    res = run_train(cfg)
+    out = run_compress(cfg, res.version)
+    (variant,) = out.variants
+    assert variant["status"] == "registered", variant
+    return str(variant["version"])
+
+
+def test_export_build_run_on_cortex_m4_matches_tflite(int8_version: str, tmp_path: Path) -> None:
+    from tinymlops import registry
+    from tinymlops.export.firmware import run_qemu
+    from tinymlops.export.run import run_export
+    from tinymlops.export.toolchain import EMULATED
+
+    res = run_export(MODEL, int8_version, "nucleo-l4r5zi", "c", tmp_path / "bundle", run=True, n_inputs=100)
+    fw = res.firmware
+    print("\nfirmware:", json.dumps({k: v for k, v in fw.items() if k not in ("elf", "library")}, indent=1))
+    # the test split of 60 windows per class x 4 classes x 0.2 = 48 windows, all run on the device
+    assert fw["machine"] == "mps2-an386" and fw["n_inputs"] == 48
+    assert fw["class_agreement"] == 1.0
+    assert fw["output_max_lsb_diff"] <= 1
+    # the device's own pre-processing + quantisation lands on the same int8 input as Python's (float32 vs 64)
+    assert fw["input_max_lsb_diff"] <= 1
+    assert fw["device_accuracy"] == fw["tflite_accuracy"]
+    flash = fw["flash_by_component"]
+    model_bytes = (tmp_path / "bundle/src/tm_model_data.cc").read_text().count("0x")
+    assert model_bytes <= flash["model"] < model_bytes + 64
+    assert flash["tflm"] > 20_000 and flash["preprocessing"] > 1_000 and flash["libc"] > 1_000
+    # the map counts mergeable string sections before the linker merges them: components sum within 1 %
+    assert abs(fw["flash_bytes"] - sum(flash.values())) <= 0.01 * fw["flash_bytes"]
+    assert fw["ram_by_component"]["app"] >= res.arena_bytes   # the arena is a static array of tm_model.cc
+    assert 0 < fw["arena_used_bytes"] <= res.arena_bytes
+    assert 0 < fw["stack_high_water_bytes"] < 32 * 1024
+    assert 1_000 < fw["instructions_per_inference"] < 1_000_000
+    assert fw["preprocessing_instructions"] > 10_000   # an FFT of 256 samples x 3 axes
+    # instruction counts are deterministic: a second run of the same ELF counts the same
+    from tinymlops.export.run import test_split
+
+    src_X = test_split(_source(int8_version, tmp_path), 5)[0]
+    a = run_qemu(Path(fw["elf"]), EMULATED["cortex-m4"], src_X, 36, 4)
+    b = run_qemu(Path(fw["elf"]), EMULATED["cortex-m4"], src_X, 36, 4)
+    assert a.inf_ticks.tolist() == b.inf_ticks.tolist() and a.pre_ticks.tolist() == b.pre_ticks.tolist()
+    # logged on the version, with the firmware figures as tags
+    mv = registry.get_version(MODEL, int8_version)
+    assert int(mv.tags["firmware.nucleo-l4r5zi.instructions_per_inference"]) == fw["instructions_per_inference"]
+    assert (registry.download(mv.run_id, "export/nucleo-l4r5zi/c/export.json", tmp_path / "dl")).is_file()
+
+    # a second export + build of the same core reuses the cached TFLM library
+    again = run_export(MODEL, int8_version, "nucleo-l4r5zi", "cmake", tmp_path / "bundle2", build=True,
+                       log_to_mlflow=False)
+    assert again.firmware["library_cached"] is True
+    assert again.firmware["flash_bytes"] == fw["flash_bytes"]
+
+
+def _source(version: str, tmp_path: Path) -> Any:
+    from tinymlops.export.run import load_source
+
+    return load_source(MODEL, version, tmp_path / "src")
+
+
+def test_cli_run_prints_the_firmware_table(int8_version: str, tmp_path: Path) -> None:
+    from cli import app
+    from typer.testing import CliRunner
+
+    r = CliRunner().invoke(app, ["export", MODEL, int8_version, "--target", "nucleo-l4r5zi", "--run", "-n", "10",
+                                 "--out", str(tmp_path / "b"), "--no-log"])
+    assert r.exit_code == 0, r.output
+    assert "firmware on mps2-an386" in r.output and "cortex-m4, TFLM with cmsis_nn kernels" in r.output
+    assert "class agreement with the TFLite interpreter 100.0 %" in r.output
