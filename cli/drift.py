@@ -68,6 +68,9 @@ def drift(
         registry.connect()
         out = run_drift_check(model, cfg, version=version, target=target, cohort=cohort, until=until,
                               window_s=window_s, store_url=fleet_db, log=log).to_dict()
+        if out["level"] == "retrain" and retrain and cfg.retrain.enabled:
+            out["retrain"] = {"decision": {"start": False, "reason": "not started: --no-prefect (the pipeline "
+                                                                     "it would start is a Prefect flow)"}}
     else:
         out = start_flow("flows.drift:drift_flow", model, str(config), version=version, target=target,
                          cohort=cohort, window=window, until=until, store_url=fleet_db, log=log,

@@ -210,6 +210,22 @@ def test_cli_drift_json_for_one_cohort_and_an_empty_window(world):
     assert r.exit_code != 0 and "does not exist" in r.output and "Traceback" not in r.output
 
 
+def test_cli_drift_no_prefect_judges_like_the_flow_and_starts_no_retrain(world):
+    from cli import app
+    from flows.drift import drift_flow
+    from typer.testing import CliRunner
+
+    args = ["drift", MODEL, "-c", world["config"], "--cohort", "b", "--until", str(world["now"]), "--json", "--no-log"]
+    r = CliRunner().invoke(app, [*args, "--no-prefect"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    flow = drift_flow(MODEL, world["config"], cohort="b", until=world["now"], log=False, allow_retrain=False)
+    strip = [{k: g[k] for k in ("version", "target", "cohort", "level", "reasons", "drifted_features")}
+             for g in out["groups"]]
+    assert strip == [{k: g[k] for k in strip[0]} for g in flow["groups"]] and strip[0]["level"] == "retrain"
+    assert out["retrain"]["decision"]["start"] is False and "--no-prefect" in out["retrain"]["decision"]["reason"]
+
+
 def test_reference_sample_is_rebuilt_from_the_logged_dataset_config(world):
     """Without reference/sample.csv, Evidently's reference rows come from the train run's pipeline config."""
     from tinymlops import preprocessing
