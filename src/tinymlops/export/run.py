@@ -173,6 +173,9 @@ def build_and_run(res: ExportResult, src: ExportSource, target: Any, info: Model
             # RAM of the model's code path: .data + .bss (arena included) + stack high-water, without the test
             # harness's raw-input buffer (test_io) and the heap newlib's stdio takes (harness_heap_bytes)
             "ram_bytes": fw.ram_static_bytes - fw.ram_by_component.get("test_io", 0) + dev.stack_bytes,
+            # the same with the arena the interpreter really used instead of the declared one (margin removed)
+            "ram_used_bytes": fw.ram_static_bytes - fw.ram_by_component.get("test_io", 0) + dev.stack_bytes
+            - res.arena_bytes + dev.arena_used_bytes,
             "harness_heap_bytes": dev.heap_bytes, "qemu_s": round(dev.seconds, 2),
             **compare(src, info, X, y, dev),
         })
