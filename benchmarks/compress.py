@@ -41,7 +41,6 @@ def weight_share(tflite_path: Path) -> tuple[int, int]:
 def run_task(config: str, serial_too: bool) -> tuple[list[tuple[str, str, bool, bool]], dict[str, Any]]:
     """Train, compress and measure one task; return (bar rows, figures)."""
     from flows.compress import compress_flow
-
     from tinymlops import registry
     from tinymlops.compress.stage import parent, run_compress
     from tinymlops.config import load_pipeline

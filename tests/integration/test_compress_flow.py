@@ -67,7 +67,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def compressed(trained: tuple[Path, str], prefect_harness: None) -> dict[str, Any]:
     """Run the compress flow once, nested under a pipeline run."""
     from flows.compress import compress_flow
-
     from tinymlops import registry
 
     cfg_path, _ = trained
@@ -162,8 +161,9 @@ def test_technique_effects_are_measured_in_the_artifact(compressed: dict[str, An
 
 
 def test_variants_listing_lineage_and_prefect_table(compressed: dict[str, Any]) -> None:
-    from cli import app
     from typer.testing import CliRunner
+
+    from cli import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["variants", MODEL, "--json"])

@@ -191,8 +191,9 @@ def test_flow_catches_the_drifted_cohort_logs_evidently_and_starts_one_retrain(w
 
 
 def test_cli_drift_json_for_one_cohort_and_an_empty_window(world):
-    from cli import app
     from typer.testing import CliRunner
+
+    from cli import app
 
     runner = CliRunner()
     r = runner.invoke(app, ["drift", MODEL, "-c", world["config"], "--cohort", "a", "--until", str(world["now"]),
@@ -211,9 +212,10 @@ def test_cli_drift_json_for_one_cohort_and_an_empty_window(world):
 
 
 def test_cli_drift_no_prefect_judges_like_the_flow_and_starts_no_retrain(world):
+    from typer.testing import CliRunner
+
     from cli import app
     from flows.drift import drift_flow
-    from typer.testing import CliRunner
 
     args = ["drift", MODEL, "-c", world["config"], "--cohort", "b", "--until", str(world["now"]), "--json", "--no-log"]
     r = CliRunner().invoke(app, [*args, "--no-prefect"])

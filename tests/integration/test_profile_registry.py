@@ -75,7 +75,6 @@ def _register(model_name: str, path: Path, variant: str, accuracy: float, work: 
 def test_profile_flow_logs_metrics_tags_aliases_and_artifacts(
         ref_models: dict[str, Path], tm_home: Path, tmp_path: Path, prefect_harness: None) -> None:
     from flows.profile import profile_flow
-
     from tinymlops import registry
 
     small = tmp_path / "small-board.yaml"  # a board outside the catalogue, too small for the autoencoder

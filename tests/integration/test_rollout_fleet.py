@@ -142,7 +142,6 @@ def wait_for(pred: Any, timeout_s: float, what: str) -> None:
 
 def test_flow_promotes_the_healthy_candidate_and_rolls_back_every_faulty_one(fleet: dict[str, Any]):
     from flows.rollout import rollout_flow
-
     from tinymlops import registry
     from tinymlops.errors import UsageError
     from tinymlops.fleet.store import deployment_events, list_devices

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import typer
-from cli._common import handle_errors
 from typer.testing import CliRunner
 
+from cli._common import handle_errors
 from tinymlops import registry
 
 REPO = Path(__file__).resolve().parents[2]

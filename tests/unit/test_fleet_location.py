@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from cli import app
 from typer.testing import CliRunner
 
+from cli import app
 from tinymlops import settings
 from tinymlops.fleet import store
 from tinymlops.fleet.store import Device

@@ -6,9 +6,9 @@ import importlib.util
 import json
 from pathlib import Path
 
-from cli import app
 from typer.testing import CliRunner
 
+from cli import app
 from tinymlops.profile.targets import SHIPPED_TARGETS_DIR
 
 TARGETS = str(SHIPPED_TARGETS_DIR)

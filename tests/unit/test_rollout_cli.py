@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from cli import app
 from typer.testing import CliRunner
+
+from cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from cli import app
 from typer.testing import CliRunner
+
+from cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 ORDER = "train → compress → profile → rollout → drift"
