@@ -8,6 +8,7 @@ Then: telemetry the service acknowledged survives a restart of the service.
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ def test_acknowledged_telemetry_survives_a_service_restart(world: dict[str, Any]
         d = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {world['dev']}"})
         for seq in range(1000, 1020):
             b = SketchBuilder(ref)
-            b.add(np.zeros(len(ref.features)), np.array([0.7, 0.1, 0.1, 0.1]), 1.0, 100.0 + seq)
+            b.add(np.zeros(len(ref.features)), np.array([0.7, 0.1, 0.1, 0.1]), 1.0, time.time())
             r = d.post("/v1/devices/fuzz-dev/telemetry", json={"seq": seq, "package_id": world["pid"],
                                                                 "sketch": b.flush().model_dump()})
             if r.status_code == 202:
@@ -128,3 +129,161 @@ def test_acknowledged_telemetry_survives_a_service_restart(world: dict[str, Any]
     got = {r.seq for r in store.telemetry_window(reopened, "fuzz", device_id="fuzz-dev")}
     assert set(acked) <= got
     assert Path(world["root"] / "fleet.db").is_file()
+
+
+HOSTILE_STRINGS = ["\x00", "a\x00b", "../../etc/passwd", "..", "' OR 1=1 --", "'; DROP TABLE devices;--",
+                   "\U0001d54f" * 50, "\u202egnp.exe", "a" * 5000, "%00", "%2e%2e%2f", "NaN", "Infinity", "-1",
+                   "1e309", str(2**200), "<script>alert(1)</script>", "${jndi:ldap://x}", " ", ""]
+
+
+def _hostile_bodies(world: dict[str, Any]) -> list[bytes]:
+    """Bodies no well-behaved client sends: deep nesting, NaN/Inf, huge ints and histograms, NUL/SQL strings."""
+    import json
+
+    from tinymlops.monitor.reference import ReferenceProfile
+    from tinymlops.monitor.sketches import Sketch
+
+    sk = Sketch.empty(ReferenceProfile.model_validate(world["manifest"]["reference"])).model_dump()
+    huge_hist = {**sk, "feature_counts": [[0] * 200_000 for _ in sk["feature_counts"][:2]]}
+    return [b'{"a":' * 50_000 + b"1" + b"}" * 50_000, b"[" * 200_000,
+            b'{"seq": NaN, "package_id": "x", "sketch": {"n_inferences": Infinity}}',
+            b'{"seq": ' + b"9" * 5000 + b', "package_id": "p"}',
+            json.dumps({"seq": 2**70, "package_id": world["pid"], "sketch": sk}).encode(),
+            json.dumps({"seq": 5, "package_id": world["pid"], "sketch": huge_hist}).encode(),
+            json.dumps({"seq": 6, "package_id": world["pid"], "sketch": {**sk, "n_inferences": -5}}).encode(),
+            json.dumps({"enrolment_token": "x\x00' OR '1'='1", "device_id": "a\x00", "target": "gw"}).encode(),
+            json.dumps({"kind": "installed", "package_id": "../../x"}).encode(), b"\xff\xfe\x00garbage", b""]
+
+
+def _chunked(n_mib: int) -> Any:
+    for _ in range(n_mib):
+        yield b"{" * (1 << 20)
+
+
+@pytest.fixture(scope="module")
+def served(world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real ``tinymlops fleet serve`` process over a fresh database, with the fuzz package and device."""
+    import os
+    import socket
+    import subprocess
+
+    import httpx
+
+    from tinymlops.sim.command import product_command
+
+    tmp = tmp_path_factory.mktemp("fleet-hostile")
+    (tmp / "targets").mkdir()
+    (tmp / "targets" / "gw.yaml").write_text("name: gw\nruntime: onnxruntime\ncore: cortex-a72\nclock_mhz: 1500\n"
+                                           "sram_bytes: 4000000000\nflash_bytes: 32000000000\n"
+                                           "active_power_mw: 3000\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "TINYMLOPS_HOME": str(tmp / "home")}
+    db = f"sqlite:///{tmp / 'fleet.db'}"
+    proc = subprocess.Popen([*product_command("fleet", "serve"), "--db", db, "--port", str(port),
+                             "--targets-dir", str(tmp / "targets")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url, token_file = f"http://127.0.0.1:{port}", tmp / "home" / "fleet" / "operator-token"
+    for _ in range(300):
+        try:
+            if token_file.is_file() and httpx.get(url + "/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    op = token_file.read_text().strip()
+    h = {"Authorization": f"Bearer {op}"}
+    b = packages.sign({**world["manifest"], "model_version": "1", "target": "gw", "runtime": "onnxruntime"},
+                      (world["root"] / "pkg" / "model.onnx").read_bytes(), packages.signing_key(world["root"]))
+    pid = httpx.post(url + "/v1/packages", json=b.upload_json(), headers=h).json()["id"]
+    tok = httpx.post(url + "/v1/enrolment-tokens", json={"feedback_opt_in": True}, headers=h).json()["tokens"][0]
+    cred = httpx.post(url + "/v1/enrol", json={"enrolment_token": tok, "device_id": "fuzz-dev", "target": "gw"}
+                      ).json()["credential"]
+    httpx.put(url + "/v1/desired-state", json={"package_id": pid, "device_ids": ["fuzz-dev"]}, headers=h)
+    yield {"url": url, "op": op, "dev": cred, "pid": pid, "pid_os": proc.pid, "db": db,
+           "manifest": world["manifest"]}
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_hostile_requests_never_cause_server_errors_or_store_invalid_data(served: dict[str, Any]) -> None:
+    """>= 1,000 hostile requests (with the schema-driven ones above: >= 2,000) against a real server process."""
+    from urllib.parse import quote
+
+    import httpx
+
+    from tinymlops.fleet.service.deps import MAX_CLOCK_SKEW_S, MAX_REPORT_AGE_S
+
+    client = httpx.Client(base_url=served["url"], timeout=60)
+    from tinymlops.fleet.service import create_app
+
+    ops = [(m.upper(), path) for path, item in create_app(served["db"]).openapi()["paths"].items() for m in item]
+    rss0 = _rss_mb(served["pid_os"])
+    failures: list[str] = []
+    n = 0
+    bodies = _hostile_bodies(served)
+    creds = [None, served["op"], served["dev"]]
+
+    def call(method: str, u: str, **kw: Any) -> httpx.Response | None:
+        nonlocal n
+        n += 1
+        try:
+            r = client.request(method, u, **kw)
+        except httpx.HTTPError as exc:  # a connection the server closed after a 413 is fine; a reset is not
+            if "content" in kw and not isinstance(kw["content"], bytes):
+                return None
+            failures.append(f"{method} {u[:80]!r}: {exc!r}")
+            return None
+        if r.status_code >= 500:
+            failures.append(f"{method} {u[:80]!r} -> {r.status_code}: {r.text[:200]}")
+        return r
+
+    for method, path in ops:
+        own = path.replace("{device_id}", "fuzz-dev").replace("{package_id}", served["pid"])
+        for i, s in enumerate(HOSTILE_STRINGS):
+            url = path.replace("{device_id}", quote(s, safe="") or "x").replace("{package_id}",
+                                                                                quote(s, safe="") or "x")
+            q = {"model_name": s, "version": s, "since": s, "device_id": s, "cohort": s, "limit": s}
+            for cred in creds:
+                headers = {"Authorization": f"Bearer {cred}"} if cred else {}
+                body = bodies[i % len(bodies)] if method in ("POST", "PUT") else None
+                call(method, url, headers=headers, content=body)
+                call(method, own, params=q, headers=headers, content=body)
+        if method in ("POST", "PUT"):
+            for cred in creds:
+                headers = {"Authorization": f"Bearer {cred}", "Content-Type": "application/json"} if cred else {}
+                for body in bodies:
+                    call(method, own, content=body, headers=headers)
+                r = call(method, own, content=_chunked(80), headers=headers)  # chunked, no Content-Length
+                if r is not None and r.status_code not in (401, 403, 413):
+                    failures.append(f"{method} {own} chunked 80 MiB -> {r.status_code}")
+    growth = _rss_mb(served["pid_os"]) - rss0
+    print(f"hostile: {n} requests, server RSS growth {growth:.0f} MB")
+    assert not failures, "\n".join(failures[:20])
+    assert n >= 1000
+    assert growth < 100
+    # nothing stored fails validation
+    from tinymlops.fleet.service.context import check_sketch
+    from tinymlops.fleet.service.deps import Service
+
+    st = store.open_store(served["db"])
+    svc = Service(st, 5.0, None)
+    now = time.time()
+    for rec in store.telemetry_window(st, "fuzz"):
+        pkg = svc.package_ctx(rec.package_id or "")
+        assert pkg is not None and check_sketch(rec.sketch, pkg) is None
+        assert now - MAX_REPORT_AGE_S <= rec.window_end_unix_s <= now + MAX_CLOCK_SKEW_S
+        for fb in rec.feedback or []:
+            assert 0 <= fb["label"] < pkg.n_classes and 0 <= fb["prediction"] < pkg.n_classes
+    known = {p["id"] for p in store.list_package_rows(st)}
+    for ev in store.deployment_events(st):
+        assert ev["package_id"] is None or ev["package_id"] in known
+    svc.writer.close()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

@@ -294,7 +294,7 @@ def test_a_retried_report_is_stored_once_and_bad_sketches_are_refused(fleet: Fle
 
     b = SketchBuilder(fleet_reference(fleet))
     nf = len(fleet.manifest["preprocessing"]["feature_names"])
-    b.add(np.zeros(nf), np.array([0.7, 0.1, 0.1, 0.1]), 2.0, 1000.0)
+    b.add(np.zeros(nf), np.array([0.7, 0.1, 0.1, 0.1]), 2.0, time.time())  # D10: a plausible window time
     report = {"seq": 42, "package_id": fleet.good_id, "sketch": b.flush().model_dump()}
     d = dev(fleet, cred)
     assert [d.post("/v1/devices/retry-1/telemetry", json=report).status_code for _ in range(3)] == [202] * 3

@@ -1,7 +1,7 @@
 """Edge agent: the process that stands for one device.
 
-(Over 450 lines on purpose: one class whose loop, install and telemetry steps share the device's state; the
-install store, input sources and package checks already live in their own modules.)
+Every server answer is untrusted (:mod:`tinymlops.fleet.answers`): read with a size cap, parsed with bounded
+depth, checked for shape; one bad answer costs a logged warning and a back-off, never the loop.
 
 It enrols once (one-time token -> own credential, kept in ``<state>/credential.json``), then loops: poll its
 desired state (interval from the server, jitter, exponential backoff on errors), download a new package, verify it
@@ -36,23 +36,16 @@ from typing import Any
 
 import numpy as np
 
+from tinymlops.fleet.answers import MAX_ANSWER_BYTES, BadAnswer, brief, checked_specs, read_capped, read_json
 from tinymlops.fleet.inputs import InputSource
 from tinymlops.fleet.install import Installed, InstallState, atomic_write, open_model, smoke_test
-from tinymlops.fleet.packages import MAX_MANIFEST_BYTES, Bundle, PackageRejected, is_safe_name
-from tinymlops.fleet.safejson import UnsafeJSON, loads_bounded
+from tinymlops.fleet.packages import Bundle, PackageRejected, is_safe_name
 
 __all__ = ["Agent", "AgentConfig", "AgentStopped", "InstallState", "Installed", "atomic_write", "open_model",
            "smoke_test"]
 
 log = logging.getLogger("tinymlops.agent")
 MAX_PENDING_REPORTS = 200
-MAX_ANSWER_BYTES = 2 * MAX_MANIFEST_BYTES + 65536  # a signed manifest's JSON envelope (the manifest is escaped in it)
-
-
-class BadAnswer(ValueError):
-    """The server's answer is not what the protocol allows (too large, not JSON, wrong shape)."""
-
-
 class AgentStopped(RuntimeError):
     """The agent cannot continue (credential refused, enrolment impossible)."""
 
@@ -143,22 +136,13 @@ class Agent:
     def device_path(self) -> str:
         return f"/v1/devices/{self.cfg.device_id}"
 
-    async def _get_json(self, path: str, max_bytes: int = MAX_ANSWER_BYTES) -> tuple[int, Any]:
-        """GET a JSON answer, reading at most ``max_bytes`` (BadAnswer if larger, not JSON, or nested too deep)."""
-        chunks, size = [], 0
+    async def _get_json(self, path: str, max_bytes: int = MAX_ANSWER_BYTES) -> Any:
+        """GET a JSON answer of at most ``max_bytes`` (BadAnswer if larger, not JSON, or nested too deep)."""
         async with self.client.stream("GET", self._url(path), headers=self._headers()) as r:
             if r.status_code in (401, 403):
                 raise AgentStopped(f"{self.cfg.device_id}: credential refused ({r.status_code})")
             r.raise_for_status()
-            async for chunk in r.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise BadAnswer(f"answer to {path} is larger than {max_bytes} bytes")
-                chunks.append(chunk)
-        try:
-            return r.status_code, loads_bounded(b"".join(chunks), max_bytes)
-        except UnsafeJSON as exc:
-            raise BadAnswer(f"answer to {path}: {exc}") from None
+            return await read_json(r, max_bytes, path)
 
     # ---- enrolment ------------------------------------------------------------------------------------------
 
@@ -198,7 +182,7 @@ class Agent:
         if installed is None:
             return
         self.runner = self._open(installed, self.cfg.runtime)
-        self.spec, reference = _specs(installed.manifest)
+        self.spec, reference = checked_specs(installed.manifest)
         self.builder = SketchBuilder(reference)
         self.reservoir, self.reservoir_seen, self.feedback = [], 0, []
 
@@ -233,34 +217,25 @@ class Agent:
         return False
 
     async def install(self, package_id: str, authorisation: object = None) -> bool:
-        """Download, verify, stage, smoke-test and install a package; report success or rejection.
-
-        ``authorisation`` is the signed rollback authorisation the desired state carried (if any).
-        """
+        """Download, verify, stage, smoke-test and install a package (``authorisation``: a signed rollback's)."""
         if not is_safe_name(package_id):  # never put a server-chosen string into a URL or a path unchecked
             return await self._reject(package_id, None, "package id is not a plain name")
         log.info("%s: downloading package %s", self.cfg.device_id, package_id)
-        _status, signed = await self._get_json(f"{self.device_path}/packages/{package_id}")
+        signed = await self._get_json(f"{self.device_path}/packages/{package_id}")
         if not isinstance(signed, dict):
             raise BadAnswer("signed manifest answer is not an object")
-        chunks: list[bytes] = []
-        size = 0
         # streamed with a cap: a compromised server must not be able to exhaust the device's memory
         async with self.client.stream("GET", self._url(f"{self.device_path}/packages/{package_id}/artifact"),
                                       headers=self._headers()) as a:
             a.raise_for_status()
-            async for chunk in a.aiter_bytes():
-                size += len(chunk)
-                if size > self.cfg.max_package_bytes:
-                    break
-                chunks.append(chunk)
+            artifact, size = await read_capped(a, self.cfg.max_package_bytes)
         import base64
 
         try:
             signature = base64.b64decode(str(signed.get("signature_b64", "")), validate=True)
         except ValueError:
             signature = b""
-        bundle = Bundle(str(signed.get("manifest_json", "")).encode("utf-8", "replace"), signature, b"".join(chunks))
+        bundle = Bundle(str(signed.get("manifest_json", "")).encode("utf-8", "replace"), signature, artifact)
         version = None
         try:
             if size > self.cfg.max_package_bytes:
@@ -269,7 +244,7 @@ class Agent:
             staged, manifest = await asyncio.to_thread(self.state.stage, bundle, package_id, authorisation)
             version = str(manifest.get("model_version"))
             try:
-                _specs(manifest)
+                checked_specs(manifest)
                 probe = self._open(Installed(package_id, staged, manifest), self.cfg.runtime)
                 try:
                     smoke_test(probe, manifest)
@@ -293,7 +268,7 @@ class Agent:
 
     async def poll(self) -> None:
         """Fetch the desired state and install it if it differs from what runs."""
-        _status, desired = await self._get_json(f"{self.device_path}/desired-state", 65536)
+        desired = await self._get_json(f"{self.device_path}/desired-state", 65536)
         if not isinstance(desired, dict):
             raise BadAnswer("desired state is not an object")
         interval = desired.get("poll_interval_s")
@@ -450,14 +425,14 @@ class Agent:
                         raise
                     except Exception as exc:  # any answer at all: log, back off, keep serving the current model
                         next_poll = now + self._backoff()
-                        log.warning("%s: poll failed: %s", cfg.device_id, _brief(exc))
+                        log.warning("%s: poll failed: %s", cfg.device_id, brief(exc))
                 if now >= next_report:
                     try:
                         await self.report()
                     except AgentStopped:
                         raise
                     except Exception as exc:
-                        log.warning("%s: report failed (kept for retry): %s", cfg.device_id, _brief(exc))
+                        log.warning("%s: report failed (kept for retry): %s", cfg.device_id, brief(exc))
                     next_report = now + cfg.report_interval_s
                 await self.infer_once()
                 if self.source.exhausted:  # end of the input: a last report, then stop
@@ -472,20 +447,3 @@ class Agent:
             if self._own_client and self._client is not None:
                 await self._client.aclose()
 
-
-def _brief(exc: BaseException) -> str:
-    """One line naming an error (the type, and the message cut short)."""
-    return f"{type(exc).__name__}: {str(exc)[:300]}"
-
-
-def _specs(manifest: dict[str, Any]) -> tuple[Any, Any]:
-    """Return a manifest's pre-processing spec and reference profile (PackageRejected if either is malformed)."""
-    from pydantic import ValidationError
-
-    from tinymlops.monitor.reference import ReferenceProfile
-    from tinymlops.preprocessing import FittedPreprocessing
-
-    try:
-        return FittedPreprocessing(**manifest["preprocessing"]), ReferenceProfile.model_validate(manifest["reference"])
-    except (TypeError, ValueError, KeyError, ValidationError) as exc:
-        raise PackageRejected(f"manifest pre-processing or reference is malformed: {_brief(exc)}") from None

@@ -77,11 +77,20 @@ class SignedManifest(Wire):
     key_id: str
 
 
+class RollbackAuthorisation(Wire):
+    """A signed permission to install a lower sequence (``tinymlops.fleet.packages.authorise_rollback``)."""
+
+    payload_json: Annotated[str, Field(max_length=4096)]
+    signature_b64: Annotated[str, Field(max_length=128)]
+
+
 class DesiredStateRequest(Wire):
     package_id: PackageId
     device_ids: list[Name] | None = Field(None, max_length=100000)
     cohort: Name | None = None
     reason: Reason = ""
+    rollback_authorisation: RollbackAuthorisation | None = Field(
+        None, description="relayed to the devices: lets them go back to a package with a lower sequence")
 
 
 class DesiredStateUpdated(Wire):
@@ -96,6 +105,7 @@ class DesiredState(Wire):
     sha256: str | None = None
     size_bytes: int | None = None
     poll_interval_s: float = 5.0
+    rollback_authorisation: RollbackAuthorisation | None = None
 
 
 class Feedback(Wire):

@@ -336,6 +336,25 @@ def check_rollback(authorisation: object, trusted_keys: list[Ed25519PublicKey], 
     return None
 
 
+def rollback_authorisation_for(st: Any, package_id: str, replaces_package_id: str,
+                               key: Ed25519PrivateKey | None = None) -> str | None:
+    """Return the JSON of a rollback authorisation from one stored package back to another (rollout rollbacks).
+
+    None when the packages are not stored or the older one is not older (no authorisation needed).
+    """
+    from tinymlops.fleet.store import Package
+
+    with st.session() as s:
+        p, newer = s.get(Package, package_id), s.get(Package, replaces_package_id)
+        if p is None or newer is None:
+            return None
+        manifest, newer_manifest = json.loads(p.manifest_json), json.loads(newer.manifest_json)
+    replaces = newer_manifest.get("sequence", 0)
+    if not isinstance(replaces, int) or replaces <= manifest.get("sequence", 0):
+        return None
+    return json.dumps(authorise_rollback(package_id, manifest, replaces, key))
+
+
 def _profiled_expectation(run_id: str, target: str) -> dict[str, float]:
     """Return what the profile stage estimated for this version on this target (empty if not profiled)."""
     from tinymlops import registry

@@ -124,6 +124,8 @@ class DesiredState(Base):
     package_id: Mapped[str] = mapped_column(ForeignKey("packages.id"))
     reason: Mapped[str] = mapped_column(Text, default="")
     set_unix_s: Mapped[float] = mapped_column(Float)
+    # signed rollback authorisation (packages.authorise_rollback) relayed to the device with this desired state
+    authorisation_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class CohortDesiredState(Base):
@@ -378,8 +380,10 @@ def get_device(store: Store, device_id: str) -> DeviceInfo | None:
 
 
 def set_desired(store: Store, package_id: str, device_ids: list[str] | None = None, cohort: str | None = None,
-                reason: str = "") -> list[str]:
+                reason: str = "", authorisation: str | None = None) -> list[str]:
     """Set the desired package of devices (by id) and/or a whole cohort; return the device ids updated.
+
+    ``authorisation`` (JSON of a signed rollback authorisation) is relayed to the devices with the desired state.
 
     Raises:
         LookupError: the package or a device does not exist, or a device's target differs from the package's.
@@ -402,7 +406,8 @@ def set_desired(store: Store, package_id: str, device_ids: list[str] | None = No
                 raise LookupError(f"device {did!r} is a {d.target}; package {package_id!r} is for {pkg.target}")
             devices.append(d)
         for d in devices:
-            s.merge(DesiredState(device_id=d.id, package_id=package_id, reason=reason, set_unix_s=now))
+            s.merge(DesiredState(device_id=d.id, package_id=package_id, reason=reason, set_unix_s=now,
+                                 authorisation_json=authorisation))
             updated.append(d.id)
     return sorted(set(updated))
 

@@ -347,7 +347,11 @@ class Controller:
                         if ds is not None and ds.package_id == r.package_id:
                             s.delete(ds)
             else:
-                fleet_store.set_desired(self.store, prev, ids, reason=f"rollback of rollout {r.id}")
+                from tinymlops.fleet.packages import rollback_authorisation_for
+
+                # devices refuse a lower package sequence unless the rollback is signed (anti-rollback)
+                fleet_store.set_desired(self.store, prev, ids, reason=f"rollback of rollout {r.id}",
+                                        authorisation=rollback_authorisation_for(self.store, prev, r.package_id))
         with self.store.session() as s:
             s.execute(update(RolloutDevice).where(RolloutDevice.rollout_id == r.id,
                                                   RolloutDevice.rolled_back_unix_s.is_(None))

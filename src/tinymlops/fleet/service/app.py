@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
@@ -31,20 +32,75 @@ from tinymlops.fleet.store import Store
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
-class _BodyLimit:
-    """Refuse requests whose declared body is larger than the limit (413) before reading them."""
+ENROL_BODY_BYTES = 16 * 1024
+EVENT_BODY_BYTES = 64 * 1024
+TELEMETRY_BODY_BYTES = 8 * 1024 * 1024
+OPERATOR_BODY_BYTES = 16 * 1024 * 1024
 
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
-        self.app, self.max = app, max_body_bytes
+
+class _BodyLimit:
+    """Bound every request body by counting the bytes as they arrive (413), whatever ``Content-Length`` says.
+
+    A chunked upload declares no length, so the body is read here with a running count and replayed to the app
+    only if it stayed under the limit of its endpoint; requests other than enrolment must carry a bearer token
+    before a single body byte is read. (Telemetry is counted by the fast path itself.)
+    """
+
+    def __init__(self, app: Any, max_body_bytes: int, svc: Service) -> None:
+        self.app, self.max, self.svc = app, max_body_bytes, svc
+
+    def _limit(self, method: str, path: str) -> int:
+        if path == "/v1/enrol":
+            return ENROL_BODY_BYTES
+        if method == "POST" and path == "/v1/packages":
+            return self.max
+        if path.startswith("/v1/devices/") and path.endswith("/events"):
+            return EVENT_BODY_BYTES
+        return min(self.max, OPERATOR_BODY_BYTES)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            for k, v in scope.get("headers", []):
-                if k == b"content-length" and (not v.isdigit() or int(v) > self.max):
-                    resp = JSONResponse({"detail": f"request body larger than {self.max} bytes"}, status_code=413)
-                    await resp(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS") or (
+                scope["method"] == "POST" and _TELEMETRY_PATH.match(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        limit = self._limit(scope["method"], scope["path"])
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _send_json(send, 413, {"detail": f"request body larger than {limit} bytes"})
+            return
+        if scope["path"] != "/v1/enrol" and b"authorization" not in headers:
+            await _send_json(send, 401, {"detail": "credential required (Authorization: Bearer ...)"})
+            return
+        if limit > OPERATOR_BODY_BYTES:  # only operators may send a package's worth: check before reading it
+            try:
+                await self.svc.authenticate_operator(headers[b"authorization"].decode("latin-1"))
+            except HTTPException as exc:
+                await _send_json(send, exc.status_code, {"detail": exc.detail})
+                return
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_json(send, 413, {"detail": f"request body larger than {limit} bytes"})
+                return
+            chunks.append(chunk)
+            if not msg.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 _TELEMETRY_PATH = re.compile(r"^/v1/devices/([^/]+)/telemetry$")
@@ -140,14 +196,21 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
     for router in (routes_health.router, routes_operator.router, routes_device.router):
         app.include_router(router)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # never echo the input back: it may hold NaN/Infinity (not JSON) or megabytes of the attacker's body
+        errors = [{"type": e.get("type"), "loc": [str(x)[:64] for x in e.get("loc", ())], "msg": str(e.get("msg"))}
+                  for e in exc.errors()[:20]]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     @app.exception_handler(IntegrityError)
     async def integrity(_request: Request, exc: IntegrityError) -> JSONResponse:
         return JSONResponse({"detail": f"conflicts with stored data: {str(exc.orig).splitlines()[0]}"},
                             status_code=409)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(_TelemetryFastPath, fastapi_app=app, max_body_bytes=max_body_bytes)
-    app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes)
+    app.add_middleware(_TelemetryFastPath, fastapi_app=app, max_body_bytes=min(max_body_bytes, TELEMETRY_BODY_BYTES))
+    app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes, svc=svc)
     return app
 
 

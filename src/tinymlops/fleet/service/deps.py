@@ -6,8 +6,14 @@ Two kinds of caller, two kinds of credential (``Authorization: Bearer ...``, onl
 * devices (``tmo_dev_...``): the :func:`device` dependency; every device URL is ``/v1/devices/{device_id}/...``
   and the id must be the credential's own.
 
-Verdicts are cached for :data:`AUTH_CACHE_TTL_S` (a revocation reaches other workers within that time); the
-telemetry hot path authenticates on the event loop without a thread hop when the cache is warm.
+Verdicts are cached for :data:`AUTH_CACHE_TTL_S`; every revocation bumps a shared epoch
+(:mod:`tinymlops.fleet.revocation`) that each worker checks every ``EPOCH_CHECK_S``, dropping its caches when it
+moved, so a revocation takes effect on every worker within a second. The telemetry hot path authenticates on the
+event loop without a thread hop when the cache is warm.
+
+A device may report telemetry only for a package it runs, ran just before, or is told to run (D3), with window
+and feedback times within :data:`MAX_REPORT_AGE_S` in the past and :data:`MAX_CLOCK_SKEW_S` in the future (D10),
+and feedback labels within the model's classes (D11).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from tinymlops.fleet import api, auth
+from tinymlops.fleet import api, auth, revocation
 from tinymlops.fleet.service.context import DeviceCtx, PackageCtx, check_sketch
 from tinymlops.fleet.service.writer import TelemetryWriter
 from tinymlops.fleet.store import DesiredState, Device, OperatorToken, Package, Store
@@ -29,6 +35,9 @@ from tinymlops.monitor.reference import ReferenceProfile
 from tinymlops.monitor.sketches import edges_digest
 
 AUTH_CACHE_TTL_S = 30.0
+ASSIGNED_CACHE_TTL_S = 5.0
+MAX_REPORT_AGE_S = 30 * 86400.0
+MAX_CLOCK_SKEW_S = 300.0
 
 
 class Service:
@@ -43,6 +52,22 @@ class Service:
         self.device_cache: dict[str, tuple[DeviceCtx | None, float]] = {}
         self.operator_cache: dict[str, tuple[bool, float]] = {}  # token hash -> (valid, expiry)
         self.package_cache: dict[str, PackageCtx] = {}
+        # device id -> (package ids it may report for, expiry): positive answers only, a miss asks the database
+        self.assigned_cache: dict[str, tuple[frozenset[str], float]] = {}
+        self._epoch: int | None = None
+        self._epoch_checked = 0.0
+
+    async def check_revocations(self) -> None:
+        """Drop the auth caches if any worker revoked something since the last check (at most every 0.4 s)."""
+        now = time.monotonic()
+        if now - self._epoch_checked < revocation.EPOCH_CHECK_S:
+            return
+        self._epoch_checked = now
+        epoch = await run_in_threadpool(revocation.current, self.store)
+        if epoch != self._epoch:
+            self.device_cache.clear()
+            self.operator_cache.clear()
+            self._epoch = epoch
 
     # ---- auth -----------------------------------------------------------------------------------------------
 
@@ -57,6 +82,7 @@ class Service:
         if token is None:
             raise HTTPException(401, "operator token required (Authorization: Bearer tmo_op_...)")
         h = auth.hash_token(token)
+        await self.check_revocations()
         hit = self.operator_cache.get(h)
         if hit is not None and hit[1] > time.monotonic():
             ok = hit[0]
@@ -84,6 +110,7 @@ class Service:
         if token is None:
             raise HTTPException(401, "device credential required (Authorization: Bearer tmo_dev_...)")
         h = auth.hash_token(token)
+        await self.check_revocations()
         # the hot path (telemetry) stays on the event loop: a thread hop per request halves throughput
         hit = self.device_cache.get(h)
         ctx = hit[0] if hit is not None and hit[1] > time.monotonic() else await run_in_threadpool(
@@ -136,6 +163,8 @@ class Service:
             raise HTTPException(422, exc.errors(include_url=False, include_context=False,
                                                 include_input=False)) from None
         pkg = self._check_report(ctx, report)
+        if not await self.may_report_for(ctx.id, pkg.id):
+            raise HTTPException(403, f"device {ctx.id!r} does not run package {pkg.id!r}")
         now = time.time()
         sk = report.sketch
         await self.writer.write({
@@ -148,6 +177,25 @@ class Service:
             "feedback_json": json.dumps([f.model_dump() for f in report.feedback])
             if report.feedback is not None else None,
         })
+
+    def _assigned(self, device_id: str) -> frozenset[str]:
+        with self.store.session() as s:
+            d = s.get(Device, device_id)
+            ds = s.get(DesiredState, device_id)
+            ids = {d.current_package_id, d.previous_package_id} if d is not None else set()
+            ids.add(ds.package_id if ds is not None else None)
+        allowed = frozenset(i for i in ids if i)
+        if len(self.assigned_cache) > 200_000:
+            self.assigned_cache.clear()
+        self.assigned_cache[device_id] = (allowed, time.monotonic() + ASSIGNED_CACHE_TTL_S)
+        return allowed
+
+    async def may_report_for(self, device_id: str, package_id: str) -> bool:
+        """Return whether the device runs, just ran, or is told to run the package (cached when it does)."""
+        hit = self.assigned_cache.get(device_id)
+        if hit is not None and hit[1] > time.monotonic() and package_id in hit[0]:
+            return True
+        return package_id in await run_in_threadpool(self._assigned, device_id)
 
     def _check_report(self, ctx: DeviceCtx, report: api.TelemetryReport) -> PackageCtx:
         """Return the report's package if the device may send this report (HTTPException 403/422 if not)."""
@@ -167,6 +215,13 @@ class Service:
             raise HTTPException(422, f"sketch rejected: {problem}")
         if report.samples is not None and any(len(x) != pkg.n_features for x in report.samples):
             raise HTTPException(422, f"each sample must have {pkg.n_features} feature values")
+        now = time.time()
+        times = [t for t in (report.sketch.window_start, report.sketch.window_end) if t is not None]
+        times += [f.timestamp for f in report.feedback or ()]
+        if times and (min(times) < now - MAX_REPORT_AGE_S or max(times) > now + MAX_CLOCK_SKEW_S):
+            raise HTTPException(422, "window or feedback time is more than 30 days old or in the future")
+        if any(f.label >= pkg.n_classes or f.prediction >= pkg.n_classes for f in report.feedback or ()):
+            raise HTTPException(422, f"feedback label or prediction outside the model's {pkg.n_classes} classes")
         return pkg
 
 

@@ -6,6 +6,7 @@ only its own desired state, downloads only packages it is told to run, and posts
 
 from __future__ import annotations
 
+import json
 import time
 
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -14,7 +15,14 @@ from starlette.requests import ClientDisconnect
 
 from tinymlops.fleet import api, auth, store
 from tinymlops.fleet.service.deps import DeviceDep, ServiceDep
-from tinymlops.fleet.store import CohortDesiredState, DeploymentEvent, Device, EnrolmentToken, Package
+from tinymlops.fleet.store import (
+    CohortDesiredState,
+    DeploymentEvent,
+    DesiredState,
+    Device,
+    EnrolmentToken,
+    Package,
+)
 
 ACCEPTED_BODY = b'{"accepted":true}'
 router = APIRouter(tags=["device"])
@@ -61,13 +69,14 @@ def desired_state(ctx: DeviceDep, svc: ServiceDep) -> api.DesiredState:
     svc.writer.seen(ctx.id, time.time())
     with svc.store.session() as s:
         row = s.execute(select(Package.id, Package.model_name, Package.model_version, Package.sha256,
-                               Package.size_bytes)
+                               Package.size_bytes, store.DesiredState.authorisation_json)
                         .join(store.DesiredState, store.DesiredState.package_id == Package.id)
                         .where(store.DesiredState.device_id == ctx.id)).first()
     if row is None:
         return api.DesiredState(device_id=ctx.id, poll_interval_s=svc.poll_interval_s)
     return api.DesiredState(device_id=ctx.id, package_id=row[0], model_name=row[1], model_version=row[2],
-                            sha256=row[3], size_bytes=row[4], poll_interval_s=svc.poll_interval_s)
+                            sha256=row[3], size_bytes=row[4], poll_interval_s=svc.poll_interval_s,
+                            rollback_authorisation=json.loads(row[5]) if row[5] else None)
 
 
 @router.get("/v1/devices/{device_id}/packages/{package_id}")
@@ -106,15 +115,21 @@ def post_event(ev: api.DeploymentEventReport, ctx: DeviceDep, svc: ServiceDep) -
     """Record an install success, a rejection (with reason), a rollback or a load failure."""
     now = time.time()
     with svc.store.session() as s:
+        p = s.get(Package, ev.package_id) if ev.package_id else None
+        if ev.package_id and p is None:  # D11: events name real packages
+            raise HTTPException(422, f"package {ev.package_id!r} does not exist")
+        d = s.get(Device, ctx.id)
+        if ev.kind in ("installed", "rolled_back") and p is not None and d is not None:
+            # D2: a device cannot make itself "run" (and so download) a package it was never assigned
+            ds = s.get(DesiredState, ctx.id)
+            assigned = {ds.package_id if ds else None, d.current_package_id, d.previous_package_id}
+            if p.id not in assigned or p.target != ctx.target:
+                raise HTTPException(403, f"package {p.id!r} was never assigned to device {ctx.id!r}")
         s.add(DeploymentEvent(device_id=ctx.id, kind=ev.kind, package_id=ev.package_id,
                               model_version=ev.model_version, reason=ev.reason, at_unix_s=now))
-        if ev.kind in ("installed", "rolled_back") and ev.package_id:
-            p = s.get(Package, ev.package_id)
-            if p is None:
-                raise HTTPException(422, f"package {ev.package_id!r} does not exist")
-            d = s.get(Device, ctx.id)
-            if d is not None and d.current_package_id != p.id:
-                d.previous_package_id, d.previous_version = d.current_package_id, d.current_version
-                d.current_package_id, d.current_version = p.id, p.model_version
+        if ev.kind in ("installed", "rolled_back") and p is not None and d is not None \
+                and d.current_package_id != p.id:
+            d.previous_package_id, d.previous_version = d.current_package_id, d.current_version
+            d.current_package_id, d.current_version = p.id, p.model_version
         s.execute(update(Device).where(Device.id == ctx.id).values(last_seen_unix_s=now))
     return api.Accepted()

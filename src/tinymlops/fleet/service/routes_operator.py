@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from tinymlops.fleet import api, auth, store
+from tinymlops.fleet import api, auth, revocation, store
+from tinymlops.fleet.safejson import UnsafeJSON, loads_bounded
 from tinymlops.fleet.service.deps import Operator, ServiceDep
 from tinymlops.fleet.store import Device, EnrolmentToken, Package
 from tinymlops.monitor.reference import ReferenceProfile
@@ -55,7 +55,8 @@ def revoke_device(device_id: str, svc: ServiceDep) -> api.DeviceOut:
         if d is None:
             raise HTTPException(404, f"device {device_id!r} does not exist")
         d.revoked = True
-        svc.device_cache.pop(d.credential_hash, None)  # other workers notice within AUTH_CACHE_TTL_S
+        revocation.bump(s)  # every worker drops its cached verdicts within EPOCH_CHECK_S
+        svc.device_cache.pop(d.credential_hash, None)
     return get_device(device_id, svc)
 
 
@@ -63,10 +64,10 @@ def revoke_device(device_id: str, svc: ServiceDep) -> api.DeviceOut:
 def upload_package(req: api.PackageUpload, svc: ServiceDep) -> api.PackageInfo:
     """Store a signed package (devices verify the signature; the service only relays it)."""
     try:
-        manifest = json.loads(req.manifest_json)
+        manifest = loads_bounded(req.manifest_json, 4 * 1024 * 1024)
         artifact = base64.b64decode(req.artifact_b64, validate=True)
         base64.b64decode(req.signature_b64, validate=True)
-    except (ValueError, binascii.Error) as exc:
+    except (UnsafeJSON, ValueError, binascii.Error) as exc:
         raise HTTPException(422, f"manifest must be JSON and signature/artifact base64: {exc}") from None
     try:
         if not isinstance(manifest, dict):
@@ -108,7 +109,8 @@ def set_desired_state(req: api.DesiredStateRequest, svc: ServiceDep) -> api.Desi
     if not req.device_ids and req.cohort is None:
         raise HTTPException(422, "give device_ids, a cohort, or both")
     try:
-        updated = store.set_desired(svc.store, req.package_id, req.device_ids, req.cohort, req.reason)
+        authorisation = req.rollback_authorisation.model_dump_json() if req.rollback_authorisation else None
+        updated = store.set_desired(svc.store, req.package_id, req.device_ids, req.cohort, req.reason, authorisation)
     except LookupError as exc:
         raise HTTPException(404 if "does not exist" in str(exc) else 409, str(exc)) from None
     return api.DesiredStateUpdated(updated=updated)

@@ -1,0 +1,34 @@
+"""Revocation that reaches every server worker within a second: a shared epoch bumped on every revocation.
+
+Each worker caches authentication verdicts (a DB lookup per request would halve ingestion throughput). A
+revocation (device credential, operator token) increments ``auth_epochs.revocation`` in the same transaction; every
+worker reads that one integer at most every :data:`EPOCH_CHECK_S` and drops its caches when it changed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Integer, String, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from tinymlops.fleet.store import Base, Store
+
+EPOCH_CHECK_S = 0.4
+REVOCATION = "revocation"
+
+
+class AuthEpoch(Base):
+    __tablename__ = "auth_epochs"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
+
+
+def bump(s: Session) -> None:
+    """Invalidate every worker's auth caches (call inside the transaction that revokes)."""
+    s.execute(update(AuthEpoch).where(AuthEpoch.name == REVOCATION).values(value=AuthEpoch.value + 1))
+
+
+def current(st: Store) -> int:
+    """Return the revocation epoch."""
+    with st.session() as s:
+        return int(s.scalar(select(AuthEpoch.value).where(AuthEpoch.name == REVOCATION)) or 0)
