@@ -301,6 +301,10 @@ def profile_model(path: str | Path, target: TargetConfig, cache: ProfileCache | 
         _measure_tflm(p, st, rt, cache, fig)
     fig.peak_ram_bytes = fig.arena_bytes + target.ram_overhead_bytes
     fig.flash_bytes = st.model_bytes + target.flash_overhead_bytes
+    if st.format == "tflite" and not fig.reasons:  # `emulator: qemu` targets: figures of the linked firmware
+        from tinymlops.export.emulated import measure_emulated
+
+        measure_emulated(p, target, fig)
     if measure_host and target.host and rt in HOST_RUNTIME and st.format in RUNTIME_FORMATS[rt] and not fig.reasons:
         _measure_host(p, target, cache, fig)
     if run_device and target.runner is not None and not fig.reasons:

@@ -80,6 +80,8 @@ class TargetConfig(Strict):
     dtypes: list[Dtype] | None = Field(None, description="tensor dtypes the runtime runs; default by runtime")
     host: bool = Field(False, description="this machine: measure with onnxruntime/TFLite here")
     runner: CommandRunner | None = None
+    emulator: Literal["qemu"] | None = Field(None, description="profile from firmware run under this emulator "
+                                             "(tinymlops.export.emulated; Cortex-M4/M7/M33, TFLM runtimes)")
 
     @model_validator(mode="after")
     def _runtime_fits_core(self) -> TargetConfig:

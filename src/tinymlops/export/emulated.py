@@ -1,0 +1,132 @@
+"""The ``emulated`` profiling method: link the model into firmware, run it under QEMU, measure what the ELF holds.
+
+A target whose YAML says ``emulator: qemu`` (or every emulatable target when ``TINYMLOPS_EMULATOR=qemu``) is
+profiled from a real firmware: flash and RAM from the linked ELF, instructions per inference counted exactly by
+QEMU (``-icount shift=0``), and latency = instructions x cycles-per-instruction / clock, with the CPI calibrated per
+(core, runtime) on the published MLPerf Tiny results of the calibration board (NUCLEO-L4R5ZI, Cortex-M4 @ 120 MHz;
+docs/profiling.md). The static estimate stays beside it in the result, with the difference. Results are cached
+per (model sha256, core, kernels, TFLM tree) under the tinymlops cache, so a second profile costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinymlops.errors import TinyMLOpsError
+
+EMULATOR_ENV = "TINYMLOPS_EMULATOR"
+#: instructions per inference on the emulated core x CPI = cycles. Calibrated on Cortex-M4 (benchmarks/mcu.py:
+#: QEMU instruction counts of the four MLPerf Tiny reference models vs their published NUCLEO-L4R5ZI latencies at
+#: 120 MHz): the per-model CPIs and the median taken here are listed in docs/profiling.md.
+CPI_M4: dict[str, float] = {"tflm-cmsis-nn": 1.63, "tflm-reference": 1.63}
+CPI_CALIBRATION: dict[str, dict[str, float]] = {"tflm-cmsis-nn": {}, "tflm-reference": {}}
+N_INPUTS = 3
+
+
+def requested(target: Any) -> bool:
+    """Return whether the emulated method applies to a target (its YAML or ``TINYMLOPS_EMULATOR=qemu``)."""
+    from tinymlops.export.toolchain import EMULATED
+
+    if target.core not in EMULATED or not str(target.runtime).startswith("tflm"):
+        return False
+    return getattr(target, "emulator", None) == "qemu" or os.environ.get(EMULATOR_ENV) == "qemu"
+
+
+def cpi(core: str, runtime: str) -> float:
+    """Return cycles per instruction for a (core, runtime): the M4 calibration scaled by the core's SIMD factor."""
+    from tinymlops.profile.costmodel import CORES
+
+    base = CPI_M4.get(runtime, CPI_M4["tflm-cmsis-nn"])
+    simd = CORES[core].simd
+    return base * (statistics.mean(simd.values()) if simd else CORES[core].scalar)
+
+
+def _cache_file(model: Path, core: str, kernels: str, tflm: Path) -> Path:
+    from tinymlops.export.toolchain import cache_root
+
+    h = hashlib.sha256(model.read_bytes() + f"\n{core}\n{kernels}\n{tflm}".encode()).hexdigest()[:24]
+    return cache_root() / "firmware" / f"{h}.json"
+
+
+def firmware_figures(model: str | Path, target: Any, tflm_dir: str | None = None) -> dict[str, Any]:
+    """Link the model into firmware for the target's QEMU board and run it on a few random inputs; return figures.
+
+    Pre-processing is the identity here (the profiler sees a model file, not a version): inputs are random
+    standard-normal features quantised with the model's input parameters.
+    """
+    from tinymlops.export.bundle import ExportSource, check_exportable
+    from tinymlops.export.run import build_and_run, write_bundle
+    from tinymlops.export.toolchain import find_tflm, kernels_for
+    from tinymlops.preprocessing import FittedPreprocessing
+
+    p = Path(model)
+    tflm = find_tflm(tflm_dir)
+    kernels = kernels_for(target.runtime)
+    cache = _cache_file(p, target.core, kernels, tflm)
+    if cache.is_file():
+        return dict(json.loads(cache.read_text()))
+    probe = ExportSource(p.stem, "0", "", p, {"preprocessing": {}, "class_names": []})
+    info = check_exportable(probe, target)
+    n_in, n_out = info.input.elements, info.output.elements
+    spec = FittedPreprocessing(features="identity", bands=2, scale=1.0, normalize="none", raw_shape=[n_in],
+                               feature_names=[f"f{i}" for i in range(n_in)])
+    src = ExportSource(p.stem, "0", "", p, {"preprocessing": spec.model_dump(mode="json"),
+                                            "class_names": [f"o{i}" for i in range(n_out)]})
+    X = np.random.default_rng(0).normal(size=(N_INPUTS, n_in)).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="tinymlops-emulated-") as d:
+        res, info = write_bundle(src, target, "c", Path(d) / "bundle", (X[0], "o0"))
+        fw = build_and_run(res, src, target, info, (X, np.zeros(N_INPUTS, np.int64)), tflm_dir=str(tflm))
+    keep = ("machine", "core", "kernels", "flash_bytes", "flash_by_component", "ram_bytes", "ram_used_bytes",
+            "ram_by_component", "arena_bytes", "arena_used_bytes", "stack_high_water_bytes",
+            "instructions_per_inference", "instruction_resolution", "output_max_lsb_diff")
+    out = {k: fw[k] for k in keep if k in fw}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def measure_emulated(model: Path, target: Any, fig: Any) -> None:
+    """Profiler step: replace flash, RAM and latency by the emulated firmware's (figures object ``fig``).
+
+    No-op unless :func:`requested`; without the toolchain or TFLM tree it keeps the estimate and adds a note
+    saying what to install. The static figures stay in ``fig.measured['emulated']['static']``.
+    """
+    if not requested(target):
+        return
+    from tinymlops.export.toolchain import require_tools
+
+    try:
+        require_tools(run=True)
+        fw = firmware_figures(model, target)
+    except TinyMLOpsError as exc:  # ConfigError (no toolchain/TFLM), UsageError (not int8), build failures
+        fig.notes.append(f"emulated profiling skipped: {str(exc)[:300]}")
+        return
+    c = cpi(target.core, target.runtime)
+    latency_ms = fw["instructions_per_inference"] * c / (target.clock_mhz * 1e3)
+    static = {"latency_ms": fig.latency_ms, "flash_bytes": fig.flash_bytes, "peak_ram_bytes": fig.peak_ram_bytes}
+    fig.latency_ms = latency_ms
+    fig.energy_uj = latency_ms * target.active_power_mw
+    fig.flash_bytes = int(fw["flash_bytes"])
+    fig.peak_ram_bytes = int(fw["ram_bytes"])
+    fig.measured["emulated"] = {
+        **fw, "cpi": round(c, 3), "latency_ms": round(latency_ms, 6), "static": static,
+        "difference_pct": {k: round(100.0 * (static[k] - v) / v, 1) if v else None for k, v in
+                           (("latency_ms", latency_ms), ("flash_bytes", fig.flash_bytes),
+                            ("peak_ram_bytes", fig.peak_ram_bytes))}}
+    method = f"emulated ({fw['machine']} firmware, QEMU instructions x CPI {c:.2f})"
+    fig.sources.update({"latency_ms": method, "energy_uj": method, "flash_bytes": "linked firmware ELF",
+                        "peak_ram_bytes": "linked firmware ELF (.data + .bss incl. arena + stack high-water)"})
+
+
+def have_toolchain() -> bool:
+    """Return whether the cross compiler and QEMU are on PATH."""
+    return all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm"))
