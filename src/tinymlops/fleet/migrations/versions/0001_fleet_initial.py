@@ -3,6 +3,9 @@
 Revision ID: 0001_fleet_initial
 Revises:
 Create Date: 2026-11-25
+
+``upgrade`` is one long function on purpose: it is a flat listing of the tables as first shipped, and a
+migration that has run in the field must stay byte-for-byte what it was.
 """
 
 from __future__ import annotations
