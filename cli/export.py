@@ -29,7 +29,8 @@ def _print_firmware(fw: dict[str, Any]) -> None:
         console.print(
             f"{fw['n_inputs']} test inputs on QEMU: class agreement with the TFLite interpreter "
             f"{100 * fw['class_agreement']:.1f} %, int8 outputs max diff {fw['output_max_lsb_diff']} LSB "
-            f"({fw['outputs_off_by_1_lsb']} off by 1), device-quantised inputs max diff "
+            f"({fw['outputs_off_by_1_lsb']} off by 1; vs TFLM's interpreter on this host "
+            f"{fw['tflm_host_max_lsb_diff']} LSB), device-quantised inputs max diff "
             f"{fw['input_max_lsb_diff']} LSB; accuracy {100 * fw['device_accuracy']:.1f} %\n"
             f"instructions per inference {fw['instructions_per_inference']:,} (+ pre-processing "
             f"{fw['preprocessing_instructions']:,}); arena used {fw['arena_used_bytes']:,} B; stack high-water "

@@ -68,6 +68,8 @@ def test_export_build_run_on_cortex_m4_matches_tflite(int8_version: str, tmp_pat
     assert fw["machine"] == "mps2-an386" and fw["n_inputs"] == 48
     assert fw["class_agreement"] == 1.0
     assert fw["output_max_lsb_diff"] <= 1
+    # and exactly TFLM's own interpreter on this host (the firmware adds no error of its own)
+    assert fw["tflm_host_max_lsb_diff"] == 0
     # the device's own pre-processing + quantisation lands on the same int8 input as Python's (float32 vs 64)
     assert fw["input_max_lsb_diff"] <= 1
     assert fw["device_accuracy"] == fw["tflite_accuracy"]

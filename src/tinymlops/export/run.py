@@ -120,12 +120,20 @@ def compare(src: ExportSource, info: ModelInfo, X: np.ndarray, y: np.ndarray, de
     ref_py = reference_outputs(src.model_path, py_in)                  # end to end: Python pre-processing
     d_out = np.abs(device.outputs_q.astype(int) - ref_same_in.astype(int))
     ref_cls = ref_py.argmax(axis=1)
+    # TFLM's own interpreter on this host (reference kernels): tells a firmware fault from a TFLM-vs-TFLite kernel
+    # difference (int8 SOFTMAX differs by a few LSB between the two on some inputs)
+    from tinymlops.runtimes import dequantize, open_runner
+
+    with open_runner(src.model_path, "tflm") as tflm:
+        y_tflm = tflm.predict(dequantize(device.inputs_q, info.input.scale, info.input.zero_point))
+    tflm_q = quantize(y_tflm, info.output.scale, info.output.zero_point, np.int8).reshape(device.outputs_q.shape)
     return {
         "n_inputs": len(X),
         "input_max_lsb_diff": int(np.abs(device.inputs_q.astype(int) - py_in.astype(int)).max()),
         "output_max_lsb_diff": int(d_out.max()),
         "outputs_off_by_1_lsb": int((d_out == 1).sum()),
         "outputs_within_1_lsb": bool(d_out.max() <= 1),
+        "tflm_host_max_lsb_diff": int(np.abs(device.outputs_q.astype(int) - tflm_q.astype(int)).max()),
         "class_agreement": float((device.classes == ref_cls).mean()),
         "device_accuracy": float((device.classes == y).mean()),
         "tflite_accuracy": float((ref_cls == y).mean()),
