@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tinymlops import hygiene, settings
+from tinymlops import hygiene, registry_ui, settings
 from tinymlops.errors import RegistryError
 from tinymlops.mlflow_store import check_sqlite_uri, env_override, store_error_cause
 from tinymlops.registry_types import AliasMove, RunInfo, VersionInfo, run_info, version_info
@@ -83,18 +83,19 @@ def client() -> MlflowClient:
 
 
 def ensure_experiment(name: str) -> str:
-    """Return the id of an experiment, creating it (with a local artifact root for the embedded store)."""
+    """Return the id of a model-training experiment, creating it (local artifact root for the embedded store)."""
     c = client()
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        registry_ui.mark_model_training(c, exp)
         return exp.experiment_id
     location = None
     if tracking_uri().startswith("sqlite:"):
         location = (settings.artifact_root() / name.replace("/", "_")).as_uri()
     try:
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location, tags=dict([registry_ui.EXPERIMENT_KIND]))
     except Exception:  # a concurrent creator won the race
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -125,7 +126,7 @@ def run(experiment: str, name: str, parent_run_id: str | None = None,
 
 def log_params(run_id: str, params: dict[str, Any]) -> None:
     """Log parameters (values stringified, nested dicts flattened with dots)."""
-    flat = _flatten(params)
+    flat = registry_ui.flatten(params)
     from mlflow.entities import Param
 
     items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
@@ -216,6 +217,8 @@ def register_version(model_name: str, run_id: str, tags: dict[str, Any], descrip
         with contextlib.suppress(MlflowException):
             c.create_registered_model(model_name, description="Registered by tinymlops.")
     src = source or f"{c.get_run(run_id).info.artifact_uri}/{PACKAGE_DIR}"
+    if source is None:  # the version page's "Inputs / Outputs" come from an MLmodel file beside the package
+        registry_ui.write_signature(c, run_id, PACKAGE_DIR)
     with hygiene.state_change():  # an interrupted process registers nothing more (see hygiene.begin_shutdown)
         mv = c.create_model_version(model_name, src, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
                                     description=description)
@@ -258,6 +261,11 @@ def list_versions(model_name: str) -> list[VersionInfo]:
     versions = [version_info(v) for v in client().search_model_versions(f"name='{model_name}'", max_results=10000)]
     return sorted((dataclasses.replace(v, aliases=aliases.get(v.version, [])) for v in versions),
                   key=lambda v: int(v.version))
+
+
+def set_version_description(model_name: str, version: str | int, markdown: str) -> None:
+    """Replace a version's description (markdown; the UI renders it on the version page)."""
+    client().update_model_version(model_name, str(version), description=markdown[:60000])
 
 
 def set_version_tags(model_name: str, version: str | int, tags: dict[str, Any]) -> None:
@@ -340,17 +348,6 @@ def alias_history(model_name: str, alias_prefix: str = "") -> list[AliasMove]:
                              previous_version=r.data.tags.get("previous_version", ""),
                              reason=r.data.tags.get("reason", ""), actor=r.data.tags.get("actor", ""),
                              figures=dict(r.data.metrics)))
-    return out
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
     return out
 
 
