@@ -20,6 +20,7 @@ ROUTES = {
     ("POST", "/v1/packages"): "operator", ("GET", "/v1/packages"): "operator",
     ("PUT", "/v1/desired-state"): "operator", ("GET", "/v1/telemetry"): "operator",
     ("GET", "/v1/telemetry/merged"): "operator", ("GET", "/v1/events"): "operator",
+    ("GET", "/v1/device-keys"): "operator", ("PUT", "/v1/packages/{package_id}/keys"): "operator",
     ("POST", "/v1/enrol"): "device", ("GET", "/v1/devices/{device_id}/desired-state"): "device",
     ("GET", "/v1/devices/{device_id}/packages/{package_id}"): "device",
     ("GET", "/v1/devices/{device_id}/packages/{package_id}/artifact"): "device",

@@ -1,7 +1,4 @@
-"""Edge agent: the process that stands for one device.
-
-Every server answer is untrusted (:mod:`tinymlops.fleet.answers`): read with a size cap, parsed with bounded
-depth, checked for shape; one bad answer costs a logged warning and a back-off, never the loop.
+"""Edge agent: the process that stands for one device. Server answers are untrusted (:mod:`.answers`).
 
 It enrols once (one-time token -> own credential, kept in ``<state>/credential.json``), then loops: poll its
 desired state (interval from the server, jitter, exponential backoff on errors), download a new package, verify it
@@ -36,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from tinymlops.fleet import crypto
 from tinymlops.fleet.answers import MAX_ANSWER_BYTES, BadAnswer, brief, checked_specs, read_capped, read_json
 from tinymlops.fleet.inputs import InputSource
 from tinymlops.fleet.install import Installed, InstallState, atomic_write, open_model, smoke_test
 from tinymlops.fleet.packages import Bundle, PackageRejected, is_safe_name
 
-__all__ = ["Agent", "AgentConfig", "AgentStopped", "InstallState", "Installed", "atomic_write", "open_model",
-           "smoke_test"]
+__all__ = ["Agent", "AgentConfig", "AgentStopped", "InstallState", "Installed", "atomic_write", "open_model", "smoke_test"]
 
 log = logging.getLogger("tinymlops.agent")
 MAX_PENDING_REPORTS = 200
@@ -88,7 +85,7 @@ class Agent:
                  runner_factory: Callable[[Installed, str], Any] | None = None) -> None:
         self.cfg = cfg
         self.source = source
-        self.state = InstallState(cfg.state_dir, cfg.trusted_keys, cfg.target)
+        self.state = InstallState(cfg.state_dir, cfg.trusted_keys, cfg.target, cfg.device_id)
         self._client = client
         self._own_client = client is None
         self._open = runner_factory or open_model
@@ -155,8 +152,8 @@ class Agent:
         if not self.cfg.enrolment_token:
             raise AgentStopped(f"{self.cfg.device_id}: not enrolled and no enrolment token given")
         r = await self.client.post(self._url("/v1/enrol"), json={
-            "enrolment_token": self.cfg.enrolment_token, "device_id": self.cfg.device_id,
-            "target": self.cfg.target})
+            "enrolment_token": self.cfg.enrolment_token, "device_id": self.cfg.device_id, "target": self.cfg.target,
+            "encryption_public_key": crypto.public_b64(crypto.device_key(self.cfg.state_dir))})
         if r.status_code != 201:
             raise AgentStopped(f"{self.cfg.device_id}: enrolment refused ({r.status_code}): {r.text[:200]}")
         answer = r.json()
@@ -241,11 +238,13 @@ class Agent:
             if size > self.cfg.max_package_bytes:
                 raise PackageRejected(f"package larger than this device accepts ({self.cfg.max_package_bytes} bytes)")
             log.info("%s: installing package %s", self.cfg.device_id, package_id)
-            staged, manifest = await asyncio.to_thread(self.state.stage, bundle, package_id, authorisation)
+            wrapped = signed.get("wrapped_key") if isinstance(signed.get("wrapped_key"), str) else None
+            staged, manifest = await asyncio.to_thread(self.state.stage, bundle, package_id, authorisation, wrapped)
             version = str(manifest.get("model_version"))
             try:
                 checked_specs(manifest)
-                probe = self._open(Installed(package_id, staged, manifest), self.cfg.runtime)
+                probe = self._open(Installed(package_id, staged, manifest, self.state.content_key(
+                    staged, package_id, manifest)), self.cfg.runtime)
                 try:
                     smoke_test(probe, manifest)
                 finally:

@@ -36,10 +36,24 @@ class EnrolmentTokens(Wire):
     expires_unix_s: float
 
 
+PublicKeyB64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$", description="raw X25519 key, base64")]
+WrappedKey = Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class EnrolRequest(Wire):
     enrolment_token: Annotated[str, Field(min_length=1, max_length=256)]
     device_id: Name
     target: Name
+    encryption_public_key: PublicKeyB64 | None = Field(
+        None, description="the device's X25519 public key: encrypted packages are wrapped for it")
+
+
+class DeviceKeys(Wire):
+    keys: dict[str, str]
+
+
+class PackageKeys(Wire):
+    wraps: dict[Name, WrappedKey] = Field(max_length=100000, description="device id -> content key wrapped for it")
 
 
 class EnrolResponse(Wire):
@@ -75,6 +89,7 @@ class SignedManifest(Wire):
     manifest_json: str
     signature_b64: str
     key_id: str
+    wrapped_key: str | None = Field(None, description="an encrypted package's content key, wrapped for this device")
 
 
 class RollbackAuthorisation(Wire):

@@ -5,6 +5,7 @@ Every method maps one operator endpoint; HTTP errors become :class:`FleetError` 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,9 +58,32 @@ class OperatorClient:
             "cohort": cohort, "count": count, "samples_opt_in": samples_opt_in, "feedback_opt_in": feedback_opt_in,
             "ttl_s": ttl_s, "labels": labels or {}})["tokens"]
 
-    def upload(self, bundle: Any) -> dict[str, Any]:
-        """Upload a signed package bundle; return its stored metadata (id, target, version...)."""
-        return self._call("POST", "/v1/packages", json=bundle.upload_json())
+    def upload(self, bundle: Any, key_dir: Path | None = None) -> dict[str, Any]:
+        """Upload a signed package bundle; return its stored metadata (id, target, version...).
+
+        An encrypted bundle's content key is kept on this host (``<home>/keys/content``), never uploaded.
+        """
+        info = self._call("POST", "/v1/packages", json=bundle.upload_json())
+        if getattr(bundle, "content_key", None):
+            from tinymlops.fleet import crypto
+
+            crypto.save_content_key(info["id"], bundle.content_key, key_dir)
+        return info
+
+    def grant(self, package_id: str, device_ids: list[str], key_dir: Path | None = None) -> int:
+        """Wrap an encrypted package's content key (kept on this host) for devices; return how many got it."""
+        from tinymlops.fleet import crypto, grants
+
+        cek = crypto.load_content_key(package_id, key_dir)
+        if cek is None or not device_ids:
+            return 0
+        wraps: dict[str, str] = {}
+        for i in range(0, len(device_ids), 1000):
+            keys = self._call("GET", "/v1/device-keys", params={"device_id": device_ids[i:i + 1000]})["keys"]
+            wraps.update(grants.make_wraps(package_id, keys, cek))
+        if wraps:
+            self._call("PUT", f"/v1/packages/{package_id}/keys", json={"wraps": wraps})
+        return len(wraps)
 
     def packages(self, model_name: str | None = None) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/packages", params={"model_name": model_name} if model_name else None)
@@ -72,7 +96,9 @@ class OperatorClient:
             body["device_ids"] = device_ids
         if cohort:
             body["cohort"] = cohort
-        return self._call("PUT", "/v1/desired-state", json=body)["updated"]
+        updated: list[str] = self._call("PUT", "/v1/desired-state", json=body)["updated"]
+        self.grant(package_id, updated)  # an encrypted package: only the assigned devices can decrypt it
+        return updated
 
     def devices(self, cohort: str | None = None, target: str | None = None) -> list[dict[str, Any]]:
         params = {k: v for k, v in {"cohort": cohort, "target": target}.items() if v}

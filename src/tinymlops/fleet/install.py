@@ -34,7 +34,9 @@ import numpy as np
 from tinymlops.fleet.packages import (
     Bundle,
     PackageRejected,
+    check_plaintext,
     check_rollback,
+    encryption_of,
     is_safe_name,
     package_id_for,
     verify_package,
@@ -65,11 +67,15 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+WRAPPED_KEY_FILE = "wrapped.key"
+
+
 @dataclass
 class Installed:
     package_id: str
     directory: Path
     manifest: dict[str, Any]
+    content_key: bytes | None = None  # an encrypted package's key, unwrapped in memory only
 
     @property
     def model_path(self) -> Path:
@@ -79,8 +85,9 @@ class Installed:
 class InstallState:
     """The device's package store: verify, stage, install atomically, keep the previous, recover."""
 
-    def __init__(self, state_dir: Path, trusted_keys: list[Any], target: str) -> None:
+    def __init__(self, state_dir: Path, trusted_keys: list[Any], target: str, device_id: str = "") -> None:
         self.root = Path(state_dir)
+        self.device_id = device_id
         self.trusted_keys = trusted_keys
         self.target = target
         self.packages = self.root / "packages"
@@ -90,6 +97,23 @@ class InstallState:
         self.fell_back_from: str | None = None  # set by recover() when the current package no longer verified
         self.packages.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
+
+    def content_key(self, directory: Path, package_id: str, manifest: dict[str, Any],
+                    wrapped: str | None = None) -> bytes | None:
+        """Unwrap an encrypted package's content key with this device's key (None for a plaintext package)."""
+        from tinymlops.fleet import crypto
+
+        if encryption_of(manifest) is None:
+            return None
+        if wrapped is None:
+            path = directory / WRAPPED_KEY_FILE
+            wrapped = path.read_text() if path.is_file() else None
+        if not wrapped:
+            raise PackageRejected("encrypted package without a content key for this device (not assigned to it)")
+        try:
+            return crypto.unwrap_key(wrapped, crypto.device_key(self.root), self.device_id, package_id)
+        except crypto.DecryptionFailed as exc:
+            raise PackageRejected(f"cannot decrypt: {exc}") from None
 
     def _read_pointer(self) -> dict[str, str | None]:
         try:
@@ -129,10 +153,11 @@ class InstallState:
         try:
             d = self._inside(self.packages, package_id)
             manifest = verify_package(Bundle.read(d), self.trusted_keys, self.target)
+            cek = self.content_key(d, package_id, manifest)
         except PackageRejected as exc:
             log.warning("installed package %s does not verify: %s", package_id, exc.reason)
             return None
-        return Installed(package_id, d, manifest)
+        return Installed(package_id, d, manifest, cek)
 
     def recover(self) -> Installed | None:
         """Wipe partial downloads and return the current package, falling back to the previous if needed."""
@@ -158,13 +183,15 @@ class InstallState:
         pid = self._read_pointer()["current"]
         if not pid or not is_safe_name(pid) or not (self.packages / pid / "manifest.json").is_file():
             return None
-        return Installed(pid, self.packages / pid, json.loads((self.packages / pid / "manifest.json").read_text()))
+        d = self.packages / pid
+        manifest = json.loads((d / "manifest.json").read_text())
+        return Installed(pid, d, manifest, self.content_key(d, pid, manifest))
 
     def previous_id(self) -> str | None:
         return self._read_pointer()["previous"]
 
-    def stage(self, bundle: Bundle, package_id: str,
-              authorisation: object = None) -> tuple[Path, dict[str, Any]]:
+    def stage(self, bundle: Bundle, package_id: str, authorisation: object = None,
+              wrapped_key: str | None = None) -> tuple[Path, dict[str, Any]]:
         """Verify a bundle and write it, fsynced, to a staging directory (PackageRejected if it fails).
 
         Refused besides a bad signature/target/hash: an id that is not a plain name or not this content's id, and
@@ -180,8 +207,18 @@ class InstallState:
             why = check_rollback(authorisation, self.trusted_keys, package_id, manifest, floor)
             if why is not None:
                 raise PackageRejected(f"downgrade refused: sequence {seq} is below {floor} ({why})")
+        cek = self.content_key(self.staging, package_id, manifest, wrapped_key or "")
+        if cek is not None:  # decrypts and matches the signed plaintext hash, or it is refused now
+            from tinymlops.fleet import crypto
+
+            try:
+                check_plaintext(manifest, crypto.decrypt_artifact(bundle.artifact, cek))
+            except crypto.DecryptionFailed as exc:
+                raise PackageRejected(f"cannot decrypt: {exc}") from None
         d = self._inside(self.staging, f"{package_id}.{uuid.uuid4().hex[:8]}")
         d.mkdir(parents=True)
+        if wrapped_key and cek is not None:
+            _write_synced(d / WRAPPED_KEY_FILE, wrapped_key.encode())
         _write_synced(d / "manifest.json", bundle.manifest_bytes)
         _write_synced(d / "manifest.sig", base64.b64encode(bundle.signature))
         _write_synced(d / manifest["file"], bundle.artifact)
@@ -202,7 +239,8 @@ class InstallState:
         for d in self.packages.iterdir():
             if d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)
-        installed = Installed(package_id, final, json.loads((final / "manifest.json").read_text()))
+        manifest = json.loads((final / "manifest.json").read_text())
+        installed = Installed(package_id, final, manifest, self.content_key(final, package_id, manifest))
         self._raise_floor(installed.manifest)
         return installed
 
@@ -220,7 +258,23 @@ def open_model(installed: Installed, runtime: str) -> Any:
     """Open an installed package's model in the runtime the device's target names."""
     from tinymlops.runtimes import open_runner, runtime_family
 
-    return open_runner(installed.model_path, runtime_family(runtime))
+    family = runtime_family(runtime)
+    if installed.content_key is None:
+        return open_runner(installed.model_path, family)
+    from tinymlops.fleet import crypto
+
+    plain = crypto.decrypt_artifact(installed.model_path.read_bytes(), installed.content_key)
+    check_plaintext(installed.manifest, plain)
+    # runtimes here open paths: a 0600 file only while the runtime loads it (TFLM's runner reads it per run)
+    tmp = installed.directory / f".{uuid.uuid4().hex}{installed.model_path.suffix}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(plain)
+    try:
+        return open_runner(tmp, family)
+    finally:
+        if family != "tflm":
+            tmp.unlink(missing_ok=True)
 
 
 def smoke_test(runner: Any, manifest: dict[str, Any]) -> None:

@@ -157,7 +157,8 @@ class Bundle:
 
     manifest_bytes: bytes
     signature: bytes
-    artifact: bytes
+    artifact: bytes  # the ciphertext when the manifest names an ``encryption``
+    content_key: bytes | None = None  # registry side only, never uploaded
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -198,13 +199,42 @@ class Bundle:
         return cls(manifest_bytes, signature, artifact)
 
 
-def sign(manifest: dict[str, Any], artifact: bytes, key: Ed25519PrivateKey | None = None) -> Bundle:
-    """Sign a manifest (its key_id is set to the signing key's) and return the bundle."""
+def sign(manifest: dict[str, Any], artifact: bytes, key: Ed25519PrivateKey | None = None,
+         encrypt: bool = False) -> Bundle:
+    """Sign a manifest (its key_id is set to the signing key's) and return the bundle.
+
+    ``encrypt``: the bundle carries the artifact encrypted with a fresh content key (``bundle.content_key``,
+    see :mod:`tinymlops.fleet.crypto`); the manifest signs both the plaintext's and the ciphertext's hash.
+    """
     key = key or signing_key()
     manifest = {"sequence": default_sequence(manifest.get("model_version")), **manifest,
                 "key_id": key_id(key.public_key()), "sha256": sha256_hex(artifact), "size_bytes": len(artifact)}
+    payload, cek = artifact, None
+    if encrypt:
+        from tinymlops.fleet import crypto
+
+        payload, cek = crypto.encrypt_artifact(artifact)
+        manifest["encryption"] = {"alg": crypto.ALG, "ciphertext_sha256": sha256_hex(payload),
+                                  "ciphertext_size": len(payload)}
     manifest_bytes = canonical_json(manifest)
-    return Bundle(manifest_bytes, key.sign(manifest_bytes), artifact)
+    return Bundle(manifest_bytes, key.sign(manifest_bytes), payload, cek)
+
+
+def encryption_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Return a manifest's encryption block (None for a plaintext package; PackageRejected if malformed)."""
+    enc = manifest.get("encryption")
+    if enc is None:
+        return None
+    if (not isinstance(enc, dict) or not isinstance(enc.get("ciphertext_sha256"), str)
+            or type(enc.get("ciphertext_size")) is not int or not isinstance(enc.get("alg"), str)):
+        raise PackageRejected("manifest encryption block is malformed")
+    return enc
+
+
+def check_plaintext(manifest: dict[str, Any], plaintext: bytes) -> None:
+    """Check decrypted (or plaintext) model bytes against the signed size and sha256 (PackageRejected if not)."""
+    if len(plaintext) != manifest["size_bytes"] or sha256_hex(plaintext) != manifest["sha256"]:
+        raise PackageRejected("artifact hash mismatch: model file altered or truncated")
 
 
 def is_safe_name(value: object) -> bool:
@@ -277,8 +307,11 @@ def verify_package(bundle: Bundle, trusted_keys: list[Ed25519PublicKey], target:
     check_manifest(manifest)
     if target is not None and manifest["target"] != target:
         raise PackageRejected(f"package is for target {manifest['target']!r}, this device is {target!r}")
-    if len(bundle.artifact) != manifest["size_bytes"] or sha256_hex(bundle.artifact) != manifest["sha256"]:
-        raise PackageRejected("artifact hash mismatch: model file altered or truncated")
+    enc = encryption_of(manifest)
+    if enc is None:
+        check_plaintext(manifest, bundle.artifact)
+    elif len(bundle.artifact) != enc["ciphertext_size"] or sha256_hex(bundle.artifact) != enc["ciphertext_sha256"]:
+        raise PackageRejected("encrypted artifact hash mismatch: ciphertext altered or truncated")
     return manifest
 
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select, update
 from starlette.requests import ClientDisconnect
 
-from tinymlops.fleet import api, auth, store
+from tinymlops.fleet import api, auth, grants, store
 from tinymlops.fleet.service.deps import DeviceDep, ServiceDep
 from tinymlops.fleet.store import (
     CohortDesiredState,
@@ -52,6 +52,9 @@ def enrol(req: api.EnrolRequest, svc: ServiceDep) -> api.EnrolResponse:
                      credential_hash=auth.hash_token(credential), samples_opt_in=tok.samples_opt_in,
                      feedback_opt_in=tok.feedback_opt_in, enrolled_unix_s=now, last_seen_unix_s=now,
                      revoked=False))
+        if req.encryption_public_key:
+            s.flush()
+            s.add(grants.DeviceKey(device_id=req.device_id, public_b64=req.encryption_public_key))
         cohort, samples, feedback = tok.cohort, tok.samples_opt_in, tok.feedback_opt_in
         s.flush()
         cd = s.get(CohortDesiredState, cohort)
@@ -84,7 +87,7 @@ def package_manifest(package_id: str, ctx: DeviceDep, svc: ServiceDep) -> api.Si
     """Return a package's signed manifest (exact bytes) and signature."""
     p = svc.allowed_package(ctx, package_id)
     return api.SignedManifest(package_id=p.id, manifest_json=p.manifest_json, signature_b64=p.signature_b64,
-                              key_id=p.key_id)
+                              key_id=p.key_id, wrapped_key=grants.wrapped_for(svc.store, p.id, ctx.id))
 
 
 @router.get("/v1/devices/{device_id}/packages/{package_id}/artifact", response_class=Response,

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from tinymlops.fleet import api, auth, revocation, store
+from tinymlops.fleet import api, auth, grants, revocation, store
 from tinymlops.fleet.safejson import UnsafeJSON, loads_bounded
 from tinymlops.fleet.service.deps import Operator, ServiceDep
 from tinymlops.fleet.store import Device, EnrolmentToken, Package
@@ -94,6 +94,24 @@ def upload_package(req: api.PackageUpload, svc: ServiceDep) -> api.PackageInfo:
                           created_unix_s=time.time()))
     info = store.get_package_row(svc.store, pid)
     return api.PackageInfo(**info)  # type: ignore[arg-type]
+
+
+@router.get("/v1/device-keys")
+def device_keys(svc: ServiceDep, device_id: Annotated[list[str], Query(max_length=100000)]) -> api.DeviceKeys:
+    """Return devices' public encryption keys (to wrap an encrypted package's content key for them)."""
+    return api.DeviceKeys(keys=grants.public_keys(svc.store, [d[:64] for d in device_id]))
+
+
+@router.put("/v1/packages/{package_id}/keys")
+def put_package_keys(package_id: str, req: api.PackageKeys, svc: ServiceDep) -> api.Accepted:
+    """Store an encrypted package's content key wrapped per device (made on the registry host)."""
+    if store.get_package_row(svc.store, package_id) is None:
+        raise HTTPException(404, f"package {package_id!r} does not exist")
+    known = set(grants.public_keys(svc.store, list(req.wraps)))
+    if set(req.wraps) - known:
+        raise HTTPException(422, f"devices without an encryption key: {sorted(set(req.wraps) - known)[:10]}")
+    grants.store_wraps(svc.store, package_id, req.wraps)
+    return api.Accepted()
 
 
 @router.get("/v1/packages")
