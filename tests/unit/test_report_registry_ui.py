@@ -43,7 +43,8 @@ def test_every_registered_version_has_a_signature_the_ui_reads(tm_home: Path, tm
     assert json.loads(doc["signature"]["inputs"]) == [
         {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 64]}}]
     assert json.loads(doc["signature"]["outputs"])[0]["tensor-spec"]["shape"] == [-1, 10]
-    from mlflow.models import Model  # MLflow itself parses it into a signature (what the version page renders)
+    # MLflow itself parses it into a signature (what the version page renders)
+    from mlflow.models import Model
 
     sig = Model.load(str(mlmodel)).signature
     assert sig is not None and sig.inputs.inputs[0].shape == (-1, 64)
