@@ -110,8 +110,9 @@ def _source(version: str, tmp_path: Path) -> Any:
 
 
 def test_cli_run_prints_the_firmware_table(int8_version: str, tmp_path: Path) -> None:
-    from cli import app
     from typer.testing import CliRunner
+
+    from cli import app
 
     r = CliRunner().invoke(app, ["export", MODEL, int8_version, "--target", "nucleo-l4r5zi", "--run", "-n", "10",
                                  "--out", str(tmp_path / "b"), "--no-log"])

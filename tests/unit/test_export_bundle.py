@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli import app
 from typer.testing import CliRunner
 
+from cli import app
 from tinymlops.config import PipelineConfig, PreprocessingSection
 from tinymlops.errors import ConfigError, ModelFormatError, UsageError
 from tinymlops.export.bundle import (
