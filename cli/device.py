@@ -6,6 +6,7 @@ from the simulator's synthetic stream, and stops on SIGINT/SIGTERM with exit cod
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -26,17 +27,21 @@ def package(model: Annotated[str, typer.Argument(help="registered model name")],
             upload: Annotated[bool, typer.Option(help="upload it to the fleet service")] = False,
             server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
             targets_dir: Annotated[Path | None, typer.Option(help="target catalogue directory")] = None,
+            encrypt: Annotated[bool, typer.Option(help="encrypt the model per device (needs --upload)")] = False,
             json_out: JsonOpt = False) -> None:
     """Build a signed package (manifest + model, Ed25519) for a target from a registered MLflow version.
 
     The signing key lives in <home>/keys/ (generated on first use); devices trust package_signing.pub.
+    --encrypt: the model is uploaded encrypted; only devices it is deployed to get its key (wrapped for each).
     """
     from tinymlops.errors import UsageError
     from tinymlops.fleet import packages
 
     if out is None and not upload:
         raise UsageError("give --out DIR and/or --upload")
-    bundle = packages.build_package(model, version, target, targets=targets_dir)
+    if encrypt and not upload:
+        raise UsageError("--encrypt needs --upload (the content key is kept here, the ciphertext on the server)")
+    bundle = packages.build_package(model, version, target, targets=targets_dir, encrypt=encrypt)
     info = {"package_id": bundle.id, "model": model, "version": str(version), "target": target,
             "sha256": bundle.manifest["sha256"], "size_bytes": bundle.manifest["size_bytes"],
             "key_id": bundle.manifest["key_id"]}
@@ -65,8 +70,9 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
           input_spec: Annotated[str, typer.Option("--input", help=INPUT_HELP)] = "synthetic",
           state_dir: Annotated[Path | None, typer.Option(help="where packages and the credential live "
                                                               "(default <home>/agents/<device-id>)")] = None,
-          enrolment_token: Annotated[str | None, typer.Option(envvar="TINYMLOPS_ENROLMENT_TOKEN",
-                                                              help="one-time token (first start only)")] = None,
+          enrolment_token_file: Annotated[Path | None, typer.Option(
+              help="file holding the one-time enrolment token (first start only; or set "
+                   "TINYMLOPS_ENROLMENT_TOKEN; never on the command line, where `ps` shows it)")] = None,
           trusted_key: Annotated[Path | None, typer.Option(help="Ed25519 public key packages must be signed "
                                                                 "with (default <home>/keys/package_signing.pub)")] = None,
           report_interval: Annotated[float, typer.Option(min=0.05, help="seconds between telemetry reports")] = 10.0,
@@ -103,6 +109,11 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
 
     if not device_id or not target:
         raise UsageError("--device-id and --target are required")
+    enrolment_token = os.environ.get("TINYMLOPS_ENROLMENT_TOKEN") or None
+    if enrolment_token_file is not None:
+        if not enrolment_token_file.is_file():
+            raise UsageError(f"{enrolment_token_file}: enrolment token file not found")
+        enrolment_token = enrolment_token_file.read_text().strip() or None
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
     tgt = get_target(target, targets_dir)
     cfg = AgentConfig(server=server, device_id=device_id, target=target, runtime=runtime or tgt.runtime,

@@ -273,6 +273,26 @@ def deploy(package_id: Annotated[str, typer.Argument(help="package id (see `tiny
         console.print(f"{package_id}: desired on {len(updated)} device(s)")
 
 
+@fleet_app.command("grant")
+@handle_errors
+def grant(package_id: Annotated[str, typer.Argument(help="an encrypted package built on this host")],
+          server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
+          cohort: Annotated[str | None, typer.Option(help="every device of this cohort running it or told to")] = None,
+          device: Annotated[list[str] | None, typer.Option(help="this device (repeatable)")] = None) -> None:
+    """Wrap an encrypted package's key for devices assigned it (e.g. devices that enrolled into a cohort later)."""
+    from tinymlops.errors import UsageError
+
+    if not cohort and not device:
+        raise UsageError("give --cohort or --device")
+    with _client(server, token) as op:
+        ids = list(device or [])
+        if cohort:
+            ids += [d["id"] for d in op.devices(cohort=cohort)
+                    if package_id in (d["desired_package_id"], d["current_package_id"])]
+        n = op.grant(package_id, sorted(set(ids)))
+    console.print(f"{package_id}: content key wrapped for {n} device(s)")
+
+
 @fleet_app.command("packages")
 @handle_errors
 def list_packages(server: ReadServerOpt = None, token: TokenOpt = None, db: DbOpt = None,

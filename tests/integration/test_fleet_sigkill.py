@@ -52,7 +52,9 @@ def _agent_cmd(root: Path, url: str, device_id: str, token: str | None, max_repo
            "--trusted-key", str(root / "keys" / packages.PUBLIC_KEY_FILE), "--targets-dir", str(root / "targets"),
            "--report-interval", "0.2", "--inference-interval", "0.01", "-v"]
     if token:
-        cmd += ["--enrolment-token", token]
+        from tinymlops.sim.simulator import write_token_file
+
+        cmd += ["--enrolment-token-file", str(write_token_file(root / "dev" / device_id, token))]
     if max_reports:
         cmd += ["--max-reports", str(max_reports)]
     return cmd

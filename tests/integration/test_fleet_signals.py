@@ -68,7 +68,10 @@ def _agent(fleet: Any, device_id: str, token: str | None, *extra: str) -> list[s
            "--state-dir", str(root / "dev" / device_id), "--targets-dir", str(root / "targets"),
            "--trusted-key", str(root / "keys" / packages.PUBLIC_KEY_FILE), "--report-interval", "0.3",
            "--inference-interval", "0.005", "-v", *extra]
-    return cmd + (["--enrolment-token", token] if token else [])
+    from tinymlops.sim.simulator import write_token_file
+
+    return cmd + (["--enrolment-token-file", str(write_token_file(root / "dev" / device_id, token))]
+                  if token else [])
 
 
 def _windows(n: int, seed: int = 0) -> np.ndarray:

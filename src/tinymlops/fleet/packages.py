@@ -397,7 +397,7 @@ def _profiled_expectation(run_id: str, target: str) -> dict[str, float]:
 
 
 def build_package(model_name: str, version: str | int, target: str, key: Ed25519PrivateKey | None = None,
-                  targets: Path | None = None) -> Bundle:
+                  targets: Path | None = None, encrypt: bool = False) -> Bundle:
     """Build and sign a package for a target from a registered MLflow version."""
     from tinymlops import registry
     from tinymlops.profile.targets import get_target
@@ -437,4 +437,4 @@ def build_package(model_name: str, version: str | int, target: str, key: Ed25519
         "created_unix_s": time.time(),
         "sequence": default_sequence(version),
     }
-    return sign(manifest, artifact, key)
+    return sign(manifest, artifact, key, encrypt=encrypt)

@@ -217,6 +217,9 @@ class Controller:
         if stale:
             fleet_store.set_desired(self.store, r.package_id, stale,
                                     reason=f"rollout {rid} stage {stage.label}")
+            from tinymlops.fleet.grants import grant
+
+            grant(self.store, r.package_id, stale)  # an encrypted package: wrap its key for these devices only
         if len(assigned) >= size and r.stage_assigned_unix_s is None:
             with self.store.session() as s:
                 s.execute(update(Rollout).where(Rollout.id == rid, Rollout.stage_index == r.stage_index)

@@ -289,8 +289,8 @@ class Simulation:
             "--input", "synthetic", "--seed", str(self.stream_seed(index)), "--emulate-target-timing")
         if self.targets_dir is not None:
             argv += ["--targets-dir", str(self.targets_dir)]
-        if cfg.enrolment_token:
-            argv += ["--enrolment-token", cfg.enrolment_token]
+        if cfg.enrolment_token:  # a 0600 file, not argv (visible in `ps`)
+            argv += ["--enrolment-token-file", str(write_token_file(cfg.state_dir, cfg.enrolment_token))]
         for k, v in c.drift.model_dump(exclude_none=True).items():
             argv += [f"--drift-{k.replace('_', '-')}", str(v)]
         if c.drift_after_s:
@@ -415,3 +415,15 @@ def publish(server_url: str, operator_token: str, model_name: str, versions: lis
         for cohort, t in (cohorts or {}).items():
             op.set_desired(out[t], cohort=cohort, reason=reason)
     return out
+
+
+def write_token_file(state_dir: Path, token: str) -> Path:
+    """Write a one-time enrolment token to ``<state_dir>/enrolment-token`` (mode 0600) and return the path."""
+    import os
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "enrolment-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return path
