@@ -61,6 +61,7 @@ def _vibration_source(home: Path, n: int) -> tuple[Any, np.ndarray, np.ndarray]:
            "model": {"arch": "mlp", "params": {"hidden": [128, 64], "dropout": 0.1}},
            "train": {"epochs": 20, "early_stopping_patience": 0, "learning_rate": 0.003},
            "stages": ["train", "compress"], "compress": {"variants": [{"technique": "ptq-int8"}]}}
+    home.mkdir(parents=True, exist_ok=True)
     (home / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
     pc = load_pipeline(home / "pipeline.yaml")
     version = run_compress(pc, run_train(pc).version).variants[0]["version"]
@@ -87,13 +88,14 @@ def _reference_source(name: str, work: Path, n: int) -> tuple[Any, np.ndarray, n
     return ExportSource(f"mlperf-{name}", "0", "int8", path, manifest), X, np.zeros(n, np.int64)
 
 
-def measure(name: str, src: Any, X: np.ndarray, y: np.ndarray, work: Path, tflm_dir: str | None) -> dict[str, Any]:
+def measure(name: str, src: Any, X: np.ndarray, y: np.ndarray, work: Path, tflm_dir: str | None,
+            runtime: str) -> dict[str, Any]:
     """Export, build and run one model on the M4 target; return the figures with the static estimate beside."""
     from tinymlops.export.run import build_and_run, write_bundle
     from tinymlops.profile.profiler import profile_model
     from tinymlops.profile.targets import get_target
 
-    target = get_target(TARGET)
+    target = get_target(TARGET).model_copy(update={"runtime": runtime})
     t0 = time.monotonic()
     res, info = write_bundle(src, target, "c", work / f"bundle-{name}", (X[0], "n/a"))
     fw = build_and_run(res, src, target, info, (X, y), tflm_dir=tflm_dir, say=lambda s: print("  " + s))
@@ -103,18 +105,27 @@ def measure(name: str, src: Any, X: np.ndarray, y: np.ndarray, work: Path, tflm_
             "static_flash_bytes": est["flash_bytes"], "static_ram_bytes": est["peak_ram_bytes"]}
 
 
-def _print(rows: list[dict[str, Any]], published: dict[str, float]) -> None:
+def _print(rows: list[dict[str, Any]], published: dict[str, float], runtime: str) -> None:
+    from tinymlops.export.emulated import cpi
+
+    c = cpi("cortex-m4", runtime)
     print(f"\n{'model':<10} {'n':>4} {'agree':>6} {'maxLSB':>6} {'flash':>9} {'static':>9} {'diff':>7} "
-          f"{'RAM used':>8} {'static':>8} {'diff':>7} {'insn/inf':>11} {'pub ms':>7} {'CPI':>5} {'build s':>7}")
+          f"{'RAM used':>8} {'static':>8} {'diff':>7} {'insn/inf':>11} {'pub ms':>7} {'CPI':>5} {'emu ms':>7} "
+          f"{'err':>6} {'build s':>7}")
+    errors = []
     for r in rows:
         fd = 100 * (r["static_flash_bytes"] - r["flash_bytes"]) / r["flash_bytes"]
         rd = 100 * (r["static_ram_bytes"] - r["ram_used_bytes"]) / r["ram_used_bytes"]
         pub = published.get(r["model"])
-        cpi = f"{pub * 1e-3 * 120e6 / r['instructions_per_inference']:.2f}" if pub else ""
+        implied = f"{pub * 1e-3 * 120e6 / r['instructions_per_inference']:.2f}" if pub else ""
+        emu_ms = r["instructions_per_inference"] * c / 120e3
+        err = f"{100 * (emu_ms - pub) / pub:+.1f}%" if pub else ""
+        if pub:
+            errors.append(abs(100 * (emu_ms - pub) / pub))
         print(f"{r['model']:<10} {r['n_inputs']:>4} {100 * r['class_agreement']:>5.0f}% {r['output_max_lsb_diff']:>6} "
               f"{r['flash_bytes']:>9,} {r['static_flash_bytes']:>9,} {fd:>+6.1f}% {r['ram_used_bytes']:>8,} "
               f"{r['static_ram_bytes']:>8,} {rd:>+6.1f}% {r['instructions_per_inference']:>11,} "
-              f"{pub if pub else '':>7} {cpi:>5} {r['export_build_s']:>7}")
+              f"{pub if pub else '':>7} {implied:>5} {emu_ms:>7.2f} {err:>6} {r['export_build_s']:>7}")
     print("\nflash by component (bytes):")
     for r in rows:
         print(f"  {r['model']:<10} " + ", ".join(f"{k} {v:,}" for k, v in r["flash_by_component"].items()))
@@ -124,7 +135,12 @@ def _print(rows: list[dict[str, Any]], published: dict[str, float]) -> None:
         print(f"  {r['model']:<10} RAM linked {r['ram_bytes']:,} (arena declared {r['arena_bytes']:,}, used "
               f"{r['arena_used_bytes']:,}), stack {r['stack_high_water_bytes']:,}; pre-processing "
               f"{r['preprocessing_instructions']:,} instructions")
-    print("CPI = published MLPerf Tiny latency (NUCLEO-L4R5ZI, TFLM + CMSIS-NN, 120 MHz) x clock / instructions.")
+    print(f"CPI = published MLPerf Tiny latency (NUCLEO-L4R5ZI, {runtime}, 120 MHz) x clock / instructions; "
+          f"emu ms = instructions x calibrated CPI {c:.2f} / clock; err = (emu - published) / published.")
+    if errors:
+        print(f"median |error| of the emulated latency ({runtime}): {float(np.median(errors)):.1f} %")
+    print("maxLSB: firmware vs the TFLite interpreter on the device's int8 inputs; vs TFLM's own interpreter on this "
+          "host: " + ", ".join(f"{r['model']} {r['tflm_host_max_lsb_diff']}" for r in rows) + " LSB")
 
 
 def main() -> int:
@@ -133,6 +149,8 @@ def main() -> int:
     ap.add_argument("--inputs", type=int, default=100)
     ap.add_argument("--tflm-dir", default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    ap.add_argument("--runtime", default="tflm-cmsis-nn", choices=["tflm-cmsis-nn", "tflm-reference"],
+                    help="kernels of the Cortex-M4 target (tflm-reference builds the reference-kernel library)")
     args = ap.parse_args()
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -144,13 +162,13 @@ def main() -> int:
             print(f"[{name}] preparing")
             src, X, y = (_vibration_source(work / "home", args.inputs) if name == "vibration"
                          else _reference_source(name, work, args.inputs))
-            rows.append(measure(name, src, X, y, work, args.tflm_dir))
+            rows.append(measure(name, src, X, y, work, args.tflm_dir, args.runtime))
             r = rows[-1]
             print(f"[{name}] {r['n_inputs']} inputs: agreement {100 * r['class_agreement']:.1f} %, max "
                   f"{r['output_max_lsb_diff']} LSB ({r['outputs_off_by_1_lsb']} off by 1), "
                   f"{r['instructions_per_inference']:,} instructions/inference, library cached "
                   f"{r['library_cached']}, export+build {r['export_build_s']} s")
-    _print(rows, _published_latency_ms("tflm-cmsis-nn"))
+    _print(rows, _published_latency_ms(args.runtime), args.runtime)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=str))
     ok = all(r["class_agreement"] == 1.0 and r["output_max_lsb_diff"] <= 1 for r in rows)

@@ -58,15 +58,18 @@ def test_c_block_matches_python_block(block: str) -> None:
     assert diff <= BOUNDS[block]
 
 
-def test_c_quantisation_matches_runtime_quantize() -> None:
-    """The int8 input the device computes equals the Python runtime's quantisation of the C features."""
-    section, X = CASES["spectral-pow2"]
+@pytest.mark.parametrize("block", ["spectral-pow2", "identity-standard"])
+def test_c_quantisation_matches_runtime_quantize(block: str) -> None:
+    """The int8 input the device computes (tm_pp_run_int8) equals the runtime's quantisation of the C features."""
+    section, X = CASES[block]
     spec = fit(section, X)
     scale, zp = 0.0279167, 11
     feats, q = host_preprocess(spec, X, quant=(scale, zp))
     assert q is not None
     expected = quantize(feats, np.float32(scale), zp, np.int8)
     assert np.array_equal(q, expected)
+    # and within one step of quantising the Python reference features (a feature on a rounding boundary)
+    assert np.abs(q.astype(int) - quantize(transform(spec, X), np.float32(scale), zp, np.int8).astype(int)).max() <= 1
     # and saturation: far outside the int8 range clips to -128/127
     big = fit(PreprocessingSection(features="identity", normalize="none"), X[:, :4, 0])
     _, q2 = host_preprocess(big, np.array([[1e6, -1e6, 0.0, 0.01]], np.float32), quant=(0.01, -3))

@@ -142,6 +142,7 @@ def render_sources(src: ExportSource, target: Any, info: ModelInfo, arena_bytes:
         "out_scale": f"{info.output.scale:.9e}", "out_zp": info.output.zero_point,
         "labels": ", ".join(_c_string(x) for x in labels), "ops_list": ", ".join(info.ops),
         "n_ops": len(info.ops), "pp_work_floats": max(1, 2 * samples if spec.features == "spectral" else 1),
+        "features_floats": spec.n_features if spec.features == "spectral" else 1,
         "resolver_adds": "\n".join(f"  if (resolver->{resolver_method(op)}() != kTfLiteOk) return -1;"
                                    for op in info.ops),
         "example_label": example_label,

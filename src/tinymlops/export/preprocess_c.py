@@ -81,17 +81,15 @@ int main(int argc, char **argv) {
   size_t raw_len = (size_t)(c->kind == TM_PP_SPECTRAL ? c->samples * c->axes : c->samples);
   float *raw = malloc(raw_len * sizeof(float)), *f = malloc((size_t)c->n_features * sizeof(float));
   float *work = malloc((tm_pp_work_floats(c) + 1) * sizeof(float));
+  float *f2 = malloc((size_t)c->n_features * sizeof(float));
+  int8_t *q = malloc((size_t)c->n_features);
   for (int i = 0; i < n; i++) {
     if (fread(raw, sizeof(float), raw_len, stdin) != raw_len) return 3;
     if (tm_pp_run(c, raw, f, work) != 0) return 4;
     fwrite(f, sizeof(float), (size_t)c->n_features, stdout);
-    if (qscale > 0.0f) {
-      int8_t q[4096];
-      for (int k = 0; k < c->n_features; k += 4096) {
-        int m = c->n_features - k < 4096 ? c->n_features - k : 4096;
-        tm_pp_quantize_int8(f + k, m, qscale, qzp, q);
-        fwrite(q, 1, (size_t)m, stdout);
-      }
+    if (qscale > 0.0f) { /* the device's path: straight into the int8 input tensor */
+      if (tm_pp_run_int8(c, raw, f2, work, qscale, qzp, q) != 0) return 5;
+      fwrite(q, 1, (size_t)c->n_features, stdout);
     }
   }
   return 0;

@@ -97,6 +97,22 @@ int tm_pp_run(const tm_pp_config *cfg, const float *raw, float *features, float 
   return 0;
 }
 
+int tm_pp_run_int8(const tm_pp_config *cfg, const float *raw, float *features, float *work, float scale,
+                   int zero_point, int8_t *out) {
+  if (cfg->kind == TM_PP_IDENTITY) {
+    if (cfg->n_features != cfg->samples) return -1;
+    for (int i = 0; i < cfg->n_features; i++) {
+      float x = raw[i] / cfg->scale;
+      if (cfg->mean && cfg->std) x = (x - cfg->mean[i]) / cfg->std[i];
+      tm_pp_quantize_int8(&x, 1, scale, zero_point, out + i);
+    }
+    return 0;
+  }
+  if (features == NULL || tm_pp_run(cfg, raw, features, work) != 0) return -1;
+  tm_pp_quantize_int8(features, cfg->n_features, scale, zero_point, out);
+  return 0;
+}
+
 void tm_pp_quantize_int8(const float *features, int n, float scale, int zero_point, int8_t *out) {
   for (int i = 0; i < n; i++) {
     long q = lrintf(features[i] / scale) + zero_point;

@@ -34,6 +34,11 @@ size_t tm_pp_work_floats(const tm_pp_config *cfg);
 /* Turn one raw input into n_features float features; returns 0, or -1 on a bad configuration. */
 int tm_pp_run(const tm_pp_config *cfg, const float *raw, float *features, float *work);
 
+/* Pre-process one raw input straight into the model's int8 input. The identity block streams element by element
+ * (features may be NULL); the spectral block needs n_features floats in features. Returns 0, or -1. */
+int tm_pp_run_int8(const tm_pp_config *cfg, const float *raw, float *features, float *work, float scale,
+                   int zero_point, int8_t *out);
+
 /* Quantise features with a tensor's scale and zero point (round half to even, saturate to int8). */
 void tm_pp_quantize_int8(const float *features, int n, float scale, int zero_point, int8_t *out);
 
