@@ -107,6 +107,8 @@ def select_per_target(rows: list[dict[str, Any]], targets: list[TargetConfig]) -
             "flash_bytes": best["flash_bytes"] if best else None,
             "fits": best is not None,
             "latency_source": (best.get("sources") or {}).get("latency_ms") if best else None,
+            # emulated targets (tinymlops.export.emulated): flash, RAM and instructions of the linked firmware
+            "firmware": (best.get("measured") or {}).get("emulated") if best else None,
             "pareto_versions": [f["version"] for f in front],
             "feasible_versions": [r["version"] for r in trow if r.get("fits")],
             "reasons": [] if best else sorted({f"v{r['version']}: {x}" for r in trow for x in r["reasons"]})[:20],
