@@ -104,9 +104,15 @@ def print_summary(out: dict[str, Any]) -> None:
                  f"{r['energy_uj']:.4g}" if r.get("energy_uj") is not None else "", r.get("peak_ram_bytes"),
                  "; ".join(r.get("reasons", [])[:2]) if not r.get("recommended_version") else ""]
                 for t_name, r in prof["targets"].items()]
-        print_table("recommended variant per target (profile)", ["target", "version", "variant", "accuracy",
-                                                                 "latency_ms", "energy_uj", "peak_ram_bytes",
-                                                                 "why none fits"], rows)
+        columns = ["target", "version", "variant", "accuracy", "latency_ms", "energy_uj", "peak_ram_bytes",
+                   "why none fits"]
+        if any(r.get("firmware") for r in prof["targets"].values()):  # emulated targets: the linked firmware
+            columns.insert(-1, "firmware (flash / RAM / instructions)")
+            for row, r in zip(rows, prof["targets"].values(), strict=True):
+                fw = r.get("firmware") or {}
+                row.insert(-1, f"{fw['flash_bytes']:,} B / {fw['ram_bytes']:,} B / "
+                               f"{fw['instructions_per_inference']:,}" if fw else "")
+        print_table("recommended variant per target (profile)", columns, rows)
     for key in ("drift", "rollout"):  # the drift verdicts first, then the rollout decisions (the demo's tables)
         if out.get(key, {}).get("table"):
             tbl = out[key]["table"]
