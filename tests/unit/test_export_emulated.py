@@ -56,3 +56,21 @@ def test_target_yaml_accepts_only_known_emulators() -> None:
 
     with pytest.raises(ValidationError):
         _target(emulator="renode")
+
+
+def test_pipeline_summary_shows_a_firmware_column_only_when_measured(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.pipeline import print_summary
+
+    target = {"recommended_version": "3", "variant": "ptq-int8", "accuracy": 0.97, "latency_ms": 0.08,
+              "energy_uj": 3.1, "peak_ram_bytes": 7_760, "reasons": []}
+    out = {"project": "p", "train": {"model_uri": "models:/m/1", "metrics": {"test_accuracy": 0.97,
+                                                                              "test_macro_f1": 0.97,
+                                                                              "train_seconds": 1.0}},
+           "profile": {"targets": {"nucleo-l4r5zi": dict(target), "host": dict(target)}}}
+    print_summary(out)
+    assert "firmware" not in capsys.readouterr().out
+    out["profile"]["targets"]["nucleo-l4r5zi"]["firmware"] = {"flash_bytes": 73_100, "ram_bytes": 7_760,
+                                                              "instructions_per_inference": 5_720}
+    print_summary(out)
+    text = capsys.readouterr().out
+    assert "firmware" in text and "73,100 B / 7,760 B / 5,720" in text
