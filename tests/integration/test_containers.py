@@ -58,7 +58,8 @@ def _wheelhouse() -> Path:
     if not (cache / ".complete").is_file():
         cache.mkdir(parents=True, exist_ok=True)
         _run(sys.executable, "-m", "pip", "wheel", "-q", "-c", str(REPO / "constraints.txt"), "-w", str(cache),
-             f"{REPO}[postgres]", "setuptools", "wheel", timeout=1800)
+             # async-timeout: redis needs it on Python < 3.11.3 (Debian bookworm's 3.11.2), not on the host's
+             f"{REPO}[postgres]", "setuptools", "wheel", "async-timeout", timeout=1800)
         for w in cache.glob("tinymlops-*.whl"):  # the images build their own from the context
             w.unlink()
         (cache / ".complete").touch()
