@@ -27,8 +27,12 @@ EMULATOR_ENV = "TINYMLOPS_EMULATOR"
 #: instructions per inference on the emulated core x CPI = cycles. Calibrated on Cortex-M4 (benchmarks/mcu.py:
 #: QEMU instruction counts of the four MLPerf Tiny reference models vs their published NUCLEO-L4R5ZI latencies at
 #: 120 MHz): the per-model CPIs and the median taken here are listed in docs/profiling.md.
-CPI_M4: dict[str, float] = {"tflm-cmsis-nn": 1.63, "tflm-reference": 1.63}
-CPI_CALIBRATION: dict[str, dict[str, float]] = {"tflm-cmsis-nn": {}, "tflm-reference": {}}
+CPI_CALIBRATION: dict[str, dict[str, float]] = {
+    # published latency (ms) x 120 MHz / QEMU instructions per inference (CMSIS-NN library of this TFLM tree)
+    "tflm-cmsis-nn": {"kws": 1.55, "vww": 1.50, "ic": 1.57, "ad": 1.71},
+}
+#: the median CPI per runtime; tflm-reference falls back to CMSIS-NN's until calibrated (docs/profiling.md)
+CPI_M4: dict[str, float] = {rt: round(statistics.median(v.values()), 2) for rt, v in CPI_CALIBRATION.items()}
 N_INPUTS = 3
 
 
