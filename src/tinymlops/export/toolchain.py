@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,7 +137,8 @@ def library_dir(tflm: Path, emu: Emulated, kernels: str) -> Path:
     return cache_root() / "tflm-lib" / f"{emu.target_arch}_{kernels or 'reference'}_{key}"
 
 
-def build_library(tflm: Path, emu: Emulated, kernels: str, jobs: int = 2, log=None) -> TflmLibrary:
+def build_library(tflm: Path, emu: Emulated, kernels: str, jobs: int = 2,
+                  log: Callable[[str], None] | None = None) -> TflmLibrary:
     """Build (or reuse) TFLM's ``libtensorflow-microlite.a`` for a core and kernels; return it with its flags.
 
     Raises:
