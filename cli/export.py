@@ -82,6 +82,25 @@ def export(
         _print_firmware(res.firmware)
 
 
+@handle_errors
+def verify_export(
+    bundle: Annotated[Path, typer.Argument(help="a directory written by tinymlops export")],
+    public_key: Annotated[Path | None, typer.Option("--public-key", help="PEM public key (default: the project's "
+                                                    "package signing key)")] = None,
+) -> None:
+    """Check an exported bundle's signature and that no file changed since export (exit 2 naming what differs)."""
+    from tinymlops.errors import UsageError
+    from tinymlops.export.bundle import EXPORT_MANIFEST, verify_bundle
+    from tinymlops.fleet.packages import default_public_key_path, load_public_key
+
+    if not (bundle / EXPORT_MANIFEST).is_file():
+        raise UsageError(f"{bundle}: no {EXPORT_MANIFEST}; not a tinymlops export")
+    manifest = verify_bundle(bundle, load_public_key(public_key or default_public_key_path()))
+    console.print(f"{bundle}: signature OK (key {manifest['key_id']}), {len(manifest['files'])} files unchanged; "
+                  f"{manifest['model_name']} v{manifest['model_version']} for {manifest['target']}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the main app."""
     app.command("export")(export)
+    app.command("verify-export")(verify_export)

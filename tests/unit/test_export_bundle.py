@@ -237,6 +237,11 @@ def test_cli_export_logs_the_bundle_on_the_version(source: ExportSource, tmp_pat
     assert (logged / "export.json").read_bytes() == (out / "export.json").read_bytes()
     assert (logged / "src" / "tm_model.cc").is_file() and (logged / "CMakeLists.txt").is_file()
     assert mv.tags["export.nucleo-l4r5zi.cmake"] == doc["key_id"]
+    ok = runner.invoke(app, ["verify-export", str(out)])
+    assert ok.exit_code == 0 and "signature OK" in ok.output
+    (out / "src" / "tm_model.h").write_text("/* edited */")
+    bad = runner.invoke(app, ["verify-export", str(out)])
+    assert bad.exit_code == 2 and "tm_model.h: missing or altered since export" in bad.output
     # the example input is a real window of the version's test split, labelled with its class
     example = (out / "examples/main.cc").read_text()
     assert re.search(r"expected (healthy|imbalance|misalignment|bearing_fault)\)", example)
