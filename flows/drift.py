@@ -30,10 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
       cache_policy=NO_CACHE)
 def check_task(model: str, config_path: str, version: str | None, target: str | None, cohort: str | None,
                window: str | None, until: float | None, store_url: str | None = None,
-               log: bool = True) -> CheckResult:
+               log: bool = True, parent_run_id: str | None = None, experiment: str | None = None) -> CheckResult:
     """Merge sketches, measure, judge and log every target x cohort of one version."""
     return run_drift_check(model, config_path, version=version, target=target, cohort=cohort, until=until,
-                           window_s=parse_duration_s(window) if window else None, store_url=store_url, log=log)
+                           window_s=parse_duration_s(window) if window else None, store_url=store_url, log=log,
+                           parent_run_id=parent_run_id, experiment=experiment)
 
 
 def start_pipeline(section: RetrainSection, model: str) -> dict[str, Any]:
@@ -90,13 +91,18 @@ def _table(result: CheckResult) -> list[dict[str, Any]]:
 def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str | None = None,
                target: str | None = None, cohort: str | None = None, window: str | None = None,
                until: float | None = None, tracking_uri: str | None = None,
-               store_url: str | None = None, log: bool = True, allow_retrain: bool = True) -> dict[str, Any]:
-    """Check drift of a model version per target x cohort; a retrain verdict starts the pipeline (cooldown)."""
+               store_url: str | None = None, log: bool = True, allow_retrain: bool = True,
+               parent_run_id: str | None = None, experiment: str | None = None) -> dict[str, Any]:
+    """Check drift of a model version per target x cohort; a retrain verdict starts the pipeline (cooldown).
+
+    The verdict runs nest under ``parent_run_id`` in ``experiment`` (the pipeline run), else under the day's
+    ``drift checks <date>`` run of the drift config's experiment.
+    """
     logger = get_run_logger()
     registry.connect(tracking_uri)
     # cast: mypy picks Task.__call__'s coroutine overload for this sync task
     result = cast("CheckResult", check_task(model, config_path, version, target, cohort, window, until, store_url,
-                                            log))
+                                            log, parent_run_id, experiment))
     for g in result.groups:
         logger.info("%s v%s %s/%s: %s (%s)", model, g.verdict.version, g.target, g.cohort, g.verdict.level,
                     "; ".join(g.verdict.reasons[:2]))
@@ -113,12 +119,16 @@ def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str
     return summary
 
 
-def pipeline_drift_stage(pipeline_config: str, until: float | None = None,
-                         store_url: str | None = None) -> dict[str, Any]:
-    """Run the drift check of a pipeline config's model with the drift config it names (the demo's stage)."""
+def pipeline_drift_stage(pipeline_config: str, until: float | None = None, store_url: str | None = None,
+                         parent_run_id: str | None = None) -> dict[str, Any]:
+    """Run the drift check of a pipeline config's model with the drift config it names (the demo's stage).
+
+    With ``parent_run_id`` (the pipeline run) the verdict runs nest under it in the pipeline's experiment.
+    """
     from tinymlops.config import load_pipeline, resolve_relative
 
     cfg = load_pipeline(pipeline_config)
     drift_path = resolve_relative(pipeline_config, cfg.drift) if cfg.drift else REPO / "configs" / "drift.yaml"
     return drift_flow(cfg.mlflow.registered_model, str(drift_path), until=until,
-                      tracking_uri=cfg.mlflow.tracking_uri, store_url=store_url)
+                      tracking_uri=cfg.mlflow.tracking_uri, store_url=store_url, parent_run_id=parent_run_id,
+                      experiment=cfg.mlflow.experiment if parent_run_id else None)

@@ -51,25 +51,57 @@ def pipeline_flow(config_path: str = "configs/pipeline.yaml") -> dict[str, Any]:
             from flows.profile import profile_flow
 
             summary["profile"] = profile_flow(cfg.mlflow.registered_model, targets_dir, cfg.profile.targets,
-                                              cfg.mlflow.experiment)
+                                              cfg.mlflow.experiment, parent.run_id)
 
         fleet_db = None
         if "rollout" in cfg.stages and cfg.rollout:
-            summary["rollout"] = _rollout_stage(config_path, cfg, targets_dir, monitor="drift" in cfg.stages)
+            summary["rollout"] = _rollout_stage(config_path, cfg, targets_dir, monitor="drift" in cfg.stages,
+                                                parent_run_id=parent.run_id)
             fleet_db = summary["rollout"].get("fleet_db")
 
         if "drift" in cfg.stages and cfg.drift:
             from flows.drift import pipeline_drift_stage
 
-            drift = pipeline_drift_stage(config_path, store_url=fleet_db)
+            drift = pipeline_drift_stage(config_path, store_url=fleet_db, parent_run_id=parent.run_id)
             summary["drift"] = {**drift, "table": _drift_table(drift)}
+        _review_pages(summary, cfg, parent, targets_dir)
     create_markdown_artifact(key="pipeline-summary", markdown=_summary_markdown(summary),
                              description=f"pipeline run for {cfg.project}")
     return summary
 
 
-def _rollout_stage(config_path: str, cfg: PipelineConfig, targets_dir: str | None, monitor: bool) -> dict[str, Any]:
-    """Roll out on the simulated demo fleet (fresh service + agents); real fleets: `tinymlops rollout start`."""
+def _review_pages(summary: dict[str, Any], cfg: PipelineConfig, parent: registry.RunRef,
+                  targets_dir: str | None) -> None:
+    """Refresh the versions' alias sections and log the release report on the pipeline run (MLflow UI review)."""
+    from tinymlops import report
+
+    report.refresh_version_pages(cfg.mlflow.registered_model)
+    started_ms = registry.get_run(parent.run_id).start_ms
+    size = report.log_release_report(summary, parent.run_id, parent.experiment_id, started_ms, targets_dir)
+    get_run_logger().info("release report: release_report.html on run %s (%d bytes)", parent.run_id, size)
+
+
+def _rollout_stage(config_path: str, cfg: PipelineConfig, targets_dir: str | None, monitor: bool,
+                   parent_run_id: str | None = None) -> dict[str, Any]:
+    """Roll out on the simulated demo fleet (fresh service + agents); real fleets: `tinymlops rollout start`.
+
+    A ``rollout`` run nested under the pipeline run records the outcome per board (renamed e.g.
+    ``rollout raspberry-pi-4 v9, raspberry-pi-zero-2-w v8``) with the summary table as ``rollout/summary.json``.
+    """
+    assert cfg.rollout is not None
+    with registry.run(cfg.mlflow.experiment, "rollout", parent_run_id, tags={"tinymlops.stage": "rollout"}) as r:
+        out = _rollout_demo(config_path, cfg, targets_dir, monitor)
+        rollouts = out.get("rollouts") or []
+        if rollouts:
+            name = "rollout " + ", ".join(f"{x['target']} v{x['version']}" for x in rollouts)
+            registry.set_tags(r.run_id, {"mlflow.runName": name[:250]})
+            registry.log_metrics(r.run_id, {f"{x['target']}.promoted": float(x.get("status") == "succeeded")
+                                            for x in rollouts})
+        registry.log_dict(r.run_id, {k: out[k] for k in ("table", "skipped") if k in out}, "rollout/summary.json")
+    return out
+
+
+def _rollout_demo(config_path: str, cfg: PipelineConfig, targets_dir: str | None, monitor: bool) -> dict[str, Any]:
     from flows.rollout import rollout_demo_flow
 
     assert cfg.rollout is not None

@@ -16,16 +16,19 @@ from tinymlops.profile.matrix import run_profile
 @task(name="profile-matrix", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2,
       retry_condition_fn=retry_transient)
 def profile_task(model_name: str, targets_dir: str | None, targets: list[str] | str,
-                 experiment: str | None) -> dict[str, Any]:
+                 experiment: str | None, parent_run_id: str | None = None) -> dict[str, Any]:
     """Profile all packaged versions on all targets, log to MLflow, move candidate aliases."""
-    return run_profile(model_name, targets_dir, targets, experiment).to_dict(rows=False)
+    return run_profile(model_name, targets_dir, targets, experiment, parent_run_id=parent_run_id).to_dict(rows=False)
 
 
 @flow(name="profile", log_prints=True)
 def profile_flow(model_name: str, targets_dir: str | None = None, targets: list[str] | str = "all",
-                 experiment: str | None = None) -> dict[str, Any]:
-    """Profile a registered model on every target and recommend one version per target."""
-    summary = profile_task(model_name, targets_dir, targets, experiment)
+                 experiment: str | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Profile a registered model on every target and recommend one version per target.
+
+    With ``parent_run_id`` (the pipeline run, in ``experiment``) the profile run nests under it.
+    """
+    summary = profile_task(model_name, targets_dir, targets, experiment, parent_run_id)
     table = recommendation_table(summary)
     create_table_artifact(key="profile-recommendations", table=table,
                           description=f"recommended version of {model_name} per target")

@@ -80,6 +80,9 @@ def rollout_flow(model_name: str, targets: list[str], config_path: str = "config
                           description=f"staged rollout of {model_name}")
     for r in tbl["rows"]:
         print(" | ".join(str(v) for v in r))
+    from tinymlops import report
+
+    report.refresh_version_pages(model_name)  # version pages list the boards each version is canary/production for
     return out
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import tempfile
 import time
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 PACKAGE_DIR = "package"
+read_manifest = registry_ui.read_manifest
 _client: MlflowClient | None = None
 _client_uri: str | None = None
 
@@ -263,6 +263,15 @@ def list_versions(model_name: str) -> list[VersionInfo]:
                   key=lambda v: int(v.version))
 
 
+def day_run(experiment: str, name: str, tags: dict[str, str]) -> str:
+    """Return the id of the run of ``experiment`` tagged ``tags``, created (finished, named ``name``) once."""
+    found = registry_ui.find_run(client(), ensure_experiment(experiment), tags)
+    if found is None:
+        with run(experiment, name, tags=tags) as r:
+            found = r.run_id
+    return found
+
+
 def set_version_description(model_name: str, version: str | int, markdown: str) -> None:
     """Replace a version's description (markdown; the UI renders it on the version page)."""
     client().update_model_version(model_name, str(version), description=markdown[:60000])
@@ -296,11 +305,6 @@ def download_package(model_name: str, version: str | int, dst: str | Path | None
     mv = get_version(model_name, version)
     path = mv.tags.get("package_path", PACKAGE_DIR)
     return download(mv.run_id, path, dst)
-
-
-def read_manifest(package_dir: Path) -> dict[str, Any]:
-    """Read a package directory's manifest.json."""
-    return json.loads((package_dir / "manifest.json").read_text())
 
 
 # --------------------------------------------------------------------------------------------------------------

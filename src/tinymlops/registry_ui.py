@@ -62,3 +62,16 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def find_run(client: Any, experiment_id: str, tags: dict[str, str]) -> str | None:
+    """Return the id of the oldest run of an experiment carrying all ``tags``, or None."""
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    found = client.search_runs([experiment_id], filter_string=where, max_results=1,
+                               order_by=["attributes.start_time ASC"])
+    return str(found[0].info.run_id) if found else None
+
+
+def read_manifest(package_dir: Path) -> dict[str, Any]:
+    """Read a package directory's manifest.json."""
+    return dict(json.loads((package_dir / "manifest.json").read_text()))

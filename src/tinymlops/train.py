@@ -167,7 +167,7 @@ def run_train(config: str | Path | PipelineConfig, parent_run_id: str | None = N
     digests = {k: v.digest() for k, v in prep.splits.items()}
     tags = {"tinymlops.stage": "train", "task": cfg.project, "config_hash": cfg.config_hash(),
             "git_commit": _git_commit(), "dataset_digest": digests["train"]}
-    with registry.run(cfg.mlflow.experiment, f"train-{cfg.model.arch}", parent_run_id, tags) as r:
+    with registry.run(cfg.mlflow.experiment, f"train {cfg.model.arch}", parent_run_id, tags) as r:
         _log_inputs(r.run_id, cfg, prep)
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
@@ -279,12 +279,13 @@ def _export_and_log(run_id: str, cfg: PipelineConfig, prep: Prepared, model: Any
 def _register(run_id: str, cfg: PipelineConfig, prep: Prepared, metrics: dict[str, float], digest: str,
               tags: dict[str, str]) -> str:
     """Register the run's package as a new float32 version (the last step: a failure registers nothing)."""
-    description = (
-        f"{cfg.project}: float32 {cfg.model.arch} trained on {cfg.dataset.name} "
-        f"({len(prep.splits['train'].y)} train / {len(prep.splits['test'].y)} test samples, digest {digest}). "
-        f"Test accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.3f}. "
-        f"Package: ONNX fp32 + manifest (pre-processing '{cfg.preprocessing.features}', reference profile). "
-        f"Config hash {tags['config_hash']}, git {tags['git_commit']}."
+    description = (  # markdown: the MLflow UI renders it on the version page
+        f"**{cfg.project}: float32 {cfg.model.arch}**, the trained parent of every compressed variant.\n\n"
+        f"- **dataset**: {cfg.dataset.name}, {len(prep.splits['train'].y)} train / "
+        f"{len(prep.splits['test'].y)} test samples, digest `{digest}`\n"
+        f"- **test split**: accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.3f}\n"
+        f"- **package**: ONNX fp32 + manifest (pre-processing `{cfg.preprocessing.features}`, reference profile)\n"
+        f"- **made by**: train run `{run_id}`, config hash `{tags['config_hash']}`, git `{tags['git_commit']}`\n"
     )
     version = registry.register_version(
         cfg.mlflow.registered_model, run_id,

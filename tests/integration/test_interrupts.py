@@ -149,7 +149,7 @@ def test_sigint_stops_run_during_compress(tmp_path: Path) -> None:
     config = _config(tmp_path, 15, [{"technique": "ptq-int8"}, {"technique": "qat-int8", "epochs": 400}])
     proc = _start(["run", "-c", str(config)], home, tmp_path)
     db = home / "mlflow.db"
-    _wait_for(proc, "the qat-int8 variant to run", lambda: _run_status(db, "variant-qat-int8") == "RUNNING", 300)
+    _wait_for(proc, "the qat-int8 variant to run", lambda: _run_status(db, "qat-int8") == "RUNNING", 300)
     assert _run_status(db, "pipeline") == "RUNNING"
     time.sleep(2)  # into its fine-tuning epochs
     elapsed, err, children = _interrupt(proc, signal.SIGINT)
@@ -157,8 +157,8 @@ def test_sigint_stops_run_during_compress(tmp_path: Path) -> None:
 
     runs, tags, source = _store(home)
     assert "RUNNING" not in runs.values(), runs
-    assert runs["pipeline"] == "KILLED" and runs["compress"] == "KILLED" and runs["variant-qat-int8"] == "KILLED"
-    assert runs["train-mlp"] == "FINISHED"
+    assert runs["pipeline"] == "KILLED" and runs["compress"] == "KILLED" and runs["qat-int8"] == "KILLED"
+    assert runs["train mlp"] == "FINISHED"
     # a version is complete (its run finished) or tagged incomplete; the interrupted variant registered nothing
     for key, t in tags.items():
         finished = source[f"{key[0]}/{key[1]}"] == "FINISHED"
@@ -173,12 +173,12 @@ def test_sigterm_stops_train(tmp_path: Path) -> None:
     config = _config(tmp_path, 1000, [])
     proc = _start(["train", "-c", str(config)], home, tmp_path)
     db = home / "mlflow.db"
-    _wait_for(proc, "training to run", lambda: _run_status(db, "train-mlp") == "RUNNING", 300)
+    _wait_for(proc, "training to run", lambda: _run_status(db, "train mlp") == "RUNNING", 300)
     time.sleep(3)
     elapsed, err, children = _interrupt(proc, signal.SIGTERM)
     _check_clean_exit(elapsed, err, children, 143, proc.returncode, "SIGTERM")
     runs, tags, _ = _store(home)
-    assert runs == {"train-mlp": "KILLED"}
+    assert runs == {"train mlp": "KILLED"}
     assert tags == {}
 
 
@@ -235,7 +235,7 @@ def test_store_server_killed_mid_train_is_one_line_then_doctor_ends_the_run(tmp_
     proc = subprocess.Popen([EXE, "train", "-c", str(config)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for(proc, "training to log to the server", lambda: _run_status(db, "train-mlp") == "RUNNING", 300)
+        _wait_for(proc, "training to log to the server", lambda: _run_status(db, "train mlp") == "RUNNING", 300)
         time.sleep(2)
     finally:
         os.killpg(server.pid, signal.SIGKILL)
@@ -250,14 +250,14 @@ def test_store_server_killed_mid_train_is_one_line_then_doctor_ends_the_run(tmp_
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"MLflow store {uri}:" in errors[0], err[-3000:]
     assert "tinymlops doctor --fix" in err
-    assert _run_status(db, "train-mlp") == "RUNNING"  # nobody could tell the dead server
+    assert _run_status(db, "train mlp") == "RUNNING"  # nobody could tell the dead server
 
     server = _mlflow_server(db, artifacts, port)
     try:
         res = subprocess.run([EXE, "doctor", "--fix"], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=120, check=False)
         assert res.returncode == 0, res.stdout + res.stderr
-        assert _run_status(db, "train-mlp") == "KILLED"
+        assert _run_status(db, "train mlp") == "KILLED"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)

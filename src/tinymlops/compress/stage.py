@@ -174,16 +174,20 @@ def _float_source(cfg: PipelineConfig, par: _Parent, prep: Any) -> Any:
 
 
 def _description(cfg: PipelineConfig, ref: StageRef, spec: Any, fig: dict[str, Any]) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in spec.model_dump(exclude={"name", "technique"}).items()) or "defaults"
+    """Return the version's markdown description: what it is, its parent, dataset and test-split figures."""
+    # unset options (None) are the technique's defaults: listing them as "x=None" says nothing to a reviewer
+    params = ", ".join(f"{k}={v}" for k, v in spec.model_dump(exclude={"name", "technique"}).items()
+                       if v is not None) or "technique defaults"
     fmt = "TFLite" if fig["format"] == "tflite" else "ONNX"
-    mcu = (f" TFLite Micro agrees with the TFLite interpreter on {fig['tflm_tflite_agreement']:.2%} of the test "
-           f"split (arena {fig['tflm_arena_bytes']} bytes)." if "tflm_tflite_agreement" in fig else "")
-    return (f"{cfg.project}: {variant_name(spec)} ({spec.technique}; {params}) of float version "
-            f"{ref.parent_version} (train run {ref.train_run_id}, dataset {ref.dataset_digest}). {fmt} "
-            f"{fig['size_bytes']} bytes ({fig['gzip_bytes']} gzipped), sparsity {fig['sparsity']:.1%}. Evaluated "
-            f"in {fig['runtime']} on the test split: accuracy {fig['accuracy']:.2%} "
+    mcu = (f"- **TFLite Micro**: agrees with the TFLite interpreter on {fig['tflm_tflite_agreement']:.2%} of the "
+           f"test split (arena {fig['tflm_arena_bytes']} bytes)\n" if "tflm_tflite_agreement" in fig else "")
+    return (f"**{cfg.project}: {variant_name(spec)}** ({spec.technique}; {params}), {fmt} "
+            f"{fig['size_bytes']} bytes ({fig['gzip_bytes']} gzipped), sparsity {fig['sparsity']:.1%}.\n\n"
+            f"- **parent**: float version {ref.parent_version} (train run `{ref.train_run_id}`)\n"
+            f"- **dataset**: digest `{ref.dataset_digest}`\n"
+            f"- **test split**, evaluated in {fig['runtime']}: accuracy {fig['accuracy']:.2%} "
             f"({100 * fig['accuracy_delta']:+.2f} pts vs float), macro-F1 {fig['macro_f1']:.3f}, agreement with "
-            f"the float model {fig['agreement_with_float']:.2%}.{mcu}")
+            f"the float model {fig['agreement_with_float']:.2%}\n{mcu}")
 
 
 def run_variant(cfg: PipelineConfig, ref: StageRef, name: str,
@@ -202,7 +206,7 @@ def run_variant(cfg: PipelineConfig, ref: StageRef, name: str,
     tags = {"tinymlops.stage": "compress-variant", "variant": name, "technique": spec.technique,
             "parent_version": ref.parent_version}
     try:
-        with registry.run(ref.experiment, f"variant-{name}", ref.compress_run_id, tags) as r:
+        with registry.run(ref.experiment, name, ref.compress_run_id, tags) as r:
             out["run_id"] = r.run_id
             out.update(_build_and_register(cfg, ref, spec, r.run_id, say))
     except Exception as exc:  # any failure of one variant is recorded on its run; the others go on

@@ -298,13 +298,22 @@ def evaluate_group(ctx: ModelContext, reports: Sequence[DeviceReport], cfg: Drif
 
 
 def log_group(result: GroupResult, cfg: DriftConfig, since: float, until: float,
-              html_dir: Path | None = None) -> str:
-    """Log one group's verdict, figures, markdown and Evidently HTML to an MLflow run; return its id."""
+              html_dir: Path | None = None, parent_run_id: str | None = None,
+              experiment: str | None = None) -> str:
+    """Log one group's verdict, figures, markdown and Evidently HTML to an MLflow run; return its id.
+
+    The run nests under ``parent_run_id`` in ``experiment`` (a pipeline run), else under the day's
+    ``drift checks <date>`` run of the drift config's experiment (scheduled checks).
+    """
     v = result.verdict
-    name = f"drift {v.model} v{v.version} {result.target or 'any'}/{result.cohort or 'any'}"
+    name = f"drift v{v.version} {result.target or 'any'}/{result.cohort or 'any'}"
+    exp = experiment or cfg.experiment
+    if parent_run_id is None:
+        day = time.strftime("%Y-%m-%d", time.gmtime(until))
+        parent_run_id = registry.day_run(exp, f"drift checks {day}", {"tinymlops.stage": "drift-day", "day": day})
     tags = {"tinymlops.stage": "drift", "model": v.model, "version": v.version, "target": result.target or "",
             "cohort": result.cohort or "", "verdict": v.level, "reasons": "; ".join(v.reasons)[:4900]}
-    with registry.run(cfg.experiment, name, tags=tags) as r:
+    with registry.run(exp, name, parent_run_id, tags=tags) as r:
         registry.log_params(r.run_id, {"window_s": until - since, "since_unix_s": since, "until_unix_s": until,
                                        "thresholds": cfg.thresholds.model_dump(mode="json")})
         metrics: dict[str, float] = {k: float(x) for k, x in v.summary.items()
@@ -345,13 +354,15 @@ def load_drift_config(path: str | Path) -> DriftConfig:
 def run_drift_check(model: str, config: str | Path | DriftConfig, version: str | None = None,
                     target: str | None = None, cohort: str | None = None, until: float | None = None,
                     window_s: float | None = None, reports: Sequence[DeviceReport] | None = None,
-                    store_url: str | None = None, log: bool = True) -> CheckResult:
+                    store_url: str | None = None, log: bool = True, parent_run_id: str | None = None,
+                    experiment: str | None = None) -> CheckResult:
     """Run a drift check over the window ending at ``until`` (now): every version x target x cohort.
 
     THE drift entry point (``flows/drift.py`` wraps it; ``tinymlops drift --no-prefect`` calls it). Without
     ``version`` (or the config's alias) every registered version that reported in the window is checked; reports
     for versions the registry does not know join the newest version's groups and are rejected there as
-    incompatible sketches (never merged). ``config`` is a drift config file or a loaded one.
+    incompatible sketches (never merged). ``config`` is a drift config file or a loaded one. Runs nest under
+    ``parent_run_id`` in ``experiment`` (the pipeline's run), else under the day's drift-checks run.
     """
     cfg = config if isinstance(config, DriftConfig) else load_drift_config(config)
     known = registered_versions(model)
@@ -379,7 +390,7 @@ def run_drift_check(model: str, config: str | Path | DriftConfig, version: str |
                 html_dir = Path(d) if log else None
                 g = evaluate_group(ctx, reps, cfg, t, c, reference_rows=ref_rows, html_dir=html_dir)
                 if log:
-                    g.run_id = log_group(g, cfg, since, until, html_dir)
+                    g.run_id = log_group(g, cfg, since, until, html_dir, parent_run_id, experiment)
             result.groups.append(g)
     return result
 

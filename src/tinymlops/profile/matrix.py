@@ -128,49 +128,19 @@ def matrix_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def chart(rows: list[dict[str, Any]], targets: list[TargetConfig]) -> Any:
-    """Plot accuracy vs latency per target (log latency), feasible/infeasible, Pareto front and recommendation."""
-    import matplotlib
+    """Plot accuracy vs latency of every board small (the overview; one readable figure per board in plots.py)."""
+    from tinymlops.profile.plots import overview_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(targets)
-    cols = min(4, max(n, 1))
-    nrows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False)
-    for ax, t in zip(axes.flat, targets, strict=False):
-        trow = [r for r in rows if r["target"] == t.name and r.get("accuracy") is not None
-                and r["latency_ms"] == r["latency_ms"]]
-        for fits, marker, color in ((True, "o", "tab:blue"), (False, "x", "tab:gray")):
-            pts = [r for r in trow if bool(r.get("fits")) is fits]
-            ax.scatter([r["latency_ms"] for r in pts], [r["accuracy"] for r in pts], marker=marker, c=color,
-                       label="fits" if fits else "does not fit")
-        front = sorted((r for r in trow if r.get("pareto")), key=lambda r: r["latency_ms"])
-        if front:
-            ax.plot([r["latency_ms"] for r in front], [r["accuracy"] for r in front], "-", c="tab:orange",
-                    label="Pareto front")
-        for r in trow:
-            if r.get("recommended"):
-                ax.scatter([r["latency_ms"]], [r["accuracy"]], marker="*", s=220, c="tab:red", label="recommended")
-            ax.annotate(r["variant"] or f"v{r['version']}", (r["latency_ms"], r["accuracy"]), fontsize=6)
-        if t.latency_slo_ms:
-            ax.axvline(t.latency_slo_ms, ls="--", c="tab:red", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_title(t.name, fontsize=9)
-        ax.set_xlabel("latency (ms)")
-        ax.set_ylabel("accuracy")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return fig
+    return overview_figure(rows, targets)
 
 
 def log_results(model_name: str, rows: list[dict[str, Any]], per_target: dict[str, dict[str, Any]],
-                targets: list[TargetConfig], experiment: str, summary: dict[str, Any]) -> str:
-    """Log per-version metrics/tags, move candidate aliases, and record a profile run with artifacts."""
+                targets: list[TargetConfig], experiment: str, summary: dict[str, Any],
+                parent_run_id: str | None = None) -> str:
+    """Log per-version metrics/tags, move candidate aliases, and record a profile run with artifacts.
+
+    Each version's page gets its per-board table and the boards it is candidate for (``report.py``).
+    """
     by_version: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_version.setdefault(r["version"], []).append(r)
@@ -200,17 +170,32 @@ def log_results(model_name: str, rows: list[dict[str, Any]], per_target: dict[st
             if rec["accuracy"] is not None:
                 figures["accuracy"] = float(rec["accuracy"])
             registry.set_alias(model_name, alias, rec["recommended_version"], reason, figures)
-    with registry.run(experiment, f"profile {model_name}", tags={"stage": "profile", "model": model_name}) as pr:
+    from tinymlops import report
+
+    report.refresh_version_pages(model_name, rows)
+    name = f"profile {len(by_version)} versions x {len(targets)} boards"
+    with registry.run(experiment, name, parent_run_id, tags={"stage": "profile", "model": model_name}) as pr:
         registry.log_params(pr.run_id, {"targets": ",".join(t.name for t in targets),
                                         "versions": ",".join(by_version)})
         registry.log_text(pr.run_id, matrix_csv(rows), "profile/matrix.csv")
         registry.log_dict(pr.run_id, summary, "profile/summary.json")
-        fig = chart(rows, targets)
-        registry.log_figure(pr.run_id, fig, "profile/accuracy_vs_latency.png")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        _log_figures(pr.run_id, rows, targets)
         return pr.run_id
+
+
+def _log_figures(run_id: str, rows: list[dict[str, Any]], targets: list[TargetConfig]) -> None:
+    """Log the overview and one 1,600 px figure per board (``profile/boards/<board>.png``)."""
+    import matplotlib.pyplot as plt
+
+    from tinymlops.profile.plots import board_figure
+
+    fig = chart(rows, targets)
+    registry.log_figure(run_id, fig, "profile/accuracy_vs_latency.png")
+    plt.close(fig)
+    for t in targets:
+        fig = board_figure(rows, t.name, t.latency_slo_ms)
+        registry.log_figure(run_id, fig, f"profile/boards/{t.name}.png")
+        plt.close(fig)
 
 
 @dataclass(frozen=True)
@@ -234,13 +219,15 @@ class ProfileResult:
 
 
 def run_profile(model_name: str, targets_dir: str | Path | None = None, targets: list[str] | str = "all",
-                experiment: str | None = None, work_dir: str | Path | None = None) -> ProfileResult:
+                experiment: str | None = None, work_dir: str | Path | None = None,
+                parent_run_id: str | None = None) -> ProfileResult:
     """Profile all packaged versions of a registered model on targets; log to MLflow (THE profile entry point).
 
     Args:
         targets_dir: the target catalogue (default: the catalogue's default search path).
         targets: catalogue names or target YAML paths, or ``"all"``.
         experiment: MLflow experiment of the profile run (default ``<model>/profile``).
+        parent_run_id: nest the profile run under this run of ``experiment`` (the pipeline run).
     """
     t0 = time.perf_counter()
     tlist = resolve_targets(targets, targets_dir) if targets_dir else resolve_targets(targets)
@@ -257,7 +244,8 @@ def run_profile(model_name: str, targets_dir: str | Path | None = None, targets:
             "model": model_name, "versions": [v["version"] for v in versions], "skipped": skipped,
             "targets": per_target, "seconds": round(time.perf_counter() - t0, 2),
         }
-        run_id = log_results(model_name, rows, per_target, tlist, experiment or f"{model_name}/profile", summary)
+        run_id = log_results(model_name, rows, per_target, tlist, experiment or f"{model_name}/profile", summary,
+                             parent_run_id)
         return ProfileResult(model_name, summary["versions"], skipped, per_target,
                              round(time.perf_counter() - t0, 2), run_id,
                              [{k: r.get(k) for k in CSV_COLUMNS} for r in rows])
