@@ -283,7 +283,7 @@ def _register(run_id: str, cfg: PipelineConfig, prep: Prepared, metrics: dict[st
         f"**{cfg.project}: float32 {cfg.model.arch}**, the trained parent of every compressed variant.\n\n"
         f"- **dataset**: {cfg.dataset.name}, {len(prep.splits['train'].y)} train / "
         f"{len(prep.splits['test'].y)} test samples, digest `{digest}`\n"
-        f"- **test split**: accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.3f}\n"
+        f"- **Test accuracy** {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.3f} (test split)\n"
         f"- **package**: ONNX fp32 + manifest (pre-processing `{cfg.preprocessing.features}`, reference profile)\n"
         f"- **made by**: train run `{run_id}`, config hash `{tags['config_hash']}`, git `{tags['git_commit']}`\n"
     )
