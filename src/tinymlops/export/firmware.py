@@ -97,16 +97,31 @@ def _section_sizes(elf: Path) -> dict[str, int]:
     return out
 
 
-def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated) -> FirmwareBuild:
-    """Compile the bundle + harness + startup for the board and link them with the cached TFLM library."""
-    t0 = time.monotonic()
+def arch_flags(emu: Emulated) -> list[str]:
+    """Return the compiler's CPU/FPU flags for a core (hard-float ABI, as TFLM's library is built)."""
+    return [f"-mcpu={emu.mcpu}", "-mthumb", "-mfloat-abi=hard", f"-mfpu={emu.fpu}"]
+
+
+#: link flags of every firmware: our startup code, newlib nano + semihosting, unused sections dropped
+LINK_FLAGS = ["-nostartfiles", "--specs=nano.specs", "--specs=rdimon.specs", "-Wl,--gc-sections"]
+
+
+def write_board_files(work: Path, emu: Emulated) -> tuple[Path, Path]:
+    """Write the startup code and the board's linker script into ``work``; return (startup.c, link.ld)."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "fw_startup.c").write_text(c_source("fw_startup.c"))
-    (work / "fw_main.cc").write_text(c_source("fw_main.cc.in"))
     (work / "link.ld").write_text(Template(c_source("fw_link.ld.in")).substitute(
         machine=emu.machine, core=emu.core, flash_origin=hex(emu.flash_origin), flash_bytes=emu.flash_bytes,
         ram_origin=hex(emu.ram_origin), ram_bytes=emu.ram_bytes, stack_bytes=STACK_BYTES, heap_bytes=HEAP_BYTES))
-    arch = [f"-mcpu={emu.mcpu}", "-mthumb", "-mfloat-abi=hard", f"-mfpu={emu.fpu}"]
+    return work / "fw_startup.c", work / "link.ld"
+
+
+def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated) -> FirmwareBuild:
+    """Compile the bundle + harness + startup for the board and link them with the cached TFLM library."""
+    t0 = time.monotonic()
+    write_board_files(work, emu)
+    (work / "fw_main.cc").write_text(c_source("fw_main.cc.in"))
+    arch = arch_flags(emu)
     inc = [f"-I{bundle_src}", *lib.includes]
     c_files = [bundle_src / "tm_preprocess.c", bundle_src / "tm_pp_config.c", work / "fw_startup.c"]
     cc_files = [bundle_src / "tm_model.cc", bundle_src / "tm_model_data.cc", work / "fw_main.cc"]
@@ -122,8 +137,7 @@ def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated)
              work, f"compiling {f.name}")
         objs.append(str(obj))
     elf = work / "firmware.elf"
-    _run(["arm-none-eabi-g++", *arch, "-nostartfiles", "--specs=nano.specs", "--specs=rdimon.specs",
-          "-Wl,--gc-sections", f"-Wl,-Map={work / 'firmware.map'}", "-T", str(work / "link.ld"), *objs,
+    _run(["arm-none-eabi-g++", *arch, *LINK_FLAGS, f"-Wl,-Map={work / 'firmware.map'}", "-T", str(work / "link.ld"), *objs,
           str(lib.lib_path), "-lm", "-o", str(elf)], work, "linking the firmware")
     by_sec = parse_map((work / "firmware.map").read_text())
     flash: dict[str, int] = {}

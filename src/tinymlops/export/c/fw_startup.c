@@ -64,14 +64,25 @@ void tm_systick_start(void) {
   SYST_RVR = 0x00FFFFFFu;
   SYST_CVR = 0;
   SYST_CSR = 0x7u; /* processor clock, interrupt on wrap, enable */
+  while (SYST_CVR == 0u) {
+  } /* the cleared counter reloads on its first tick without counting a wrap */
+  tm_systick_overflows = 0;
 }
 
-/* SysTick ticks since tm_systick_start (wraps counted by the interrupt). */
+#define SCB_ICSR (*(volatile uint32_t *)0xE000ED04u)
+#define ICSR_PENDSTSET (1u << 26)
+
+/* SysTick ticks since tm_systick_start (wraps counted by the interrupt). With interrupts masked, a wrap whose
+ * interrupt is still pending is counted here and the counter re-read (QEMU takes interrupts only between
+ * translated blocks, so a wrap can be seen before its handler has run). */
 uint64_t tm_systick_ticks(void) {
-  uint32_t ov, val;
-  do {
-    ov = tm_systick_overflows;
+  __asm volatile("cpsid i" ::: "memory");
+  uint32_t ov = tm_systick_overflows;
+  uint32_t val = SYST_CVR;
+  if (SCB_ICSR & ICSR_PENDSTSET) {
+    ov++;
     val = SYST_CVR;
-  } while (ov != tm_systick_overflows);
+  }
+  __asm volatile("cpsie i" ::: "memory");
   return ((uint64_t)ov << 24) + (0x00FFFFFFu - val);
 }
