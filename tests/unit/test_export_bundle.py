@@ -260,3 +260,17 @@ def test_cli_errors_are_one_line_exit_2(source: ExportSource, tmp_path: Path, tm
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_identity_preprocessing_streams_into_the_input_tensor(source: ExportSource, tmp_path: Path,
+                                                              tm_home: Path) -> None:
+    """An identity block keeps no float copy of the input (VWW's would be 108 KB of RAM); spectral keeps F floats."""
+    assert "float features[36];" in (_bundle(source, tmp_path, "c").out_dir / "src/tm_model.cc").read_text()
+    spec = fit(PreprocessingSection(features="identity", scale=4.0),
+               np.random.default_rng(0).normal(size=(10, 36)).astype(np.float32))
+    ident = ExportSource("vib", "2", "ptq-int8", source.model_path,
+                         {**source.manifest, "preprocessing": spec.model_dump(mode="json")})
+    res, _ = write_bundle(ident, get_target("nucleo-l4r5zi"), "c", tmp_path / "ident", (np.zeros(36), "healthy"))
+    cc = (res.out_dir / "src/tm_model.cc").read_text()
+    assert "float features[1];" in cc and "tm_pp_run_int8(" in cc
+    assert "TM_PP_IDENTITY, 36, 1" in (res.out_dir / "src/tm_pp_config.c").read_text()
