@@ -101,8 +101,10 @@ def serve(db: DbOpt = None,
           targets_dir: Annotated[Path | None, typer.Option(help="target catalogue; devices must enrol "
                                                                 "as one of its targets")] = None,
           workers: Annotated[int, typer.Option(min=1, max=64, help="server processes (one per core)")] = 1,
+          dev: Annotated[bool, typer.Option(help="development mode: /docs open, /openapi.json without a token")]
+          = False,
           ) -> None:
-    """Run the fleet service (FastAPI + SQLAlchemy; OpenAPI at /docs and /openapi.json).
+    """Run the fleet service (FastAPI + SQLAlchemy; /openapi.json needs an operator token unless --dev).
 
     On first start it creates an operator token, prints it once and stores it (mode 0600) in
     <home>/fleet/operator-token, where the other `tinymlops fleet` commands find it.
@@ -121,7 +123,8 @@ def serve(db: DbOpt = None,
     err_console.print(f"fleet service on http://{host}:{port}  db={st.url}  workers={workers}  "
                       f"targets={sorted(catalogue)}", highlight=False, soft_wrap=True)
     if workers == 1:
-        app = service.create_app(st=st, poll_interval_s=poll_interval, known_targets=set(catalogue) or None)
+        app = service.create_app(st=st, poll_interval_s=poll_interval, known_targets=set(catalogue) or None,
+                                 dev_mode=dev)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
@@ -129,7 +132,8 @@ def serve(db: DbOpt = None,
     else:
         st.dispose()  # migrated once here; each worker process opens its own engine
         os.environ.update({"TINYMLOPS_FLEET_DB": st.url, "TINYMLOPS_FLEET_POLL_S": str(poll_interval),
-                           "TINYMLOPS_FLEET_TARGETS": ",".join(sorted(catalogue))})
+                           "TINYMLOPS_FLEET_TARGETS": ",".join(sorted(catalogue)),
+                           "TINYMLOPS_FLEET_DEV": "1" if dev else "0"})
         config = uvicorn.Config("tinymlops.fleet.service:create_app_from_env", factory=True, workers=workers,
                                 host=host, port=port, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=5)

@@ -267,3 +267,34 @@ def test_d12_revocation_reaches_every_worker_within_a_second(tmp_path: Path) -> 
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_guessing_tokens_is_rate_limited_with_retry_after_and_valid_callers_are_not(fleet: Fleet) -> None:
+    from tinymlops.fleet.service.limits import BURST
+
+    svc = fleet.server.app.state.service
+    svc.limiter._buckets.clear()
+    try:
+        codes = [httpx.post(f"{fleet.url}/v1/enrol", json={"enrolment_token": f"guess-{i}", "device_id": f"g-{i}",
+                                                            "target": "gw"}).status_code for i in range(60)]
+        # the bucket refills at 1 failure/s while the guesses go on, so a few later ones get a 403 again
+        assert codes[: int(BURST)] == [403] * int(BURST) and 429 in codes[int(BURST):int(BURST) + 4]
+        assert codes.count(429) >= 30
+        r = httpx.get(f"{fleet.url}/v1/devices", headers={"Authorization": "Bearer tmo_op_guess"})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        r = httpx.get(f"{fleet.url}/v1/devices/x/desired-state", headers={"Authorization": "Bearer tmo_dev_guess"})
+        assert r.status_code == 429 and "Retry-After" in r.headers
+        assert fleet.op.get("/v1/devices").status_code == 200  # a valid (cached) operator token still works
+    finally:
+        svc.limiter._buckets.clear()
+
+
+def test_schema_and_docs_need_an_operator_token_outside_development_mode(fleet: Fleet) -> None:
+    assert httpx.get(f"{fleet.url}/openapi.json").status_code == 401
+    assert httpx.get(f"{fleet.url}/docs").status_code == 404
+    assert fleet.op.get("/openapi.json").json()["info"]["title"] == "tinymlops fleet service"
+    dev_app = service.create_app(st=fleet.st, dev_mode=True)
+    from fastapi.testclient import TestClient
+
+    with TestClient(dev_app) as c:
+        assert c.get("/openapi.json").status_code == 200 and c.get("/docs").status_code == 200

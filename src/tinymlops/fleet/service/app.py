@@ -13,6 +13,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import unquote
@@ -73,10 +74,12 @@ class _BodyLimit:
             await _send_json(send, 401, {"detail": "credential required (Authorization: Bearer ...)"})
             return
         if limit > OPERATOR_BODY_BYTES:  # only operators may send a package's worth: check before reading it
+            client = scope.get("client")
             try:
-                await self.svc.authenticate_operator(headers[b"authorization"].decode("latin-1"))
+                await self.svc.authenticate_operator(headers[b"authorization"].decode("latin-1"),
+                                                     client[0] if client else None)
             except HTTPException as exc:
-                await _send_json(send, exc.status_code, {"detail": exc.detail})
+                await _send_json(send, exc.status_code, {"detail": exc.detail}, exc.headers)
                 return
         chunks, size = [], 0
         while True:
@@ -138,22 +141,25 @@ class _TelemetryFastPath:
             chunks.append(chunk)
             if not msg.get("more_body"):
                 break
+        client = scope.get("client")
         try:
-            await self.fastapi_app.state.service.ingest_telemetry(unquote(m.group(1)), auth_header, b"".join(chunks))
+            await self.fastapi_app.state.service.ingest_telemetry(unquote(m.group(1)), auth_header, b"".join(chunks),
+                                                                  client[0] if client else None)
         except HTTPException as exc:
-            await _send_json(send, exc.status_code, {"detail": exc.detail})
+            await _send_json(send, exc.status_code, {"detail": exc.detail}, exc.headers)
             return
         await _send_raw(send, 202, ACCEPTED_BODY)
 
 
-async def _send_raw(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+async def _send_raw(send: Any, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_json(send: Any, status: int, payload: Any) -> None:
-    await _send_raw(send, status, json.dumps(payload, default=str).encode())
+async def _send_json(send: Any, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+    await _send_raw(send, status, json.dumps(payload, default=str).encode(), headers)
 
 
 def create_app_from_env() -> FastAPI:
@@ -166,12 +172,17 @@ def create_app_from_env() -> FastAPI:
     targets = os.environ.get("TINYMLOPS_FLEET_TARGETS")
     return create_app(st=Store(os.environ.get("TINYMLOPS_FLEET_DB") or None, migrate_schema=False),
                       poll_interval_s=float(os.environ.get("TINYMLOPS_FLEET_POLL_S", "5")),
-                      known_targets=set(targets.split(",")) if targets else None)
+                      known_targets=set(targets.split(",")) if targets else None,
+                      dev_mode=os.environ.get("TINYMLOPS_FLEET_DEV") == "1")
 
 
 def create_app(url: str | None = None, st: Store | None = None, poll_interval_s: float = 5.0,
-               known_targets: set[str] | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
-    """Build the service over a store (opened from ``url`` if not given; default :func:`settings.fleet_db_url`)."""
+               known_targets: set[str] | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               dev_mode: bool = False) -> FastAPI:
+    """Build the service over a store (opened from ``url`` if not given; default :func:`settings.fleet_db_url`).
+
+    Outside ``dev_mode`` there is no ``/docs`` page and ``/openapi.json`` needs an operator token.
+    """
     svc = Service(st or store.open_store(url), poll_interval_s, known_targets)
 
     @asynccontextmanager
@@ -186,7 +197,8 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
         svc.writer.close()
 
     # FastAPI's built-in OpenTelemetry hooks cost a provider lookup per request; this service exports none
-    app = FastAPI(title="tinymlops fleet service", version=API_VERSION, lifespan=lifespan,
+    docs = {} if dev_mode else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="tinymlops fleet service", version=API_VERSION, lifespan=lifespan, **docs,  # type: ignore[arg-type]
                   telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Devices enrol, pull their desired model package, and report privacy-preserving "
                               "telemetry sketches; operators manage packages, desired state and enrolment.")
@@ -209,6 +221,13 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
                             status_code=409)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    if not dev_mode:
+        from tinymlops.fleet.service.deps import Operator
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Operator])
+        def openapi_doc() -> dict[str, Any]:
+            return app.openapi()
+
     app.add_middleware(_TelemetryFastPath, fastapi_app=app, max_body_bytes=min(max_body_bytes, TELEMETRY_BODY_BYTES))
     app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes, svc=svc)
     return app

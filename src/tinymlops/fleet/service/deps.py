@@ -29,6 +29,7 @@ from sqlalchemy import select
 
 from tinymlops.fleet import api, auth, revocation
 from tinymlops.fleet.service.context import DeviceCtx, PackageCtx, check_sketch
+from tinymlops.fleet.service.limits import FailureLimiter
 from tinymlops.fleet.service.writer import TelemetryWriter
 from tinymlops.fleet.store import DesiredState, Device, OperatorToken, Package, Store
 from tinymlops.monitor.reference import ReferenceProfile
@@ -56,6 +57,13 @@ class Service:
         self.assigned_cache: dict[str, tuple[frozenset[str], float]] = {}
         self._epoch: int | None = None
         self._epoch_checked = 0.0
+        self.limiter = FailureLimiter()
+
+    def guarded(self, client: str | None, token_hash: str | None) -> tuple[str, ...]:
+        """Raise 429 if this client or token failed too often; return the limiter keys to charge on failure."""
+        keys = (f"ip:{client or '?'}",) + ((f"tok:{token_hash}",) if token_hash else ())
+        self.limiter.check(*keys)
+        return keys
 
     async def check_revocations(self) -> None:
         """Drop the auth caches if any worker revoked something since the last check (at most every 0.4 s)."""
@@ -76,22 +84,26 @@ class Service:
             row = s.get(OperatorToken, token_hash)
             return row is not None and not row.revoked
 
-    async def authenticate_operator(self, authorization: str | None) -> None:
-        """Raise 401/403 unless the header carries a live operator token."""
+    async def authenticate_operator(self, authorization: str | None, client: str | None = None) -> None:
+        """Raise 401/403 unless the header carries a live operator token (429 after repeated failures)."""
         token = auth.bearer(authorization)
-        if token is None:
+        h = auth.hash_token(token) if token else None
+        if token is None or h is None:  # no guess made: not charged
             raise HTTPException(401, "operator token required (Authorization: Bearer tmo_op_...)")
-        h = auth.hash_token(token)
+        keys = (f"ip:{client or '?'}", f"tok:{h}")
         await self.check_revocations()
         hit = self.operator_cache.get(h)
         if hit is not None and hit[1] > time.monotonic():
             ok = hit[0]
         else:
+            self.guarded(client, h)  # a client that keeps guessing gets 429 before another database lookup
             ok = await run_in_threadpool(self._lookup_operator, h)
             if len(self.operator_cache) > 10_000:
                 self.operator_cache.clear()
             self.operator_cache[h] = (ok, time.monotonic() + AUTH_CACHE_TTL_S)
         if not ok:
+            self.limiter.fail(*keys)
+            self.limiter.check(*keys)
             raise HTTPException(403, "not an operator token")
 
     def _lookup_device(self, token_hash: str) -> DeviceCtx | None:
@@ -104,21 +116,26 @@ class Service:
         self.device_cache[token_hash] = (ctx, time.monotonic() + AUTH_CACHE_TTL_S)
         return ctx
 
-    async def authenticate_device(self, device_id: str, authorization: str | None) -> DeviceCtx:
-        """Return the calling device (401/403 unless its credential is live and its own ``device_id``)."""
+    async def authenticate_device(self, device_id: str, authorization: str | None,
+                                  client: str | None = None) -> DeviceCtx:
+        """Return the calling device (401/403 unless its credential is live and its own ``device_id``; 429 after
+        repeated failures)."""
         token = auth.bearer(authorization)
-        if token is None:
+        h = auth.hash_token(token) if token else None
+        if token is None or h is None:
             raise HTTPException(401, "device credential required (Authorization: Bearer tmo_dev_...)")
-        h = auth.hash_token(token)
         await self.check_revocations()
         # the hot path (telemetry) stays on the event loop: a thread hop per request halves throughput
         hit = self.device_cache.get(h)
+        if hit is None or hit[1] <= time.monotonic():
+            self.guarded(client, h)  # a client that keeps guessing gets 429 before another database lookup
         ctx = hit[0] if hit is not None and hit[1] > time.monotonic() else await run_in_threadpool(
             self._lookup_device, h)
-        if ctx is None:
-            raise HTTPException(403, "unknown or revoked device credential")
-        if ctx.id != device_id:
-            raise HTTPException(403, "a device may only access its own resources")
+        if ctx is None or ctx.id != device_id:  # only failures touch the limiter: the hot path stays cheap
+            keys = self.guarded(client, h)
+            self.limiter.fail(*keys)
+            raise HTTPException(403, "unknown or revoked device credential" if ctx is None
+                                else "a device may only access its own resources")
         return ctx
 
     # ---- packages -------------------------------------------------------------------------------------------
@@ -153,9 +170,10 @@ class Service:
 
     # ---- telemetry ------------------------------------------------------------------------------------------
 
-    async def ingest_telemetry(self, device_id: str, authorization: str | None, body: bytes) -> None:
+    async def ingest_telemetry(self, device_id: str, authorization: str | None, body: bytes,
+                               client: str | None = None) -> None:
         """Authenticate, validate and commit one report (HTTPException says why not)."""
-        ctx = await self.authenticate_device(device_id, authorization)
+        ctx = await self.authenticate_device(device_id, authorization, client)
         # parsed by pydantic-core straight from bytes: several times faster than FastAPI's json + validate
         try:
             report = api.TelemetryReport.model_validate_json(body)
@@ -237,15 +255,16 @@ def service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(service)]
 
 
-async def operator(svc: ServiceDep, authorization: Annotated[str | None, Header()] = None) -> None:
+async def operator(request: Request, svc: ServiceDep,
+                   authorization: Annotated[str | None, Header()] = None) -> None:
     """Require an operator token."""
-    await svc.authenticate_operator(authorization)
+    await svc.authenticate_operator(authorization, request.client.host if request.client else None)
 
 
-async def device(device_id: str, svc: ServiceDep,
+async def device(device_id: str, request: Request, svc: ServiceDep,
                  authorization: Annotated[str | None, Header()] = None) -> DeviceCtx:
     """Require the credential of the device named in the path."""
-    return await svc.authenticate_device(device_id, authorization)
+    return await svc.authenticate_device(device_id, authorization, request.client.host if request.client else None)
 
 
 Operator = Depends(operator)
