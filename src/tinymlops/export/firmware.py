@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -116,26 +117,22 @@ def write_board_files(work: Path, emu: Emulated) -> tuple[Path, Path]:
     return work / "fw_startup.c", work / "link.ld"
 
 
-def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated) -> FirmwareBuild:
-    """Compile the bundle + harness + startup for the board and link them with the cached TFLM library."""
+def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated, jobs: int = 2) -> FirmwareBuild:
+    """Compile the bundle + harness + startup for the board (``jobs`` at a time) and link them with TFLM's library."""
     t0 = time.monotonic()
     write_board_files(work, emu)
     (work / "fw_main.cc").write_text(c_source("fw_main.cc.in"))
     arch = arch_flags(emu)
     inc = [f"-I{bundle_src}", *lib.includes]
-    c_files = [bundle_src / "tm_preprocess.c", bundle_src / "tm_pp_config.c", work / "fw_startup.c"]
-    cc_files = [bundle_src / "tm_model.cc", bundle_src / "tm_model_data.cc", work / "fw_main.cc"]
-    objs = []
-    for f in c_files:
-        obj = work / (f.stem + ".o")
-        _run(["arm-none-eabi-gcc", *lib.cflags, *arch, "-O2", "-std=c99", *inc, "-c", str(f), "-o", str(obj)],
-             work, f"compiling {f.name}")
-        objs.append(str(obj))
-    for f in cc_files:
-        obj = work / (f.stem + ".o")
-        _run(["arm-none-eabi-g++", *lib.cxxflags, *arch, "-O2", *inc, "-c", str(f), "-o", str(obj)],
-             work, f"compiling {f.name}")
-        objs.append(str(obj))
+    cmds = [(["arm-none-eabi-gcc", *lib.cflags, *arch, "-O2", "-std=c99", *inc, "-c", str(f), "-o",
+              str(work / (f.stem + ".o"))], f)
+            for f in (bundle_src / "tm_preprocess.c", bundle_src / "tm_pp_config.c", work / "fw_startup.c")]
+    cmds += [(["arm-none-eabi-g++", *lib.cxxflags, *arch, "-O2", *inc, "-c", str(f), "-o",
+               str(work / (f.stem + ".o"))], f)
+             for f in (bundle_src / "tm_model.cc", bundle_src / "tm_model_data.cc", work / "fw_main.cc")]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(lambda c: _run(c[0], work, f"compiling {c[1].name}"), cmds))
+    objs = [cmd[-1] for cmd, _ in cmds]
     elf = work / "firmware.elf"
     _run(["arm-none-eabi-g++", *arch, *LINK_FLAGS, f"-Wl,-Map={work / 'firmware.map'}", "-T", str(work / "link.ld"), *objs,
           str(lib.lib_path), "-lm", "-o", str(elf)], work, "linking the firmware")

@@ -157,7 +157,7 @@ def build_and_run(res: ExportResult, src: ExportSource, target: Any, info: Model
     require_tools(data is not None)
     tflm = tflm_dir_or_hint(tflm_dir)
     lib = build_library(tflm, emu, kernels_for(target.runtime), jobs=jobs, log=say)
-    fw = link_firmware(res.out_dir / "src", res.out_dir / "firmware", lib, emu)
+    fw = link_firmware(res.out_dir / "src", res.out_dir / "firmware", lib, emu, jobs)
     fig: dict[str, Any] = {
         "machine": emu.machine, "core": emu.core, "kernels": kernels_for(target.runtime) or "reference",
         "library": str(lib.lib_path), "library_cached": lib.cached, "library_build_s": round(lib.build_seconds, 1),
