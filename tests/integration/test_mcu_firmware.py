@@ -30,13 +30,13 @@ SMALL: dict[str, Any] = {
     "model": {"arch": "mlp", "params": {"hidden": [16], "dropout": 0.0}},
     "train": {"epochs": 15, "early_stopping_patience": 0, "learning_rate": 0.01},
     "stages": ["train", "compress"],
-    "compress": {"variants": [{"technique": "ptq-int8", "representative_samples": 50}]},
+    "compress": {"variants": [{"technique": "ptq-int8", "representative_samples": 50}, {"technique": "fp16"}]},
 }
 
 
 @pytest.fixture(scope="module")
-def int8_version(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Train the small demo model and register its ptq-int8 variant in a fresh store; return that version."""
+def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Train the small demo model and register its ptq-int8 and fp16 variants in a fresh store: variant -> version."""
     home = tmp_path_factory.mktemp("mcu-home")
     os.environ["TINYMLOPS_HOME"] = str(home)
     from tinymlops import registry
@@ -50,9 +50,22 @@ def int8_version(tmp_path_factory: pytest.TempPathFactory) -> str:
     cfg = load_pipeline(cfg_path)
     res = run_train(cfg)
     out = run_compress(cfg, res.version)
-    (variant,) = out.variants
-    assert variant["status"] == "registered", variant
-    return str(variant["version"])
+    assert all(v["status"] == "registered" for v in out.variants), out.variants
+    return {str(v["variant"]): str(v["version"]) for v in out.variants}
+
+
+@pytest.fixture(scope="module")
+def int8_version(versions: dict[str, str]) -> str:
+    return versions["ptq-int8"]
+
+
+def test_float_variant_is_refused_for_a_microcontroller(versions: dict[str, str], tmp_path: Path) -> None:
+    from tinymlops.errors import UsageError
+    from tinymlops.export.run import run_export
+
+    with pytest.raises(UsageError, match="needs a full-integer int8 model"):
+        run_export(MODEL, versions["fp16"], "nucleo-l4r5zi", "c", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
 
 def test_export_build_run_on_cortex_m4_matches_tflite(int8_version: str, tmp_path: Path) -> None:

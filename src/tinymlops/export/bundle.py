@@ -90,14 +90,14 @@ def check_exportable(src: ExportSource, target: Any) -> ModelInfo:
     if src.model_path.suffix != ".tflite":
         raise UsageError(f"{src.model_name} v{src.version} is a {src.model_path.suffix.lstrip('.')} model; "
                          f"{target.name} runs {target.runtime}: export an int8 .tflite variant (ptq-int8, qat-int8)")
-    reasons = check_support(analyze(src.model_path), target)
-    if reasons:
-        raise UsageError(f"{src.model_name} v{src.version} cannot run on {target.name}: {'; '.join(reasons)}")
     info = read_model_info(src.model_path)
     if info.input.dtype != "int8" or info.output.dtype != "int8":
         raise UsageError(f"{src.model_name} v{src.version} ({src.variant or 'float'}) has {info.input.dtype} "
                          f"input and {info.output.dtype} output: microcontroller export needs a full-integer int8 "
                          "model (a ptq-int8 or qat-int8 variant)")
+    reasons = check_support(analyze(src.model_path), target)
+    if reasons:
+        raise UsageError(f"{src.model_name} v{src.version} cannot run on {target.name}: {'; '.join(reasons)}")
     return info
 
 
