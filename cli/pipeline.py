@@ -143,6 +143,10 @@ def ui(port: Annotated[int, typer.Option(help="port to listen on")] = 5000,
         err_console.print("error: the mlflow command is not installed in this environment")
         raise typer.Exit(1)
     console.print(f"MLflow UI for {uri}\n  → [bold]http://{host}:{port}[/]  (Ctrl-C to stop)")
+    from tinymlops.registry_ui import review_links
+
+    for name, link in review_links(registry.client(), f"http://{host}:{port}"):  # opens the runs table
+        console.print(f"  {name}: {link}", soft_wrap=True)
     cmd = [exe, "server", "--backend-store-uri", uri, "--default-artifact-root",
            settings.artifact_root().as_uri(), "--host", host, "--port", str(port), "--workers", "1"]
     # the server is a child process: SIGINT/SIGTERM stop it too and exit 130/143 (see cli/_interrupts.py)

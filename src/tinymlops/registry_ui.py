@@ -75,3 +75,16 @@ def find_run(client: Any, experiment_id: str, tags: dict[str, str]) -> str | Non
 def read_manifest(package_dir: Path) -> dict[str, Any]:
     """Read a package directory's manifest.json."""
     return dict(json.loads((package_dir / "manifest.json").read_text()))
+
+
+#: MLflow 3.17's UI keeps a global workflow switch (browser localStorage ``mlflow.workflowType``, default ``genai``)
+#: that sends a fresh browser to the GenAI overview even for a model-training experiment; a link carrying
+#: ``workflowType=machine_learning`` opens the experiment's runs table.
+ML_WORKFLOW = "workflowType=machine_learning"
+
+
+def review_links(client: Any, base_url: str, limit: int = 10) -> list[tuple[str, str]]:
+    """Return (experiment name, runs-table URL) of the store's experiments, newest first, for `tinymlops ui`."""
+    exps = client.search_experiments(max_results=limit + 1, order_by=["creation_time DESC"])
+    return [(e.name, f"{base_url}/#/experiments/{e.experiment_id}?{ML_WORKFLOW}") for e in exps
+            if e.name != "Default"][:limit]

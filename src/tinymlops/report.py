@@ -20,6 +20,7 @@ from tinymlops.registry_types import AliasMove, VersionInfo
 BOARDS_HEADING = "### Per-board figures"
 ALIASES_HEADING = "### Boards it is candidate / canary / production for"
 ALIAS_PREFIXES = ("candidate-", "canary-", "production-")
+_FIGURE_LABELS = {"latency_ms": "latency", "energy_uj": "energy", "peak_ram_bytes": "RAM", "flash_bytes": "flash"}
 
 
 def _fmt(v: Any, spec: str = ".4g") -> str:
@@ -51,7 +52,7 @@ def board_table(rows: Iterable[dict[str, Any]]) -> str:
            "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: str(r["target"])):
         src = r.get("sources") or {}
-        how = "; ".join(f"{k.split('_')[0]}: {v}" for k, v in src.items()) or "static estimate"
+        how = "; ".join(f"{_FIGURE_LABELS.get(k, k)}: {v}" for k, v in src.items()) or "static estimate"
         why = "" if r.get("fits") else " — " + "; ".join(r.get("reasons") or [])[:160]
         out.append(f"| {r['target']} | {_fmt(bool(r.get('fits')))}{why} | {_fmt(r.get('latency_ms'))} | "
                    f"{_fmt(r.get('energy_uj'))} | {_fmt(r.get('peak_ram_bytes'), 'd')} | "
@@ -127,7 +128,8 @@ def _profile_section(profile: dict[str, Any] | None, targets_slo: dict[str, floa
     from tinymlops.profile.plots import board_figure, png_bytes
 
     recs = [[t, r["recommended_version"], r["variant"], r["accuracy"], r["latency_ms"], r["energy_uj"],
-             r["peak_ram_bytes"], r.get("latency_source"), "; ".join(r.get("reasons", [])[:2])]
+             None if r["peak_ram_bytes"] is None else int(r["peak_ram_bytes"]), r.get("latency_source"),
+             "; ".join(r.get("reasons", [])[:2])]
             for t, r in profile["targets"].items()]
     out = [_table(["board", "recommended version", "variant", "accuracy", "latency (ms)", "energy (µJ)",
                    "peak RAM (bytes)", "latency from", "why none"], recs)]

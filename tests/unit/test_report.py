@@ -41,7 +41,7 @@ def test_board_table_says_how_each_figure_was_obtained() -> None:
     lines = md.splitlines()
     assert lines[0].startswith("| board | fits | latency (ms) | energy (µJ) | peak RAM (bytes) | flash (bytes) |")
     assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
-    assert "latency: device-measured" in md and "peak: tflm-measured arena" in md
+    assert "latency: device-measured" in md and "RAM: tflm-measured arena" in md
     assert "no — peak RAM 300 KB > 256 KB" in lines[2]  # version 1 does not fit, and the reason is given
     assert "| 20000 |" in lines[2]
 
