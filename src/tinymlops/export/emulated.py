@@ -55,9 +55,14 @@ def cpi(core: str, runtime: str) -> float:
 
 
 def _cache_file(model: Path, core: str, kernels: str, tflm: Path) -> Path:
+    from importlib import resources
+
     from tinymlops.export.toolchain import cache_root
 
-    h = hashlib.sha256(model.read_bytes() + f"\n{core}\n{kernels}\n{tflm}".encode()).hexdigest()[:24]
+    # the firmware's own sources are part of the key: changed startup/harness code invalidates cached figures
+    ours = b"".join(f.read_bytes() for f in sorted(resources.files("tinymlops.export").joinpath("c").iterdir(),
+                                                      key=lambda f: f.name) if f.is_file())
+    h = hashlib.sha256(model.read_bytes() + ours + f"\n{core}\n{kernels}\n{tflm}".encode()).hexdigest()[:24]
     return cache_root() / "firmware" / f"{h}.json"
 
 
