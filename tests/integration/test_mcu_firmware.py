@@ -132,3 +132,26 @@ def test_cli_run_prints_the_firmware_table(int8_version: str, tmp_path: Path) ->
     assert r.exit_code == 0, r.output
     assert "firmware on mps2-an386" in r.output and "cortex-m4, TFLM with cmsis_nn kernels" in r.output
     assert "class agreement with the TFLite interpreter 100.0 %" in r.output
+
+
+def test_emulated_profiling_method_uses_the_linked_firmware(int8_version: str, tmp_path: Path) -> None:
+    """A target with `emulator: qemu` is profiled from real firmware; the static estimate stays beside it."""
+    from tinymlops.export.emulated import cpi
+    from tinymlops.profile.profiler import profile_model
+    from tinymlops.profile.targets import TargetConfig, get_target
+
+    src = _source(int8_version, tmp_path)
+    target = TargetConfig.model_validate({**get_target("nucleo-l4r5zi").model_dump(), "emulator": "qemu"})
+    r = profile_model(src.model_path, target, measure_host=False)
+    em = r["measured"]["emulated"]
+    assert r["sources"]["latency_ms"].startswith("emulated (mps2-an386 firmware")
+    assert r["sources"]["flash_bytes"] == "linked firmware ELF"
+    assert r["flash_bytes"] == em["flash_bytes"] and 40_000 < r["flash_bytes"] < 150_000
+    assert r["peak_ram_bytes"] == em["ram_bytes"]
+    assert r["latency_ms"] == pytest.approx(em["instructions_per_inference"] * cpi("cortex-m4", "tflm-cmsis-nn")
+                                            / (120 * 1e3), rel=1e-3)
+    assert em["static"]["flash_bytes"] == r["estimated"]["flash_bytes"]   # the static estimate is kept
+    assert set(em["difference_pct"]) == {"latency_ms", "flash_bytes", "peak_ram_bytes"}
+    # the shipped board (no emulator field) keeps the static method
+    plain = profile_model(src.model_path, get_target("nucleo-l4r5zi"), measure_host=False)
+    assert plain["sources"]["latency_ms"] == "estimated" and "emulated" not in plain.get("measured", {})
