@@ -32,7 +32,7 @@ CPI_CALIBRATION: dict[str, dict[str, float]] = {
     "tflm-cmsis-nn": {"kws": 1.55, "vww": 1.50, "ic": 1.57, "ad": 1.71},
 }
 #: the median CPI per runtime. tflm-reference cannot be calibrated on the published results: today's reference
-#: kernels execute 2.0-2.8x more instructions than the published TFLM 2.3.1 runs took cycles (implied CPI 0.51-0.79,
+#: kernels execute 1.3-2.0x more instructions than the published TFLM 2.3.1 runs took cycles (implied CPI 0.51-0.79,
 #: below the single-issue M4's 1), so it uses CMSIS-NN's CPI (docs/profiling.md)
 CPI_M4: dict[str, float] = {rt: round(statistics.median(v.values()), 2) for rt, v in CPI_CALIBRATION.items()}
 N_INPUTS = 3
