@@ -93,6 +93,10 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
           emulate_target_timing: Annotated[bool, typer.Option(
               help="simulated device: report the target's profiled latency/memory (with jitter), not this "
                    "host's", rich_help_panel=SIM)] = False,
+          ca_cert: Annotated[Path | None, typer.Option(help="trust only this CA for an https:// server")] = None,
+          client_cert: Annotated[Path | None, typer.Option(help="present this certificate (mutual TLS)")] = None,
+          client_key: Annotated[Path | None, typer.Option(help="private key of --client-cert")] = None,
+          insecure: Annotated[bool, typer.Option(help="allow plain HTTP to a non-loopback server")] = False,
           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every step")] = False) -> None:
     """Run the edge agent for one device: poll desired state, install verified packages, infer, report.
 
@@ -115,13 +119,16 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
             raise UsageError(f"{enrolment_token_file}: enrolment token file not found")
         enrolment_token = enrolment_token_file.read_text().strip() or None
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    from tinymlops.fleet.tls import client_verify
+
     tgt = get_target(target, targets_dir)
+    verify = client_verify(server, ca_cert, client_cert, client_key, insecure)
     cfg = AgentConfig(server=server, device_id=device_id, target=target, runtime=runtime or tgt.runtime,
                       state_dir=state_dir or settings.home() / "agents" / device_id,
                       trusted_keys=[packages.load_public_key(trusted_key or packages.default_public_key_path())],
                       enrolment_token=enrolment_token, report_interval_s=report_interval,
                       inference_interval_s=inference_interval, energy_mw=tgt.active_power_mw, duration_s=duration,
-                      max_reports=max_reports)
+                      max_reports=max_reports, verify=verify)
     drift = {"gain": drift_gain, "offset": drift_offset, "noise_std": drift_noise_std, "shaft_hz": drift_shaft_hz}
     source = _agent_input(input_spec, seed, drift, drift_after)
     factory = None

@@ -103,6 +103,11 @@ def serve(db: DbOpt = None,
           workers: Annotated[int, typer.Option(min=1, max=64, help="server processes (one per core)")] = 1,
           dev: Annotated[bool, typer.Option(help="development mode: /docs open, /openapi.json without a token")]
           = False,
+          tls_cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
+          tls_key: Annotated[Path | None, typer.Option(help="private key of --tls-cert (PEM)")] = None,
+          tls_client_ca: Annotated[Path | None, typer.Option(help="require client certificates signed by this "
+                                                                  "CA (mutual TLS)")] = None,
+          insecure: Annotated[bool, typer.Option(help="allow plain HTTP on a non-loopback --host")] = False,
           ) -> None:
     """Run the fleet service (FastAPI + SQLAlchemy; /openapi.json needs an operator token unless --dev).
 
@@ -111,22 +116,24 @@ def serve(db: DbOpt = None,
     """
     import uvicorn
 
-    from tinymlops.fleet import service, store
+    from tinymlops.fleet import service, store, tls
     from tinymlops.profile.targets import catalogue as target_catalogue
 
+    ssl_kwargs = tls.server_ssl_kwargs(tls_cert, tls_key, tls_client_ca)
+    tls.require_tls_off_loopback(host, bool(ssl_kwargs), insecure, "--host")
     st = store.open_store(_fleet_db(db))
     if not service.has_operator_token(st) or not _token_file().is_file():
         token = service.create_operator_token(st, "cli")
         path = _write_token(token)
         err_console.print(f"operator token (stored in {path}): {token}", highlight=False, soft_wrap=True)
     catalogue = target_catalogue(targets_dir)
-    err_console.print(f"fleet service on http://{host}:{port}  db={st.url}  workers={workers}  "
+    err_console.print(f"fleet service on {'https' if ssl_kwargs else 'http'}://{host}:{port}  db={st.url}  workers={workers}  "
                       f"targets={sorted(catalogue)}", highlight=False, soft_wrap=True)
     if workers == 1:
         app = service.create_app(st=st, poll_interval_s=poll_interval, known_targets=set(catalogue) or None,
                                  dev_mode=dev)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, **ssl_kwargs)
         server = uvicorn.Server(config)
         code = _serve_until_signal(lambda: server.run())
     else:
@@ -136,7 +143,7 @@ def serve(db: DbOpt = None,
                            "TINYMLOPS_FLEET_DEV": "1" if dev else "0"})
         config = uvicorn.Config("tinymlops.fleet.service:create_app_from_env", factory=True, workers=workers,
                                 host=host, port=port, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, **ssl_kwargs)
         code = _serve_until_signal(lambda: _run_workers(config))
     if code:
         err_console.print(f"fleet service stopped by signal (exit {code}); pending telemetry committed")

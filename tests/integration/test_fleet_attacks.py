@@ -278,7 +278,7 @@ def test_guessing_tokens_is_rate_limited_with_retry_after_and_valid_callers_are_
         codes = [httpx.post(f"{fleet.url}/v1/enrol", json={"enrolment_token": f"guess-{i}", "device_id": f"g-{i}",
                                                             "target": "gw"}).status_code for i in range(60)]
         # the bucket refills at 1 failure/s while the guesses go on, so a few later ones get a 403 again
-        assert codes[: int(BURST)] == [403] * int(BURST) and 429 in codes[int(BURST):int(BURST) + 4]
+        assert codes[: int(BURST) - 1] == [403] * (int(BURST) - 1) and 429 in codes[int(BURST) - 1:int(BURST) + 3]
         assert codes.count(429) >= 30
         r = httpx.get(f"{fleet.url}/v1/devices", headers={"Authorization": "Bearer tmo_op_guess"})
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from tinymlops.fleet import crypto
-from tinymlops.fleet.answers import MAX_ANSWER_BYTES, BadAnswer, brief, checked_specs, read_capped, read_json
+from tinymlops.fleet import answers, crypto
+from tinymlops.fleet.answers import AgentStopped, BadAnswer, brief
 from tinymlops.fleet.inputs import InputSource
 from tinymlops.fleet.install import Installed, InstallState, atomic_write, open_model, smoke_test
 from tinymlops.fleet.packages import Bundle, PackageRejected, is_safe_name
@@ -43,10 +43,6 @@ __all__ = ["Agent", "AgentConfig", "AgentStopped", "InstallState", "Installed", 
 
 log = logging.getLogger("tinymlops.agent")
 MAX_PENDING_REPORTS = 200
-class AgentStopped(RuntimeError):
-    """The agent cannot continue (credential refused, enrolment impossible)."""
-
-
 @dataclass
 class AgentConfig:
     """Everything one agent needs; the CLI builds it from flags, the simulator per device."""
@@ -68,6 +64,7 @@ class AgentConfig:
     max_reports: int | None = None
     request_timeout_s: float = 10.0
     max_package_bytes: int = 64 * 1024 * 1024
+    verify: Any = True  # httpx verify: an ssl.SSLContext pinned to the server's CA (tinymlops.fleet.tls)
 
 
 class Agent:
@@ -119,7 +116,8 @@ class Agent:
         if self._client is None:
             import httpx
 
-            self._client = httpx.AsyncClient(base_url=self.cfg.server, timeout=self.cfg.request_timeout_s)
+            self._client = httpx.AsyncClient(base_url=self.cfg.server, timeout=self.cfg.request_timeout_s,
+                                             verify=self.cfg.verify)
         return self._client
 
     def _url(self, path: str) -> str:
@@ -133,13 +131,8 @@ class Agent:
     def device_path(self) -> str:
         return f"/v1/devices/{self.cfg.device_id}"
 
-    async def _get_json(self, path: str, max_bytes: int = MAX_ANSWER_BYTES) -> Any:
-        """GET a JSON answer of at most ``max_bytes`` (BadAnswer if larger, not JSON, or nested too deep)."""
-        async with self.client.stream("GET", self._url(path), headers=self._headers()) as r:
-            if r.status_code in (401, 403):
-                raise AgentStopped(f"{self.cfg.device_id}: credential refused ({r.status_code})")
-            r.raise_for_status()
-            return await read_json(r, max_bytes, path)
+    async def _get_json(self, path: str, max_bytes: int = answers.MAX_ANSWER_BYTES) -> Any:
+        return await answers.get_json(self.client, self._url(path), self._headers(), max_bytes, self.cfg.device_id)
 
     # ---- enrolment ------------------------------------------------------------------------------------------
 
@@ -179,7 +172,7 @@ class Agent:
         if installed is None:
             return
         self.runner = self._open(installed, self.cfg.runtime)
-        self.spec, reference = checked_specs(installed.manifest)
+        self.spec, reference = answers.checked_specs(installed.manifest)
         self.builder = SketchBuilder(reference)
         self.reservoir, self.reservoir_seen, self.feedback = [], 0, []
 
@@ -225,7 +218,7 @@ class Agent:
         async with self.client.stream("GET", self._url(f"{self.device_path}/packages/{package_id}/artifact"),
                                       headers=self._headers()) as a:
             a.raise_for_status()
-            artifact, size = await read_capped(a, self.cfg.max_package_bytes)
+            artifact, size = await answers.read_capped(a, self.cfg.max_package_bytes)
         import base64
 
         try:
@@ -242,7 +235,7 @@ class Agent:
             staged, manifest = await asyncio.to_thread(self.state.stage, bundle, package_id, authorisation, wrapped)
             version = str(manifest.get("model_version"))
             try:
-                checked_specs(manifest)
+                answers.checked_specs(manifest)
                 probe = self._open(Installed(package_id, staged, manifest, self.state.content_key(
                     staged, package_id, manifest)), self.cfg.runtime)
                 try:
@@ -374,6 +367,8 @@ class Agent:
                                        json=self.pending[0])
             if r.status_code in (401, 403):
                 raise AgentStopped(f"{self.cfg.device_id}: telemetry refused: {r.text[:200]}")
+            if r.status_code == 429:  # rate-limited: keep it for the next report interval
+                break
             if 400 <= r.status_code < 500:  # never acceptable: drop it rather than block the queue forever
                 log.warning("%s: server refused report: %s", self.cfg.device_id, r.text[:300])
                 self.pending.pop(0)
@@ -396,6 +391,8 @@ class Agent:
         try:
             self.start_from_disk()
             while self.credential is None:
+                if cfg.duration_s is not None and time.monotonic() - t_start >= cfg.duration_s:
+                    return  # never reached the server within its run time
                 try:
                     await self.enrol()
                 except (httpx.HTTPError, ValueError) as exc:

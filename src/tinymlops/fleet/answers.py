@@ -10,6 +10,10 @@ from tinymlops.fleet.safejson import UnsafeJSON, loads_bounded
 MAX_ANSWER_BYTES = 2 * MAX_MANIFEST_BYTES + 65536  # a signed manifest's JSON envelope (the manifest is escaped in it)
 
 
+class AgentStopped(RuntimeError):
+    """The agent cannot continue (credential refused, enrolment impossible)."""
+
+
 class BadAnswer(ValueError):
     """The server's answer is not what the protocol allows (too large, not JSON, wrong shape)."""
 
@@ -34,6 +38,16 @@ async def read_json(response: Any, max_bytes: int, what: str) -> Any:
         return loads_bounded(body, max_bytes)
     except UnsafeJSON as exc:
         raise BadAnswer(f"answer to {what}: {exc}") from None
+
+
+async def get_json(client: Any, url: str, headers: dict[str, str], max_bytes: int, device_id: str) -> Any:
+    """GET a JSON answer of at most ``max_bytes`` (BadAnswer if larger, not JSON or too deep; AgentStopped on
+    401/403)."""
+    async with client.stream("GET", url, headers=headers) as r:
+        if r.status_code in (401, 403):
+            raise AgentStopped(f"{device_id}: credential refused ({r.status_code})")
+        r.raise_for_status()
+        return await read_json(r, max_bytes, url)
 
 
 def brief(exc: BaseException) -> str:

@@ -252,7 +252,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 class BackgroundServer:
     """A fleet service on a loopback port in a background thread (demo, simulator, tests)."""
 
-    def __init__(self, st: Store, host: str = "127.0.0.1", port: int = 0, **app_kwargs: Any) -> None:
+    def __init__(self, st: Store, host: str = "127.0.0.1", port: int = 0, ssl: dict[str, Any] | None = None,
+                 **app_kwargs: Any) -> None:
         import socket
 
         import uvicorn
@@ -262,10 +263,10 @@ class BackgroundServer:
                 sock.bind((host, 0))
                 port = sock.getsockname()[1]
         self.store = st
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if ssl else 'http'}://{host}:{port}"
         self.app = create_app(st=st, **app_kwargs)
         self._server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
-                                                     access_log=False, lifespan="on"))
+                                                     access_log=False, lifespan="on", **(ssl or {})))
         self._thread = threading.Thread(target=self._server.run, name=f"fleet-service-{port}", daemon=True)
 
     def start(self, timeout_s: float = 20.0) -> BackgroundServer:

@@ -59,12 +59,6 @@ class Service:
         self._epoch_checked = 0.0
         self.limiter = FailureLimiter()
 
-    def guarded(self, client: str | None, token_hash: str | None) -> tuple[str, ...]:
-        """Raise 429 if this client or token failed too often; return the limiter keys to charge on failure."""
-        keys = (f"ip:{client or '?'}",) + ((f"tok:{token_hash}",) if token_hash else ())
-        self.limiter.check(*keys)
-        return keys
-
     async def check_revocations(self) -> None:
         """Drop the auth caches if any worker revoked something since the last check (at most every 0.4 s)."""
         now = time.monotonic()
@@ -96,7 +90,6 @@ class Service:
         if hit is not None and hit[1] > time.monotonic():
             ok = hit[0]
         else:
-            self.guarded(client, h)  # a client that keeps guessing gets 429 before another database lookup
             ok = await run_in_threadpool(self._lookup_operator, h)
             if len(self.operator_cache) > 10_000:
                 self.operator_cache.clear()
@@ -127,13 +120,14 @@ class Service:
         await self.check_revocations()
         # the hot path (telemetry) stays on the event loop: a thread hop per request halves throughput
         hit = self.device_cache.get(h)
-        if hit is None or hit[1] <= time.monotonic():
-            self.guarded(client, h)  # a client that keeps guessing gets 429 before another database lookup
         ctx = hit[0] if hit is not None and hit[1] > time.monotonic() else await run_in_threadpool(
             self._lookup_device, h)
-        if ctx is None or ctx.id != device_id:  # only failures touch the limiter: the hot path stays cheap
-            keys = self.guarded(client, h)
+        if ctx is None or ctx.id != device_id:
+            # only failures touch the limiter: a valid credential is never refused because its address (a NAT,
+            # a gateway) is shared with a guesser
+            keys = (f"ip:{client or '?'}", f"tok:{h}")
             self.limiter.fail(*keys)
+            self.limiter.check(*keys)
             raise HTTPException(403, "unknown or revoked device credential" if ctx is None
                                 else "a device may only access its own resources")
         return ctx

@@ -31,7 +31,7 @@ router = APIRouter(tags=["device"])
 @router.post("/v1/enrol", status_code=201)
 def enrol(req: api.EnrolRequest, request: Request, svc: ServiceDep) -> api.EnrolResponse:
     """Exchange a one-time enrolment token for this device's own credential (429 after repeated failures)."""
-    limit_keys = svc.guarded(request.client.host if request.client else None, auth.hash_token(req.enrolment_token))
+    limit_keys = (f"ip:{request.client.host if request.client else '?'}", f"tok:{auth.hash_token(req.enrolment_token)}")
     if svc.known_targets is not None and req.target not in svc.known_targets:
         raise HTTPException(422, f"unknown target {req.target!r}; known: {sorted(svc.known_targets)}")
     now = time.time()
@@ -41,6 +41,7 @@ def enrol(req: api.EnrolRequest, request: Request, svc: ServiceDep) -> api.Enrol
         tok = s.get(EnrolmentToken, h)
         if tok is None or tok.used_unix_s is not None or tok.expires_unix_s < now:
             svc.limiter.fail(*limit_keys)
+            svc.limiter.check(*limit_keys)  # 429 once this client or token failed too often
             raise HTTPException(403, "enrolment token unknown, already used or expired")
         if s.get(Device, req.device_id) is not None:
             raise HTTPException(409, f"device id {req.device_id!r} is taken")
