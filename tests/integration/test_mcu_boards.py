@@ -67,3 +67,15 @@ def test_firmware_boots_counts_instructions_and_exits(core: str, tmp_path: Path)
     assert int(lines["FLOAT"]) > 40                                # the FPU ran (no fault, a real sum)
     stack = int(lines["DEPTH"].split("STACK ")[1])
     assert 20 * 256 < stack < 32 * 1024                            # the painted stack saw the recursion
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("TINYMLOPS_TFLM_DIR"), reason="needs TINYMLOPS_TFLM_DIR")
+@pytest.mark.parametrize("core", list(EMULATED))
+@pytest.mark.parametrize("kernels", ["cmsis_nn", ""])
+def test_tflm_makefile_accepts_every_emulated_core(core: str, kernels: str) -> None:
+    """TFLM's Makefile knows our TARGET_ARCH per core (it refused 'cortex-m33+fp'), and builds hard-float code."""
+    from tinymlops.export.toolchain import build_flags, find_tflm
+
+    flags = build_flags(find_tflm(None), EMULATED[core], kernels)
+    assert f"-mcpu={EMULATED[core].mcpu}" in flags["CXXFLAGS"] and "-mfloat-abi=hard" in flags["CXXFLAGS"]
+    assert flags["LIB"].endswith("libtensorflow-microlite.a")

@@ -50,7 +50,7 @@ EMULATED: dict[str, Emulated] = {
                           0x00000000, 4 << 20, 0x20000000, 4 << 20, 25_000_000),
     "cortex-m7": Emulated("cortex-m7", "cortex-m7+fp", "cortex-m7", "fpv5-d16", "mps2-an500",
                           0x00000000, 4 << 20, 0x20000000, 4 << 20, 25_000_000),
-    "cortex-m33": Emulated("cortex-m33", "cortex-m33+fp", "cortex-m33", "fpv5-sp-d16", "mps2-an505",
+    "cortex-m33": Emulated("cortex-m33", "cortex-m33", "cortex-m33", "fpv5-sp-d16", "mps2-an505",
                            0x10000000, 4 << 20, 0x38000000, 2 << 20, 20_000_000),
 }
 
@@ -137,12 +137,11 @@ def library_dir(tflm: Path, emu: Emulated, kernels: str) -> Path:
     return cache_root() / "tflm-lib" / f"{emu.target_arch}_{kernels or 'reference'}_{key}"
 
 
-def build_library(tflm: Path, emu: Emulated, kernels: str, jobs: int = 2,
-                  log: Callable[[str], None] | None = None) -> TflmLibrary:
-    """Build (or reuse) TFLM's ``libtensorflow-microlite.a`` for a core and kernels; return it with its flags.
+def build_flags(tflm: Path, emu: Emulated, kernels: str) -> dict[str, str]:
+    """Ask TFLM's Makefile (parsing only, seconds) for CXXFLAGS, CCFLAGS, INCLUDES and the library path (LIB).
 
     Raises:
-        TinyMLOpsError: the TFLM build failed (the last lines of its output are in the message).
+        TinyMLOpsError: the Makefile refused the configuration (e.g. an unsupported TARGET_ARCH), with its message.
     """
     gendir = library_dir(tflm, emu, kernels) / "gen"
     gendir.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +155,19 @@ def build_library(tflm: Path, emu: Emulated, kernels: str, jobs: int = 2,
                 in ("CXXFLAGS", "CCFLAGS", "INCLUDES", "LIB"))
     if out.returncode != 0 or "LIB" not in vals:
         raise TinyMLOpsError(f"TFLM Makefile in {tflm} failed: {(out.stderr or out.stdout).strip()[-400:]}")
+    return vals
+
+
+def build_library(tflm: Path, emu: Emulated, kernels: str, jobs: int = 2,
+                  log: Callable[[str], None] | None = None) -> TflmLibrary:
+    """Build (or reuse) TFLM's ``libtensorflow-microlite.a`` for a core and kernels; return it with its flags.
+
+    Raises:
+        TinyMLOpsError: the TFLM build failed (the last lines of its output are in the message).
+    """
+    gendir = library_dir(tflm, emu, kernels) / "gen"
+    base = _make_cmd(tflm, emu, kernels, gendir)
+    vals = build_flags(tflm, emu, kernels)
     lib = Path(vals["LIB"])
     lib = lib if lib.is_absolute() else tflm / lib
     stamp = gendir.parent / "built.ok"
