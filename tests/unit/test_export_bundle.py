@@ -135,7 +135,9 @@ def test_cmake_and_arduino_layouts(source: ExportSource, tmp_path: Path, tm_home
     props = (ard.out_dir / "library.properties").read_text()
     assert "name=vib_v2" in props and "depends=Arduino_TensorFlowLite" in props
     ino = ard.out_dir / "examples/vib_v2/vib_v2.ino"
-    assert "void setup()" in ino.read_text() and "Serial.printf(" in ino.read_text()
+    assert "void setup()" in ino.read_text() and "#include <vib_v2.h>" in ino.read_text()
+    assert "tm_run_inference(tm_example_input, scores)" in ino.read_text()
+    assert '#include "tm_model.h"' in (ard.out_dir / "src/vib_v2.h").read_text()
     assert (ard.out_dir / "src/tm_model.cc").is_file() and not (ard.out_dir / "src/tm_example_input.c").exists()
 
 

@@ -174,10 +174,9 @@ def layout(fmt: str, files: dict[str, str], src: ExportSource, target: Any) -> d
     out = {f"src/{k}": v for k, v in files.items()}
     if fmt == "arduino":
         out = {f"src/{k}": v for k, v in files.items() if k != "tm_example_input.c"}
-        ino = example.replace('extern "C" const float tm_example_input', '#include "tm_example_input.h"\n//')
-        out[f"examples/{project}/{project}.ino"] = ino.replace("printf(", "Serial.printf(").replace(
-            "int main(void) {", "void setup() {\n  Serial.begin(115200);").replace(
-            "    return 1;", "    return;").replace("  return 0;\n}", "}\nvoid loop() {}")
+        # the library's main header (Arduino's IDE lists it under Sketch > Include Library)
+        out[f"src/{project}.h"] = '#pragma once\n#include "tm_model.h"\n'
+        out[f"examples/{project}/{project}.ino"] = Template(c_source("example_arduino.ino.in")).substitute(values)
         out[f"examples/{project}/tm_example_input.h"] = files["tm_example_input.c"].replace(
             "const float tm_example_input", "static const float tm_example_input")
         out["library.properties"] = (
