@@ -69,9 +69,11 @@ def test_registered_version_is_packaged_installed_by_an_agent_process_and_report
     enrol = _cli("fleet", "enrol-token", "--server", url, "--token", token, "--cohort", "gw", "--json")
     _cli("fleet", "deploy", info["package_id"], "--cohort", "gw", "--server", url, "--token", token, "--json")
     cmd = [*product_command("agent"), "--server", url,
-           "--device-id", "gw-1", "--target", "host-onnxruntime", "--enrolment-token", enrol["tokens"][0],
+           "--device-id", "gw-1", "--target", "host-onnxruntime",
            "--report-interval", "0.3", "--inference-interval", "0.01", "--max-reports", "3"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    # the one-time token comes through the environment (or a file), never argv where `ps` shows it
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "TINYMLOPS_ENROLMENT_TOKEN": enrol["tokens"][0]})
     assert p.returncode == 0, p.stderr[-3000:]
     devices = _cli("fleet", "devices", "--server", url, "--token", token, "--json")
     dev = next(d for d in devices if d["id"] == "gw-1")
