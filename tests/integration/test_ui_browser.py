@@ -99,9 +99,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         plog = home / "prefect-server.log"
-        procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                       str(p_port)], env=env, stdout=plog.open("wb"), stderr=subprocess.STDOUT))
         prefect_url = f"http://127.0.0.1:{p_port}"
+        # the UI's own API address defaults to port 4200: point it at this server
+        procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                       str(p_port)], env={**env, "PREFECT_UI_API_URL": f"{prefect_url}/api"},
+                                      stdout=plog.open("wb"), stderr=subprocess.STDOUT))
         _wait_http(f"{prefect_url}/api/health", procs[0], 120, plog)
         env["PREFECT_API_URL"] = f"{prefect_url}/api"
         t0 = time.monotonic()
@@ -234,6 +236,8 @@ def test_release_report_renders_in_the_artifact_viewer(served: dict[str, Any], p
 
 def test_prefect_ui_shows_the_pipeline_artifacts(served: dict[str, Any], page: Any) -> None:
     page.goto(f"{served['prefect']}/artifacts")
+    page.get_by_text("3 Artifacts").wait_for()
     for key in ("pipeline-summary", "compress-variants", "profile-recommendations"):
-        page.get_by_text(key).first.wait_for()
+        page.get_by_text(key, exact=True).first.wait_for()
+    assert "Can't connect to Server API" not in page.inner_text("body")
     _shot(served, page, "prefect-artifacts")
