@@ -155,3 +155,48 @@ def test_emulated_profiling_method_uses_the_linked_firmware(int8_version: str, t
     # the shipped board (no emulator field) keeps the static method
     plain = profile_model(src.model_path, get_target("nucleo-l4r5zi"), measure_host=False)
     assert plain["sources"]["latency_ms"] == "estimated" and "emulated" not in plain.get("measured", {})
+
+
+def test_the_bundle_example_runs_on_the_emulated_board(int8_version: str, tmp_path: Path) -> None:
+    """examples/main.cc of a c bundle, linked with the bundle's sources and TFLM, classifies its example window."""
+    import subprocess
+
+    from tinymlops.export.firmware import LINK_FLAGS, arch_flags, write_board_files
+    from tinymlops.export.run import run_export
+    from tinymlops.export.toolchain import EMULATED, build_library, find_tflm
+
+    res = run_export(MODEL, int8_version, "nucleo-l4r5zi", "c", tmp_path / "bundle", log_to_mlflow=False)
+    emu = EMULATED["cortex-m4"]
+    lib = build_library(find_tflm(None), emu, "cmsis_nn")   # cached by the tests above
+    startup, link = write_board_files(tmp_path / "fw", emu)
+    src = res.out_dir / "src"
+    objs = []
+    for f in [*src.glob("*.c"), startup]:
+        objs.append(tmp_path / "fw" / (f.stem + ".o"))
+        subprocess.run(["arm-none-eabi-gcc", *lib.cflags, *arch_flags(emu), "-O2", "-std=c99", f"-I{src}", "-c",
+                        str(f), "-o", str(objs[-1])], check=True, capture_output=True)
+    for f in [*src.glob("*.cc"), res.out_dir / "examples/main.cc"]:
+        objs.append(tmp_path / "fw" / (f.stem + ".o"))
+        subprocess.run(["arm-none-eabi-g++", *lib.cxxflags, *arch_flags(emu), "-O2", f"-I{src}", *lib.includes,
+                        "-c", str(f), "-o", str(objs[-1])], check=True, capture_output=True)
+    elf = tmp_path / "fw" / "example.elf"
+    subprocess.run(["arm-none-eabi-g++", *arch_flags(emu), *LINK_FLAGS, "-T", str(link), *map(str, objs),
+                    str(lib.lib_path), "-lm", "-o", str(elf)], check=True, capture_output=True)
+    run = subprocess.run(["qemu-system-arm", "-machine", emu.machine, "-nographic", "-monitor", "none", "-serial",
+                          "none", "-semihosting", "-icount", "shift=0", "-kernel", str(elf)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    line = next(x for x in run.stdout.splitlines() if x.startswith("class: "))
+    predicted = line.split("class: ")[1].split(" (expected ")[0]
+    # the same class as the TFLite interpreter gives the example window (Python pre-processing)
+    import numpy as np
+
+    from tinymlops.export.run import reference_outputs, test_split
+    from tinymlops.preprocessing import FittedPreprocessing, transform
+    from tinymlops.runtimes import quantize
+
+    source = _source(int8_version, tmp_path)
+    X, _, names = test_split(source, 1)
+    q = quantize(transform(FittedPreprocessing(**source.manifest["preprocessing"]), X), res.input["scale"],
+                 res.input["zero_point"], np.int8)
+    assert predicted == names[int(reference_outputs(source.model_path, q)[0].argmax())], run.stdout
