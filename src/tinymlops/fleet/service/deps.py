@@ -36,7 +36,7 @@ from tinymlops.monitor.reference import ReferenceProfile
 from tinymlops.monitor.sketches import edges_digest
 
 AUTH_CACHE_TTL_S = 30.0
-ASSIGNED_CACHE_TTL_S = 5.0
+ASSIGNED_CACHE_TTL_S = 60.0  # positive answers only: an unassigned package stays reportable <= 60 s
 MAX_REPORT_AGE_S = 30 * 86400.0
 MAX_CLOCK_SKEW_S = 300.0
 
