@@ -51,7 +51,7 @@ def _vibration_source(home: Path, n: int) -> tuple[Any, np.ndarray, np.ndarray]:
 
     from tinymlops.compress.stage import run_compress
     from tinymlops.config import load_pipeline
-    from tinymlops.export.run import load_source, test_split
+    from tinymlops.export.run import load_source, load_test_split
     from tinymlops.train import run_train
 
     cfg = {"kind": "pipeline", "project": "bench-mcu", "mlflow": {"experiment": "bench-mcu",
@@ -66,7 +66,7 @@ def _vibration_source(home: Path, n: int) -> tuple[Any, np.ndarray, np.ndarray]:
     pc = load_pipeline(home / "pipeline.yaml")
     version = run_compress(pc, run_train(pc).version).variants[0]["version"]
     src = load_source("bench-vib", str(version), home / "pkg")
-    X, y, _ = test_split(src, n)
+    X, y, _ = load_test_split(src, n)
     return src, X, y
 
 

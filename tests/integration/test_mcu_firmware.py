@@ -98,9 +98,9 @@ def test_export_build_run_on_cortex_m4_matches_tflite(int8_version: str, tmp_pat
     assert 1_000 < fw["instructions_per_inference"] < 1_000_000
     assert fw["preprocessing_instructions"] > 10_000   # an FFT of 256 samples x 3 axes
     # instruction counts are deterministic: a second run of the same ELF counts the same
-    from tinymlops.export.run import test_split
+    from tinymlops.export.run import load_test_split
 
-    src_X = test_split(_source(int8_version, tmp_path), 5)[0]
+    src_X = load_test_split(_source(int8_version, tmp_path), 5)[0]
     a = run_qemu(Path(fw["elf"]), EMULATED["cortex-m4"], src_X, 36, 4)
     b = run_qemu(Path(fw["elf"]), EMULATED["cortex-m4"], src_X, 36, 4)
     assert a.inf_ticks.tolist() == b.inf_ticks.tolist() and a.pre_ticks.tolist() == b.pre_ticks.tolist()
@@ -191,12 +191,12 @@ def test_the_bundle_example_runs_on_the_emulated_board(int8_version: str, tmp_pa
     # the same class as the TFLite interpreter gives the example window (Python pre-processing)
     import numpy as np
 
-    from tinymlops.export.run import reference_outputs, test_split
+    from tinymlops.export.run import load_test_split, reference_outputs
     from tinymlops.preprocessing import FittedPreprocessing, transform
     from tinymlops.runtimes import quantize
 
     source = _source(int8_version, tmp_path)
-    X, _, names = test_split(source, 1)
+    X, _, names = load_test_split(source, 1)
     q = quantize(transform(FittedPreprocessing(**source.manifest["preprocessing"]), X), res.input["scale"],
                  res.input["zero_point"], np.int8)
     assert predicted == names[int(reference_outputs(source.model_path, q)[0].argmax())], run.stdout

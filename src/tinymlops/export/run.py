@@ -43,7 +43,7 @@ def load_source(model_name: str, version: str, dst: Path) -> ExportSource:
                         pkg / manifest["file"], manifest, mv.run_id)
 
 
-def test_split(src: ExportSource, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_test_split(src: ExportSource, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Return up to ``n`` raw inputs and labels of the version's test split (regenerated from its train config)."""
     from tinymlops import registry
     from tinymlops.config import PipelineConfig
@@ -112,7 +112,7 @@ def reference_outputs(model_path: Path, inputs_q: np.ndarray) -> np.ndarray:
 def compare(src: ExportSource, info: ModelInfo, X: np.ndarray, y: np.ndarray, device: Any) -> dict[str, Any]:
     """Compare the device run with Python pre-processing + the TFLite interpreter; return the figures."""
     from tinymlops.preprocessing import FittedPreprocessing, transform
-    from tinymlops.runtimes import quantize
+    from tinymlops.runtimes import dequantize, open_runner, quantize
 
     feats = transform(FittedPreprocessing(**src.manifest["preprocessing"]), X)
     py_in = quantize(feats, info.input.scale, info.input.zero_point, np.int8)
@@ -120,10 +120,8 @@ def compare(src: ExportSource, info: ModelInfo, X: np.ndarray, y: np.ndarray, de
     ref_py = reference_outputs(src.model_path, py_in)                  # end to end: Python pre-processing
     d_out = np.abs(device.outputs_q.astype(int) - ref_same_in.astype(int))
     ref_cls = ref_py.argmax(axis=1)
-    # TFLM's own interpreter on this host (reference kernels): tells a firmware fault from a TFLM-vs-TFLite kernel
-    # difference (int8 SOFTMAX differs by a few LSB between the two on some inputs)
-    from tinymlops.runtimes import dequantize, open_runner
-
+    # TFLM's own interpreter on this host (reference kernels) tells a firmware fault from a TFLM-vs-TFLite kernel
+    # difference (the two differ by a few LSB on some outputs of the demo's MLP, whose last op is an int8 SOFTMAX)
     with open_runner(src.model_path, "tflm") as tflm:
         y_tflm = tflm.predict(dequantize(device.inputs_q, info.input.scale, info.input.zero_point))
     tflm_q = quantize(y_tflm, info.output.scale, info.output.zero_point, np.int8).reshape(device.outputs_q.shape)
@@ -140,22 +138,16 @@ def compare(src: ExportSource, info: ModelInfo, X: np.ndarray, y: np.ndarray, de
     }
 
 
-def tflm_dir_or_hint(tflm_dir: str | None) -> Path:
-    from tinymlops.export.toolchain import find_tflm
-
-    return find_tflm(tflm_dir)
-
-
 def build_and_run(res: ExportResult, src: ExportSource, target: Any, info: ModelInfo,
                   data: tuple[np.ndarray, np.ndarray] | None, *, tflm_dir: str | None, jobs: int = 2,
                   say: Say = lambda s: None) -> dict[str, Any]:
     """Build the firmware for the target's QEMU board (and run it on raw inputs ``data`` = (X, y)); return figures."""
     from tinymlops.export.firmware import link_firmware, run_qemu
-    from tinymlops.export.toolchain import build_library, emulated, kernels_for, require_tools
+    from tinymlops.export.toolchain import build_library, emulated, find_tflm, kernels_for, require_tools
 
     emu = emulated(target.core)
     require_tools(data is not None)
-    tflm = tflm_dir_or_hint(tflm_dir)
+    tflm = find_tflm(tflm_dir)
     lib = build_library(tflm, emu, kernels_for(target.runtime), jobs=jobs, log=say)
     fw = link_firmware(res.out_dir / "src", res.out_dir / "firmware", lib, emu, jobs)
     fig: dict[str, Any] = {
@@ -218,10 +210,10 @@ def run_export(model_name: str, version: str, target_name: str, fmt: str = "c", 
     with tempfile.TemporaryDirectory(prefix="tinymlops-export-") as tmp:
         src = load_source(model_name, version, Path(tmp))
         check_exportable(src, target)
-        X, y, names = test_split(src, 1)
+        X, y, names = load_test_split(src, 1)
         res, info = write_bundle(src, target, fmt, out_dir, (X[0], names[int(y[0])]), say)
         if build:
-            data = test_split(src, n_inputs)[:2] if run else None
+            data = load_test_split(src, n_inputs)[:2] if run else None
             res.firmware = build_and_run(res, src, target, info, data, tflm_dir=tflm_dir, jobs=jobs, say=say)
         if log_to_mlflow:
             res.artifact_path = f"export/{target.name}/{fmt}"
