@@ -216,6 +216,25 @@ def operator_token(db: DbOpt = None, name: Annotated[str, typer.Option(help="who
     typer.echo(token)
 
 
+@fleet_app.command("operator-token-revoke")
+@handle_errors
+def operator_token_revoke(db: DbOpt = None,
+                          name: Annotated[str | None, typer.Option(help="revoke every token of this name")] = None,
+                          token_file: Annotated[Path | None, typer.Option(help="revoke the token in this file")] = None,
+                          ) -> None:
+    """Revoke operator tokens (by name, or the one in a file); every server worker refuses them within 1 s."""
+    from tinymlops.errors import UsageError
+    from tinymlops.fleet import revocation, store
+
+    if (name is None) == (token_file is None):
+        raise UsageError("give --name or --token-file")
+    if token_file is not None and not token_file.is_file():
+        raise UsageError(f"{token_file}: token file not found")
+    token = token_file.read_text().strip() if token_file is not None else None
+    n = revocation.revoke_operator_tokens(store.open_store(_fleet_db(db)), name, token)
+    console.print(f"revoked {n} operator token(s)")
+
+
 @fleet_app.command("enrol-token")
 @handle_errors
 def enrol_token(server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,

@@ -249,6 +249,8 @@ def _serve(tmp: Path, workers: int) -> tuple[subprocess.Popen[bytes], str, str]:
 
 
 def test_d12_revocation_reaches_every_worker_within_a_second(tmp_path: Path) -> None:
+    from tinymlops.sim.command import product_command
+
     proc, url, op_token = _serve(tmp_path, workers=2)
     try:
         op = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {op_token}"})
@@ -264,6 +266,23 @@ def test_d12_revocation_reaches_every_worker_within_a_second(tmp_path: Path) -> 
             if httpx.get(f"{url}/v1/devices/w-1/desired-state", headers=h).status_code == 200:
                 last_ok = time.monotonic() - t_revoked
         assert last_ok is None or last_ok < 1.0, last_ok
+        # an operator token revoked from the CLI fails on every worker within a second too
+        (tmp_path / "op2").write_text(subprocess.run(
+            [*product_command("fleet", "operator-token"), "--db", f"sqlite:///{tmp_path / 'w.db'}", "--name", "ci"],
+            env={**os.environ, "TINYMLOPS_HOME": str(tmp_path / "home")}, capture_output=True, text=True,
+            check=True).stdout.strip())
+        h2 = {"Authorization": f"Bearer {(tmp_path / 'op2').read_text()}"}
+        for _ in range(40):
+            assert httpx.get(f"{url}/v1/devices", headers=h2).status_code == 200
+        subprocess.run([*product_command("fleet", "operator-token-revoke"), "--db", f"sqlite:///{tmp_path / 'w.db'}",
+                        "--token-file", str(tmp_path / "op2")], env={**os.environ, "TINYMLOPS_HOME": str(tmp_path / "home")},
+                       check=True, capture_output=True)
+        t_revoked, last_ok = time.monotonic(), None
+        while time.monotonic() - t_revoked < 3.0:
+            if httpx.get(f"{url}/v1/devices", headers=h2).status_code == 200:
+                last_ok = time.monotonic() - t_revoked
+        assert last_ok is None or last_ok < 1.0, last_ok
+        assert op.get("/v1/devices").status_code == 200  # the other operator token still works
     finally:
         proc.terminate()
         proc.wait(timeout=20)

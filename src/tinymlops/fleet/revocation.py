@@ -32,3 +32,19 @@ def current(st: Store) -> int:
     """Return the revocation epoch."""
     with st.session() as s:
         return int(s.scalar(select(AuthEpoch.value).where(AuthEpoch.name == REVOCATION)) or 0)
+
+
+def revoke_operator_tokens(st: Store, name: str | None = None, token: str | None = None) -> int:
+    """Revoke operator tokens by name or by value; every worker refuses them within a second. Return how many."""
+    from tinymlops.fleet import auth
+    from tinymlops.fleet.store import OperatorToken
+
+    if (name is None) == (token is None):
+        raise ValueError("give a token name or a token, not both")
+    cond = OperatorToken.name == name if name is not None else OperatorToken.token_hash == auth.hash_token(token or "")
+    with st.session() as s:
+        n = int(s.execute(update(OperatorToken).where(cond, OperatorToken.revoked.is_(False))
+                          .values(revoked=True)).rowcount)  # type: ignore[attr-defined]
+        if n:
+            bump(s)
+    return n
