@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
+
+from tinymlops.mlflow_store import env_override
+
+_QUIET = threading.Lock()  # variants register from parallel threads: one environment override at a time
 
 #: MLflow 3's UI opens an experiment in its GenAI view (traces, "Detect Issues") unless this tag marks it as model
 #: training; the values are the UI bundle's (``genai_development``, ``custom_model_development``).
@@ -42,7 +47,8 @@ def mlmodel_text(manifest: dict[str, Any]) -> str:
 
 def write_signature(client: Any, run_id: str, package_path: str) -> bool:
     """Add ``<package_path>/MLmodel`` with the signature from the package's manifest; False without a manifest."""
-    with tempfile.TemporaryDirectory(prefix="tinymlops-sig-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tinymlops-sig-") as tmp, _QUIET, \
+            env_override({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):  # no progress bar for one small file
         try:
             local = client.download_artifacts(run_id, f"{package_path}/manifest.json", tmp)
             manifest = json.loads(Path(local).read_text())
