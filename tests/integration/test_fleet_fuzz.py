@@ -282,7 +282,7 @@ def test_hostile_requests_never_cause_server_errors_or_store_invalid_data(served
     known = {p["id"] for p in store.list_package_rows(st)}
     for ev in store.deployment_events(st):
         assert ev["package_id"] is None or ev["package_id"] in known
-    svc.writer.close()
+    svc.close()
 
 
 def _rss_mb(pid: int) -> float:

@@ -194,7 +194,7 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
         gc.collect()
         gc.freeze()
         yield
-        svc.writer.close()
+        svc.close()
 
     # FastAPI's built-in OpenTelemetry hooks cost a provider lookup per request; this service exports none
     docs = {} if dev_mode else {"docs_url": None, "redoc_url": None, "openapi_url": None}

@@ -7,7 +7,7 @@ Two kinds of caller, two kinds of credential (``Authorization: Bearer ...``, onl
   and the id must be the credential's own.
 
 Verdicts are cached for :data:`AUTH_CACHE_TTL_S`; every revocation bumps a shared epoch
-(:mod:`tinymlops.fleet.revocation`) that each worker checks every ``EPOCH_CHECK_S``, dropping its caches when it
+(:mod:`tinymlops.fleet.revocation`) that a thread in each worker reads every ``EPOCH_CHECK_S``, dropping its caches when it
 moved, so a revocation takes effect on every worker within a second. The telemetry hot path authenticates on the
 event loop without a thread hop when the cache is warm.
 
@@ -19,6 +19,7 @@ and feedback labels within the model's classes (D11).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Annotated
 
@@ -55,21 +56,30 @@ class Service:
         self.package_cache: dict[str, PackageCtx] = {}
         # device id -> (package ids it may report for, expiry): positive answers only, a miss asks the database
         self.assigned_cache: dict[str, tuple[frozenset[str], float]] = {}
-        self._epoch: int | None = None
-        self._epoch_checked = 0.0
+        self._epoch = self._epoch_seen = revocation.current(st)
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch_epoch, name="revocation-epoch", daemon=True).start()
         self.limiter = FailureLimiter()
 
     async def check_revocations(self) -> None:
-        """Drop the auth caches if any worker revoked something since the last check (at most every 0.4 s)."""
-        now = time.monotonic()
-        if now - self._epoch_checked < revocation.EPOCH_CHECK_S:
-            return
-        self._epoch_checked = now
-        epoch = await run_in_threadpool(revocation.current, self.store)
-        if epoch != self._epoch:
+        """Drop the auth caches if any worker revoked something (the epoch is read by a watcher thread)."""
+        if self._epoch_seen != self._epoch:
             self.device_cache.clear()
             self.operator_cache.clear()
-            self._epoch = epoch
+            self._epoch_seen = self._epoch
+
+    def _watch_epoch(self) -> None:
+        """Read the revocation epoch every EPOCH_CHECK_S (off the request path: no request waits for it)."""
+        while not self._stop.wait(revocation.EPOCH_CHECK_S):
+            try:
+                self._epoch = revocation.current(self.store)
+            except Exception:  # the database is briefly unavailable: keep the last epoch, try again
+                continue
+
+    def close(self) -> None:
+        """Stop the epoch watcher and the telemetry writer (pending telemetry is committed)."""
+        self._stop.set()
+        self.writer.close()
 
     # ---- auth -----------------------------------------------------------------------------------------------
 
