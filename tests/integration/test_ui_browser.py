@@ -4,8 +4,8 @@ One small pipeline (train → compress 2 variants → profile on 2 boards) runs 
 the test starts; then `tinymlops ui` serves the store and the test reads the rendered pages as a reviewer would:
 the experiment opens on the runs table (not MLflow's GenAI view), the pipeline run's nested runs are all there,
 a version page shows the per-board table and the signature, the release report renders in the artifact viewer,
-and the Prefect UI lists the pipeline's artifacts. Screenshots go to ``<home>/screenshots/`` (and
-``$TINYMLOPS_SCREENSHOTS`` when set, e.g. ``.tinymlops/screenshots`` in CI).
+and the Prefect UI lists the pipeline's artifacts. Screenshots go to ``<home>/screenshots/`` and to
+``$TINYMLOPS_SCREENSHOTS`` (default: the repository's ``.tinymlops/screenshots``, kept as CI artifacts).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = "ui-vibration"
 EXPERIMENT = "ui-review"
 BOARDS = ["raspberry-pi-4", "nucleo-l4r5zi"]
@@ -108,7 +109,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         env["PREFECT_API_URL"] = f"{prefect_url}/api"
         t0 = time.monotonic()
         res = subprocess.run([str(BIN / "tinymlops"), "run", "--config", str(cfg_path), "--json"], env=env,
-                             capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[2])
+                             capture_output=True, text=True, timeout=900, cwd=REPO)
         assert res.returncode == 0, res.stderr[-3000:]
         out = json.loads(res.stdout)
         pipeline_s = time.monotonic() - t0
@@ -121,8 +122,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         # the link `tinymlops ui` prints for the experiment (what a reviewer clicks)
         links = [line.split(": ", 1)[1].strip() for line in ulog.read_text().splitlines()
                  if line.strip().startswith(f"{EXPERIMENT}: ")]
-        shots = [home / "screenshots"] + ([Path(os.environ["TINYMLOPS_SCREENSHOTS"])]
-                                           if os.environ.get("TINYMLOPS_SCREENSHOTS") else [])
+        # kept after the run (CI artifacts): $TINYMLOPS_SCREENSHOTS, else the repository's .tinymlops/screenshots
+        shots = [home / "screenshots", Path(os.environ.get("TINYMLOPS_SCREENSHOTS") or REPO / ".tinymlops" / "screenshots")]
         for d in shots:
             d.mkdir(parents=True, exist_ok=True)
         yield {"out": out, "mlflow": mlflow_url, "prefect": prefect_url, "shots": shots, "links": links,
