@@ -86,7 +86,7 @@ def board_figure(rows: list[dict[str, Any]], target: str, latency_slo_ms: float 
     ax.grid(True, which="both", alpha=0.3)
     ax.margins(x=0.15, y=0.12)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 0.42), fontsize=9)  # outside: never over a point
-    versions = "\n".join(f"v{r['version']:<3} {r['variant'][:16]:<16} {r['latency_ms']:>8.3g} ms {r['accuracy']:6.1%}"
+    versions = "\n".join(f"v{r['version']:<3} {r['variant'][:18]:<18} {r['latency_ms']:>8.3g} ms {r['accuracy']:6.1%}"
                          for r in sorted(trow, key=lambda r: int(r["version"])))
     if versions:
         ax.text(1.01, 1.0, versions, transform=ax.transAxes, va="top", fontsize=9, family="monospace")
