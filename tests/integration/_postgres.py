@@ -12,11 +12,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+#: the server log of the most recently started server (deadlocks, slow statements), for diagnostics
+last_log: Path | None = None
 BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
@@ -50,6 +53,8 @@ def postgres_server(max_connections: int = 200) -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     port = _free_port()
+    global last_log
+    last_log = root / "log"
     subprocess.run(_as_server_user([pg_bin("initdb") or "initdb", "-D", str(data), "-U", "tinymlops",
                                     "--auth=trust", "-E", "UTF8", "--no-locale"]),
                    check=True, capture_output=True, timeout=120)
@@ -78,6 +83,7 @@ def create_database(server_url: str, name: str) -> str:
 if __name__ == "__main__":
     with postgres_server() as url:
         print(create_database(url, "fleet"), flush=True)
+        print(f"log: {last_log}", file=sys.stderr, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)

@@ -172,3 +172,21 @@ def _child_pids(parent: int) -> list[int]:
         if fields[1] == str(parent):
             kids.append(int(stat.parent.name))
     return kids
+
+
+def test_report_numbered_by_millisecond_clock_is_stored(fleet: dict[str, Any]) -> None:
+    """The agent numbers reports by ms clock (~1.8e12): past int32, which PostgreSQL's `integer` refused (500)."""
+    import httpx
+
+    did = next(iter(fleet["creds"]))
+    seq = int(time.time() * 1000)
+    body = {"seq": seq, "package_id": fleet["pid"], "sketch": _sketches(fleet["manifest"], 1, time.time())[0]}
+    r = httpx.post(f"{fleet['base']}/v1/devices/{did}/telemetry", json=body, timeout=60,
+                   headers={"Authorization": f"Bearer {fleet['creds'][did]}"})
+    assert r.status_code == 202, r.text
+    from sqlalchemy import select
+
+    from tinymlops.fleet.store import Telemetry
+
+    with fleet["store"].session() as s:
+        assert s.scalar(select(Telemetry.seq).where(Telemetry.device_id == did, Telemetry.seq == seq)) == seq
