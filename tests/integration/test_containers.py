@@ -187,7 +187,12 @@ def test_compose_stack_agent_installs_a_package_and_reports(images: dict[str, An
             rows = devices if isinstance(devices, list) else devices.get("devices", [])
             return any(d["id"] == "edge-0001" and d.get("current_package_id") == pid for d in rows)
 
-        _wait("the agent to install the package", serving, 240)
+        try:
+            _wait("the agent to install the package", serving, 240)
+        except AssertionError as exc:
+            logs = {s: subprocess.run(["podman", "logs", "--tail", "30", st.container(s)], capture_output=True,
+                                      text=True).stderr[-3000:] for s in ("agent", "fleet")}
+            raise AssertionError(f"{exc}\n{json.dumps(logs, indent=1)}") from None
         serving_s = time.perf_counter() - images["t0"]
         reports = _wait("the agent's telemetry", lambda: op.get("/v1/telemetry", params={
             "model_name": "edge-demo", "device_id": "edge-0001"}).json(), 120)
@@ -198,5 +203,8 @@ def test_compose_stack_agent_installs_a_package_and_reports(images: dict[str, An
         print(f"\ncompose stack from nothing (images built) to an agent serving a package: {serving_s:.0f} s; "
               f"agent RSS while serving {rss_kb / 1024:.0f} MB (goal <= 80 MB)")
     finally:
-        subprocess.run(["podman-compose", "-p", st.project, "-f", str(REPO / "docker" / "compose.yaml"), "down",
-                        "-v"], env=st.env, capture_output=True, timeout=300)
+        if os.environ.get("TINYMLOPS_KEEP_STACK"):  # debugging: leave it up (podman-compose -p PROJECT down -v)
+            print(f"stack kept: project {st.project}")
+        else:
+            subprocess.run(["podman-compose", "-p", st.project, "-f", str(REPO / "docker" / "compose.yaml"),
+                            "down", "-v"], env=st.env, capture_output=True, timeout=300)
