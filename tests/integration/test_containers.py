@@ -86,7 +86,7 @@ def _size_mb(image: str) -> float:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     t0 = time.perf_counter()
-    _run("sh", str(REPO / "docker" / "podman-setup.sh"), timeout=900)
+    _run("bash", str(REPO / "docker" / "podman-setup.sh"), timeout=900)
     ctx = _context(tmp_path_factory.mktemp("containers"))
     times = {}
     for tag, dockerfile, target in ((AGENT, "docker/Dockerfile", "agent"), (SERVER, "docker/Dockerfile", "server"),
