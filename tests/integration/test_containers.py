@@ -167,7 +167,12 @@ def test_compose_stack_agent_installs_a_package_and_reports(images: dict[str, An
                                                   "127.0.0.1"], capture_output=True).returncode == 0, 120)
         st.compose("up", "-d", "mlflow", "fleet")
         fleet = f"http://127.0.0.1:{st.fleet_port}"
-        _wait("fleet service", lambda: httpx.get(f"{fleet}/healthz").status_code == 200, 240)
+        try:
+            _wait("fleet service", lambda: httpx.get(f"{fleet}/healthz").status_code == 200, 240)
+        except AssertionError as exc:
+            logs = subprocess.run(["podman", "logs", "--tail", "20", st.container("fleet")], capture_output=True,
+                                  text=True)
+            raise AssertionError(f"{exc}\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}") from None
         _wait("mlflow", lambda: httpx.get(f"http://127.0.0.1:{st.mlflow_port}/health").status_code == 200, 240)
         # register over HTTP through the service name (Host: mlflow:5000), build + upload + deploy the package
         version = st.exec("fleet", "python", "-c", "from tinymlops.sim.demo_model import register_demo_model; "
