@@ -80,7 +80,16 @@ def create_database(server_url: str, name: str) -> str:
     return f"{server_url}/{name}"
 
 
+def _interrupt(*_args: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    import signal
+
+    # a background job (`&`) ignores SIGINT: stop cleanly on SIGINT or SIGTERM, whichever arrives
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     with postgres_server() as url:
         print(create_database(url, "fleet"), flush=True)
         print(f"log: {last_log}", file=sys.stderr, flush=True)
