@@ -18,7 +18,10 @@ fi
 base=localhost/debian-python:bookworm
 if ! podman image exists "$base"; then
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  mirror=${mirror:-http://deb.debian.org/debian}
+  if [ -z "$mirror" ]; then
+    echo "podman-setup: no Debian mirror found in /etc/apt/sources.list.d/debian.sources; set one there" >&2
+    exit 2
+  fi
   rootfs=$(mktemp -d)
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror" >/dev/null
   # what slim images drop too: apt lists and caches, translations, documentation (176 MB -> ~125 MB)

@@ -7,8 +7,7 @@ schema is always the migrated one (never ad-hoc DDL). Times are unix seconds (fl
 
 Interfaces for other areas (stable):
 
-* ``open_store(url=None) -> Store`` (default URL: SQLite file ``<home>/fleet.db``; any SQLAlchemy URL works);
-  ``store.session()`` is a context manager yielding a SQLAlchemy session that commits on success.
+* ``open_store(url=None) -> Store`` (default: ``settings.fleet_db_url()``); ``store.session()`` commits on success.
 * ``telemetry_window(store, model_name, version, target=None, cohort=None, since=None, until=None,
   device_id=None) -> list[TelemetryRecord]``: telemetry reports whose window ends in ``[since, until)``, with
   the :class:`~tinymlops.monitor.sketches.Sketch` parsed, plus device id, target, cohort, and the opt-in
