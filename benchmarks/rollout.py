@@ -36,7 +36,8 @@ def main() -> None:
     from tinymlops.monitor.reference import ReferenceProfile
     from tinymlops.monitor.sketches import LATENCY_EDGES_MS, Sketch
     from tinymlops.rollout.config import GateThresholds, RolloutConfig, StageConfig
-    from tinymlops.rollout.controller import Controller, publish_package
+    from tinymlops.rollout.controller import Controller
+    from tinymlops.rollout.publish import publish_package
     from tinymlops.sim.demo_model import register_demo_model
 
     registry.connect()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tinymlops.fleet import packages
-from tinymlops.fleet.agent import InstallState, atomic_write
+from tinymlops.fleet.install import InstallState, atomic_write
 from tinymlops.fleet.packages import PackageRejected, sign
 from tinymlops.fleet.service import PackageCtx, check_sketch
 from tinymlops.monitor.reference import compute_reference
