@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from tinymlops.config import VibrationParams
+from tinymlops.data.config import VibrationParams
 from tinymlops.monitor.config import Thresholds
 from tinymlops.monitor.drift import DeviceExpectation, compute_figures
 from tinymlops.monitor.verdict import decide

@@ -158,7 +158,7 @@ def _agent_input(spec: str, seed: int, drift: dict[str, float | None], drift_aft
         if any(v is not None for v in drift.values()) or drift_after:
             raise UsageError(f"--drift-* apply to --input synthetic only, not --input {spec}")
         return open_input(spec)
-    from tinymlops.config import VibrationParams
+    from tinymlops.data.config import VibrationParams
     from tinymlops.sim.simulator import DriftSpec, cohort_stream
     from tinymlops.sim.streams import SyntheticStream
 

@@ -14,17 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
+from tinymlops.config_base import Strict
+from tinymlops.data.config import DatasetSection
 from tinymlops.errors import ConfigError
+from tinymlops.models.config import ModelSection
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class Strict(BaseModel):
-    """Base for config models: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -38,27 +35,6 @@ class MlflowSection(Strict):
     registered_model: str
 
 
-class VibrationParams(Strict):
-    """Knobs of the seeded rotating-machine generator (see tinymlops.data.vibration)."""
-
-    windows_per_class: int = Field(500, ge=10)
-    window_samples: int = Field(256, ge=64)
-    sample_rate_hz: float = Field(1600.0, gt=0)
-    shaft_hz: float = Field(25.0, gt=0)
-    shaft_hz_jitter: float = Field(0.08, ge=0, lt=1)
-    noise_std: float = Field(0.1, ge=0)
-    gain: float = Field(1.0, gt=0)
-    offset: float = 0.0
-
-
-class DatasetSection(Strict):
-    name: Literal["digits", "vibration"]
-    seed: int = 0
-    val_fraction: float = Field(0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    vibration: VibrationParams = Field(default_factory=VibrationParams)
-
-
 class PreprocessingSection(Strict):
     """Declared once; fitted on the training split; carried in every exported artifact's manifest."""
 
@@ -66,19 +42,6 @@ class PreprocessingSection(Strict):
     bands: int = Field(8, ge=2, le=64, description="FFT bands per axis (spectral features)")
     scale: float = Field(1.0, gt=0, description="divide raw inputs by this before feature extraction")
     normalize: Literal["standard", "none"] = "standard"
-
-
-class ModelSection(Strict):
-    arch: str = Field(description="builder name in tinymlops.models (e.g. mlp, cnn2d, ds_cnn)")
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _known_arch(self) -> ModelSection:
-        from tinymlops.models import BUILDERS
-
-        if self.arch not in BUILDERS:
-            raise ValueError(f"unknown arch {self.arch!r}; expected one of {sorted(BUILDERS)}")
-        return self
 
 
 class TrainSection(Strict):
@@ -224,6 +187,19 @@ class PipelineConfig(Strict):
         description="stages to run; they always run in the order train, compress, profile, rollout, drift. "
                     "Without train the pipeline starts from the latest registered float32 version.")
 
+    #: the directory of the file this config was loaded from (relative paths in the config resolve against it);
+    #: the working directory for a config built in code
+    _config_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def config_dir(self) -> Path:
+        return self._config_dir
+
+    def resolve(self, ref: str | Path) -> Path:
+        """Resolve a path written in this config (absolute paths pass through)."""
+        p = Path(ref)
+        return p if p.is_absolute() else self._config_dir / p
+
     def config_hash(self) -> str:
         """Return a short stable hash of the validated config (tags runs and versions)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
@@ -323,6 +299,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     """Load a pipeline config."""
     cfg = load(path, "pipeline")
     assert isinstance(cfg, PipelineConfig)
+    cfg._config_dir = Path(path).resolve().parent
     return cfg
 
 

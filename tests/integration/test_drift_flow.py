@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tinymlops.config import VibrationParams
+from tinymlops.data.config import VibrationParams
 from tinymlops.monitor.reference import compute_reference
 
 pytestmark = pytest.mark.integration

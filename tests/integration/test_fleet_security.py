@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tinymlops.config import VibrationParams
+from tinymlops.data.config import VibrationParams
 from tinymlops.fleet import agent, packages, service, store
 from tinymlops.fleet.store import DesiredState, Package
 from tinymlops.sim import demo_model

@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tinymlops.config import VibrationParams
 from tinymlops.data import vibration
+from tinymlops.data.config import VibrationParams
 from tinymlops.fleet import agent, packages, service, store
 from tinymlops.sim import demo_model
 from tinymlops.sim.command import product_command

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymlops.config import DatasetSection, PreprocessingSection, VibrationParams
+from tinymlops.config import PreprocessingSection
 from tinymlops.data import load_dataset, shift_augment, split
+from tinymlops.data.config import DatasetSection, VibrationParams
 from tinymlops.data.vibration import CLASSES, generate, stream, window
 from tinymlops.metrics import agreement, classification_metrics, confusion
 from tinymlops.preprocessing import fit, transform

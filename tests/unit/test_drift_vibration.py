@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tinymlops.config import VibrationParams
+from tinymlops.data.config import VibrationParams
 from tinymlops.monitor.config import Thresholds
 from tinymlops.monitor.drift import compute_figures
 from tinymlops.monitor.verdict import decide

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymlops.config import VibrationParams, validate_data
+from tinymlops.config import validate_data
+from tinymlops.data.config import VibrationParams
 from tinymlops.errors import ConfigError, UsageError
 from tinymlops.fleet import packages
 from tinymlops.sim import simulator

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinymlops.config import DatasetSection
+from tinymlops.data.config import DatasetSection
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymlops.config import VibrationParams
+from tinymlops.data.config import VibrationParams
 
 CLASSES = ("healthy", "imbalance", "misalignment", "bearing_fault")
 AXES = ("x", "y", "z")

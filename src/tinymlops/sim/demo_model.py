@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from tinymlops import preprocessing
-from tinymlops.config import PreprocessingSection, VibrationParams
+from tinymlops.config import PreprocessingSection
 from tinymlops.data import vibration
+from tinymlops.data.config import VibrationParams
 from tinymlops.monitor.reference import compute_reference
 
 EXPERIMENT = "fleet-demo"

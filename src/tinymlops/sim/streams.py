@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tinymlops.config import VibrationParams
+from tinymlops.data.config import VibrationParams
 from tinymlops.fleet.inputs import Window
 
 #: the drifted stream continues from another seed so it does not replay the base stream's windows

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinymlops import preprocessing
-from tinymlops.config import PreprocessingSection, VibrationParams
+from tinymlops.config import PreprocessingSection
 from tinymlops.data import vibration
+from tinymlops.data.config import VibrationParams
 from tinymlops.monitor.drift import DeviceReport
 from tinymlops.monitor.reference import ReferenceProfile, compute_reference
 from tinymlops.monitor.sketches import SketchBuilder
