@@ -33,3 +33,9 @@ class ModelFormatError(TinyMLOpsError):
 
 class RuntimeCrash(TinyMLOpsError):
     """A model runtime failed or aborted while loading or running a model."""
+
+
+class DataError(TinyMLOpsError):
+    """A dataset cannot be used as configured: missing file, missing values, unknown labels, too few samples."""
+
+    exit_code = 2
