@@ -1,20 +1,18 @@
 """Fleet store: SQLAlchemy models, schema migrations (alembic) and the queries other areas build on.
 
-One declarative :class:`Base` holds every fleet table; other areas (rollout) add their own tables to the same
-``Base.metadata`` and ship an alembic migration in ``tinymlops/fleet/migrations/versions/`` whose
-``down_revision`` is the current head. ``open_store(url)`` upgrades the database to head before use, so the
-schema is always the migrated one (never ad-hoc DDL). Times are unix seconds (float) in ``*_unix_s`` columns.
+One declarative :class:`Base` holds every fleet table; other modules add tables to ``Base.metadata`` with an alembic
+migration in ``migrations/versions/`` (``down_revision`` = the current head). ``open_store(url)`` upgrades the
+database to head before use (never ad-hoc DDL). Times are unix seconds (float) in ``*_unix_s`` columns.
 
 Interfaces for other areas (stable):
 
-* ``open_store(url=None) -> Store`` (default: ``settings.fleet_db_url()``); ``store.session()`` commits on success.
+* ``open_store(url=None) -> Store`` (default ``settings.fleet_db_url()``); ``store.session()`` commits on success.
 * ``telemetry_window(store, model_name, version, target=None, cohort=None, since=None, until=None,
   device_id=None) -> list[TelemetryRecord]``: telemetry reports whose window ends in ``[since, until)``, with
   the :class:`~tinymlops.monitor.sketches.Sketch` parsed, plus device id, target, cohort, and the opt-in
   ``samples`` (raw feature vectors) and ``feedback`` (delayed labels) when the device sent them.
-* ``set_desired(store, package_id, device_ids=None, cohort=None, reason="")`` -> device ids updated;
-  ``get_device`` / ``list_devices`` (current and previous version, last_seen); ``deployment_events(store,
-  since=None, device_id=None, package_id=None)``.
+* ``set_desired(store, package_id, device_ids=None, cohort=None, reason="")`` -> device ids updated; ``get_device``
+  / ``list_devices`` (versions, last_seen); ``deployment_events(store, since=None, device_id=None, package_id=None)``.
 """
 
 from __future__ import annotations
@@ -97,6 +95,8 @@ class OperatorToken(Base):
     name: Mapped[str] = mapped_column(String(64))
     created_unix_s: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    role: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")  # read|deploy|admin
+    expires_unix_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Package(Base):
