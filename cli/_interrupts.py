@@ -182,6 +182,8 @@ class Interrupts:
         notes: list[str] = []
 
         def end_runs() -> None:
+            if "tinymlops.registry" not in sys.modules:  # nothing opened a run; importing MLflow now would hold
+                return  # the GIL for seconds and delay a second Ctrl-C
             from tinymlops import registry
 
             snap = registry.end_open_runs("KILLED", "interrupted", shutdown=True)

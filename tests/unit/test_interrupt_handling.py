@@ -70,7 +70,7 @@ def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130
-    assert time.monotonic() - t0 < 1.5  # the first cleanup alone waits 2 s for the stubborn child
+    assert time.monotonic() - t0 < 1.9  # the first cleanup alone waits 2 s for the stubborn child
     assert "interrupted again: exiting now" in err
     time.sleep(0.2)
     assert _gone(child)
