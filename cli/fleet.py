@@ -106,7 +106,8 @@ def serve(db: DbOpt = None,
           tls_cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
           tls_key: Annotated[Path | None, typer.Option(help="private key of --tls-cert (PEM)")] = None,
           tls_client_ca: Annotated[Path | None, typer.Option(help="require client certificates signed by this "
-                                                                  "CA (mutual TLS)")] = None,
+                                                                  "CA (mutual TLS); a device's certificate must "
+                                                                  "name its device id (CN or SAN)")] = None,
           insecure: Annotated[bool, typer.Option(help="allow plain HTTP on a non-loopback --host")] = False,
           ) -> None:
     """Run the fleet service (FastAPI + SQLAlchemy; /openapi.json needs an operator token unless --dev).
@@ -131,7 +132,7 @@ def serve(db: DbOpt = None,
                       f"targets={sorted(catalogue)}", highlight=False, soft_wrap=True)
     if workers == 1:
         app = service.create_app(st=st, poll_interval_s=poll_interval, known_targets=set(catalogue) or None,
-                                 dev_mode=dev)
+                                 dev_mode=dev, bind_client_certs=tls_client_ca is not None)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=5, **ssl_kwargs)
         server = uvicorn.Server(config)
@@ -140,7 +141,8 @@ def serve(db: DbOpt = None,
         st.dispose()  # migrated once here; each worker process opens its own engine
         os.environ.update({"TINYMLOPS_FLEET_DB": st.url, "TINYMLOPS_FLEET_POLL_S": str(poll_interval),
                            "TINYMLOPS_FLEET_TARGETS": ",".join(sorted(catalogue)),
-                           "TINYMLOPS_FLEET_DEV": "1" if dev else "0"})
+                           "TINYMLOPS_FLEET_DEV": "1" if dev else "0",
+                           "TINYMLOPS_FLEET_BIND_CERTS": "1" if tls_client_ca is not None else "0"})
         config = uvicorn.Config("tinymlops.fleet.service:create_app_from_env", factory=True, workers=workers,
                                 host=host, port=port, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=5, **ssl_kwargs)
@@ -202,18 +204,49 @@ def _run_workers(config: uvicorn.Config) -> int | None:
     return stopped_by[0] if stopped_by else None
 
 
+def _duration_s(text: str) -> float:
+    """Parse a duration: seconds, or a number with s/m/h/d (``90d``, ``12h``)."""
+    from tinymlops.errors import UsageError
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    scale = units.get(t[-1:], 0) if t else 0
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 10 * 365 * 86400:
+        raise UsageError(f"--ttl {text!r}: expected a duration like 3600, 45m, 12h or 90d (under 10 years)")
+    return value
+
+
 @fleet_app.command("operator-token")
 @handle_errors
 def operator_token(db: DbOpt = None, name: Annotated[str, typer.Option(help="who the token is for")] = "operator",
+                   role: Annotated[str, typer.Option(
+                       help="read: GET endpoints only; deploy: also upload packages, set desired state, enrolment "
+                            "tokens; admin: everything (revoke devices, key updates)")] = "admin",
+                   ttl: Annotated[str | None, typer.Option(
+                       help="expire after this long (3600, 45m, 12h, 90d); refused with 401 after that")] = None,
                    save: Annotated[bool, typer.Option(help="also store it as this machine's default")] = False,
-                   ) -> None:
-    """Create a new operator token directly in the fleet database and print it."""
-    from tinymlops.fleet import service, store
+                   as_json: JsonOpt = False) -> None:
+    """Create a new operator token directly in the fleet database and print it (only its hash is stored)."""
+    import time
 
-    token = service.create_operator_token(store.open_store(_fleet_db(db)), name)
+    from tinymlops.errors import UsageError
+    from tinymlops.fleet import auth, service, store
+
+    if role not in auth.ROLES:
+        raise UsageError(f"--role {role!r}: expected one of {', '.join(auth.ROLES)}")
+    ttl_s = _duration_s(ttl) if ttl is not None else None
+    token = service.create_operator_token(store.open_store(_fleet_db(db)), name, role, ttl_s)
     if save:
         _write_token(token)
-    typer.echo(token)
+    if as_json:
+        print_json({"token": token, "name": name, "role": role,
+                    "expires_unix_s": time.time() + ttl_s if ttl_s is not None else None})
+    else:
+        typer.echo(token)
 
 
 @fleet_app.command("operator-token-revoke")

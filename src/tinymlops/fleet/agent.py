@@ -22,7 +22,6 @@ import contextlib
 import inspect
 import json
 import logging
-import os
 import random
 import shutil
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from tinymlops.fleet import answers, crypto
+from tinymlops.fleet import answers, crypto, device_state
 from tinymlops.fleet.answers import AgentStopped, BadAnswer, brief
 from tinymlops.fleet.inputs import InputSource
 from tinymlops.fleet.install import Installed, InstallState, atomic_write, open_model, smoke_test
@@ -65,6 +64,7 @@ class AgentConfig:
     request_timeout_s: float = 10.0
     max_package_bytes: int = 64 * 1024 * 1024
     verify: Any = True  # httpx verify: an ssl.SSLContext pinned to the server's CA (tinymlops.fleet.tls)
+    credential_max_age_s: float | None = None  # rotate the device credential when older (None: never)
 
 
 class Agent:
@@ -82,7 +82,8 @@ class Agent:
                  runner_factory: Callable[[Installed, str], Any] | None = None) -> None:
         self.cfg = cfg
         self.source = source
-        self.state = InstallState(cfg.state_dir, cfg.trusted_keys, cfg.target, cfg.device_id)
+        self.keyset = device_state.load_keyset(cfg.state_dir, cfg.trusted_keys)  # rotations followed so far
+        self.state = InstallState(cfg.state_dir, self.keyset.trusted(), cfg.target, cfg.device_id)
         self._client = client
         self._own_client = client is None
         self._open = runner_factory or open_model
@@ -152,13 +153,7 @@ class Agent:
         answer = r.json()
         if not isinstance(answer, dict) or not isinstance(answer.get("credential"), str):
             raise BadAnswer("enrolment answer carries no credential")
-        self.credential = answer
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(self.credential))
-            f.flush()
-            os.fsync(f.fileno())
-        path.with_suffix(".tmp").replace(path)
+        self.credential = device_state.save_credential(self.cfg.state_dir, answer)
         return self.credential
 
     # ---- packages -------------------------------------------------------------------------------------------
@@ -266,6 +261,15 @@ class Agent:
         interval = desired.get("poll_interval_s")
         if isinstance(interval, (int, float)) and not isinstance(interval, bool) and 0.05 <= interval <= 3600:
             self.poll_interval_s = float(interval)
+        if device_state.rotation_due(self.credential, self.cfg.credential_max_age_s):
+            self.credential = await device_state.rotate_credential(
+                self.client, self._url(f"{self.device_path}/credential"), self._headers(), self.cfg.state_dir,
+                self.credential or {})
+        kv = desired.get("keyset_version")  # signing keys rotated or revoked: follow the signed chain first
+        if type(kv) is int and kv > self.keyset.version:
+            self.keyset = await device_state.follow_keys(self._get_json, self.device_path, self.cfg.state_dir,
+                                                         self.keyset)
+            self.state.trusted_keys, self.rejected = self.keyset.trusted(), set()  # retry what the old keys refused
         pid = desired.get("package_id")
         current = self.installed.package_id if self.installed else None
         if pid is not None and not isinstance(pid, str):

@@ -121,6 +121,24 @@ class DesiredState(Wire):
     size_bytes: int | None = None
     poll_interval_s: float = 5.0
     rollback_authorisation: RollbackAuthorisation | None = None
+    keyset_version: int = Field(0, description="latest signed key-set update: fetch /key-updates when newer")
+
+
+class KeyUpdate(Wire):
+    """A signed key-set update (``tinymlops.fleet.keyset``): new signing keys, revocations, a version."""
+
+    payload_json: Annotated[str, Field(max_length=65536)]
+    key_id: Annotated[str, Field(max_length=32)]
+    signature_b64: Annotated[str, Field(max_length=128)]
+
+
+class KeyUpdateStored(Wire):
+    version: int
+
+
+class NewCredential(Wire):
+    device_id: str
+    credential: str = Field(description="replaces the current credential from its first use (shown once)")
 
 
 class Feedback(Wire):

@@ -36,10 +36,11 @@ def issue(st: Store, device_id: str) -> str:
     return credential
 
 
-def promote(st: Store, token_hash: str) -> Device | None:
-    """If ``token_hash`` is a device's pending credential, make it the device's only credential; return the device.
+def promote(st: Store, token_hash: str) -> tuple[Device, str] | None:
+    """If ``token_hash`` is a device's pending credential, make it the device's only credential.
 
-    The old credential stops working here (and on every worker within ``EPOCH_CHECK_S``: the epoch is bumped).
+    Return the device and the hash of the credential it replaced, which stops working here (and on every worker
+    within ``EPOCH_CHECK_S``: the revocation epoch is bumped). None if the hash is not pending.
     """
     with st.session() as s:
         pending = s.scalar(select(PendingCredential).where(PendingCredential.credential_hash == token_hash))
@@ -49,8 +50,8 @@ def promote(st: Store, token_hash: str) -> Device | None:
         s.delete(pending)
         if d is None or d.revoked:
             return None
-        d.credential_hash = token_hash
+        old, d.credential_hash = d.credential_hash, token_hash
         revocation.bump(s)
         s.flush()
         s.expunge(d)
-        return d
+        return d, old

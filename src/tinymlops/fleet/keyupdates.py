@@ -8,6 +8,7 @@ a stale or forged upload is an error for the operator, not a surprise for the de
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from sqlalchemy import Float, Integer, Text, func, select
@@ -36,3 +37,43 @@ def updates_since(st: Store, version: int, limit: int = 100) -> list[dict[str, A
         rows = s.scalars(select(KeyUpdate).where(KeyUpdate.version > version)
                          .order_by(KeyUpdate.version).limit(limit))
         return [json.loads(r.update_json) for r in rows]
+
+
+class UpdateConflict(Exception):
+    """The update is not the next version, or another update holds its version."""
+
+
+def store_update(st: Store, update: dict[str, Any]) -> int:
+    """Store the next signed update (an identical re-upload is a no-op); return its version.
+
+    Raises:
+        KeyUpdateRejected: malformed, or it does not verify against the previous stored key set.
+        UpdateConflict: its version is not the next one, or another update holds it.
+    """
+    from tinymlops.fleet import keyset
+
+    body = str(update.get("payload_json", ""))
+    try:
+        version = json.loads(body).get("version")
+    except (ValueError, AttributeError):
+        raise keyset.KeyUpdateRejected("malformed key update") from None
+    if type(version) is not int:
+        raise keyset.KeyUpdateRejected("key update has no version")
+    with st.session() as s:
+        existing = s.get(KeyUpdate, version)
+        if existing is not None:
+            if json.loads(existing.update_json).get("payload_json") != body:
+                raise UpdateConflict(f"another key update holds version {version}")
+            return version
+        latest = int(s.scalar(select(func.max(KeyUpdate.version))) or 0)
+        if version != latest + 1:
+            raise UpdateConflict(f"key update version {version}: the service is at {latest}, expected {latest + 1}")
+        if latest:  # version 1's signer is the devices' provisioned key, which the service does not know
+            prev = s.get(KeyUpdate, latest)
+            assert prev is not None
+            previous = keyset.KeySet.from_payload(json.loads(json.loads(prev.update_json)["payload_json"]))
+            keyset.apply_update(previous, update)
+        else:
+            keyset.KeySet.from_payload(json.loads(body))
+        s.add(KeyUpdate(version=version, update_json=json.dumps(update), created_unix_s=time.time()))
+    return version

@@ -110,7 +110,10 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
 
 
 def default_public_key_path() -> Path:
-    """Return ``<home>/keys/package_signing.pub`` (created with the signing key)."""
+    """Return the key devices are provisioned with: ``<home>/keys/root.pub`` after a key rotation (devices follow
+    later rotations from it), else ``package_signing.pub`` (created with the signing key)."""
+    if (keys_dir() / "root.pub").is_file():
+        return keys_dir() / "root.pub"
     path = keys_dir() / PUBLIC_KEY_FILE
     if not path.is_file():
         signing_key()

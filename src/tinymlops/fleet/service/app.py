@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tinymlops.fleet import store
 from tinymlops.fleet.service import routes_device, routes_health, routes_operator
+from tinymlops.fleet.service.certbind import scope_identities
 from tinymlops.fleet.service.deps import Service
 from tinymlops.fleet.service.routes_device import ACCEPTED_BODY
 from tinymlops.fleet.service.routes_health import API_VERSION
@@ -77,7 +78,7 @@ class _BodyLimit:
             client = scope.get("client")
             try:
                 await self.svc.authenticate_operator(headers[b"authorization"].decode("latin-1"),
-                                                     client[0] if client else None)
+                                                     client[0] if client else None, "deploy")
             except HTTPException as exc:
                 await _send_json(send, exc.status_code, {"detail": exc.detail}, exc.headers)
                 return
@@ -144,7 +145,8 @@ class _TelemetryFastPath:
         client = scope.get("client")
         try:
             await self.fastapi_app.state.service.ingest_telemetry(unquote(m.group(1)), auth_header, b"".join(chunks),
-                                                                  client[0] if client else None)
+                                                                  client[0] if client else None,
+                                                                  scope_identities(scope))
         except HTTPException as exc:
             await _send_json(send, exc.status_code, {"detail": exc.detail}, exc.headers)
             return
@@ -173,17 +175,20 @@ def create_app_from_env() -> FastAPI:
     return create_app(st=Store(os.environ.get("TINYMLOPS_FLEET_DB") or None, migrate_schema=False),
                       poll_interval_s=float(os.environ.get("TINYMLOPS_FLEET_POLL_S", "5")),
                       known_targets=set(targets.split(",")) if targets else None,
-                      dev_mode=os.environ.get("TINYMLOPS_FLEET_DEV") == "1")
+                      dev_mode=os.environ.get("TINYMLOPS_FLEET_DEV") == "1",
+                      bind_client_certs=os.environ.get("TINYMLOPS_FLEET_BIND_CERTS") == "1")
 
 
 def create_app(url: str | None = None, st: Store | None = None, poll_interval_s: float = 5.0,
                known_targets: set[str] | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               dev_mode: bool = False) -> FastAPI:
+               dev_mode: bool = False, bind_client_certs: bool = False) -> FastAPI:
     """Build the service over a store (opened from ``url`` if not given; default :func:`settings.fleet_db_url`).
 
     Outside ``dev_mode`` there is no ``/docs`` page and ``/openapi.json`` needs an operator token.
+    ``bind_client_certs`` (mutual TLS, served with :class:`~.certbind.CertBindingProtocol`): a device's client
+    certificate must name its device id.
     """
-    svc = Service(st or store.open_store(url), poll_interval_s, known_targets)
+    svc = Service(st or store.open_store(url), poll_interval_s, known_targets, bind_client_certs)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Any:
@@ -265,8 +270,13 @@ class BackgroundServer:
         self.store = st
         self.url = f"{'https' if ssl else 'http'}://{host}:{port}"
         self.app = create_app(st=st, **app_kwargs)
+        extra: dict[str, Any] = {}
+        if app_kwargs.get("bind_client_certs") and "http" not in (ssl or {}):
+            from tinymlops.fleet.service.certbind import CertBindingProtocol
+
+            extra["http"] = CertBindingProtocol
         self._server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
-                                                     access_log=False, lifespan="on", **(ssl or {})))
+                                                     access_log=False, lifespan="on", **(ssl or {}), **extra))
         self._thread = threading.Thread(target=self._server.run, name=f"fleet-service-{port}", daemon=True)
 
     def start(self, timeout_s: float = 20.0) -> BackgroundServer:

@@ -13,19 +13,30 @@ from tinymlops.fleet.store import OperatorToken, Store
 from tinymlops.monitor.sketches import LATENCY_EDGES_MS, Sketch
 
 
-def create_operator_token(st: Store, name: str = "operator") -> str:
-    """Create an operator token and return it (only its hash is stored)."""
+def create_operator_token(st: Store, name: str = "operator", role: str = "admin",
+                          ttl_s: float | None = None) -> str:
+    """Create an operator token (role read | deploy | admin; expiring after ``ttl_s`` if given) and return it.
+
+    Only its hash is stored.
+    """
+    if role not in auth.ROLES:
+        raise ValueError(f"role {role!r}: expected one of {', '.join(auth.ROLES)}")
+    if ttl_s is not None and not 0 < ttl_s < 10 * 365 * 86400:
+        raise ValueError(f"ttl {ttl_s} s: expected a positive duration under 10 years")
     token = auth.new_token(auth.OPERATOR_PREFIX)
+    now = time.time()
     with st.session() as s:
-        s.add(OperatorToken(token_hash=auth.hash_token(token), name=name, created_unix_s=time.time(),
-                            revoked=False))
+        s.add(OperatorToken(token_hash=auth.hash_token(token), name=name, created_unix_s=now, revoked=False,
+                            role=role, expires_unix_s=now + ttl_s if ttl_s is not None else None))
     return token
 
 
 def has_operator_token(st: Store) -> bool:
-    """Return whether any live operator token exists."""
+    """Return whether any live (not revoked, not expired) admin operator token exists."""
     with st.session() as s:
-        return bool(s.scalar(select(func.count()).select_from(OperatorToken).where(OperatorToken.revoked.is_(False))))
+        return bool(s.scalar(select(func.count()).select_from(OperatorToken).where(
+            OperatorToken.revoked.is_(False), OperatorToken.role == "admin",
+            OperatorToken.expires_unix_s.is_(None) | (OperatorToken.expires_unix_s > time.time()))))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from tinymlops.fleet import api, auth, revocation
+from tinymlops.fleet import api, auth, credentials, keyupdates, revocation
+from tinymlops.fleet.service.certbind import scope_identities
 from tinymlops.fleet.service.context import DeviceCtx, PackageCtx, check_sketch
 from tinymlops.fleet.service.limits import FailureLimiter
 from tinymlops.fleet.service.writer import TelemetryWriter
@@ -45,18 +46,22 @@ MAX_CLOCK_SKEW_S = 300.0
 class Service:
     """The state every route shares: store, telemetry writer, settings and the auth/package caches."""
 
-    def __init__(self, st: Store, poll_interval_s: float, known_targets: set[str] | None) -> None:
+    def __init__(self, st: Store, poll_interval_s: float, known_targets: set[str] | None,
+                 bind_client_certs: bool = False) -> None:
         self.store = st
+        self.bind_client_certs = bind_client_certs  # mutual TLS: the certificate must name the device
         self.writer = TelemetryWriter(st)
         self.poll_interval_s = poll_interval_s
         self.known_targets = known_targets
         # token hash -> (device, expiry): with several workers a revocation reaches the others within the TTL
         self.device_cache: dict[str, tuple[DeviceCtx | None, float]] = {}
-        self.operator_cache: dict[str, tuple[bool, float]] = {}  # token hash -> (valid, expiry)
+        # token hash -> (role or None if unknown/revoked, token expiry or None, cache expiry)
+        self.operator_cache: dict[str, tuple[str | None, float | None, float]] = {}
         self.package_cache: dict[str, PackageCtx] = {}
         # device id -> (package ids it may report for, expiry): positive answers only, a miss asks the database
         self.assigned_cache: dict[str, tuple[frozenset[str], float]] = {}
         self._epoch = self._epoch_seen = revocation.current(st)
+        self.keyset_version = keyupdates.latest_version(st)
         self._stop = threading.Event()
         threading.Thread(target=self._watch_epoch, name="revocation-epoch", daemon=True).start()
         self.limiter = FailureLimiter()
@@ -73,8 +78,13 @@ class Service:
         while not self._stop.wait(revocation.EPOCH_CHECK_S):
             try:
                 self._epoch = revocation.current(self.store)
+                self.keyset_version = keyupdates.latest_version(self.store)
             except Exception:  # the database is briefly unavailable: keep the last epoch, try again
                 continue
+
+    def current_keyset_version(self) -> int:
+        """Return the latest key-set version (as of the last epoch read: within a second across workers)."""
+        return self.keyset_version
 
     def close(self) -> None:
         """Stop the epoch watcher and the telemetry writer (pending telemetry is committed)."""
@@ -83,46 +93,59 @@ class Service:
 
     # ---- auth -----------------------------------------------------------------------------------------------
 
-    def _lookup_operator(self, token_hash: str) -> bool:
+    def _lookup_operator(self, token_hash: str) -> tuple[str | None, float | None]:
         with self.store.session() as s:
             row = s.get(OperatorToken, token_hash)
-            return row is not None and not row.revoked
+            return (None, None) if row is None or row.revoked else (row.role, row.expires_unix_s)
 
-    async def authenticate_operator(self, authorization: str | None, client: str | None = None) -> None:
-        """Raise 401/403 unless the header carries a live operator token (429 after repeated failures)."""
+    async def authenticate_operator(self, authorization: str | None, client: str | None = None,
+                                    needed: str = "admin") -> str:
+        """Return the token's role: 401 without a token or with an expired one, 403 unless it is a live operator
+        token whose role allows ``needed`` (429 after repeated failures)."""
         token = auth.bearer(authorization)
         h = auth.hash_token(token) if token else None
         if token is None or h is None:  # no guess made: not charged
             raise HTTPException(401, "operator token required (Authorization: Bearer tmo_op_...)")
         keys = (f"ip:{client or '?'}", f"tok:{h}")
         await self.check_revocations()
+        now = time.monotonic()
         hit = self.operator_cache.get(h)
-        if hit is not None and hit[1] > time.monotonic():
-            ok = hit[0]
+        if hit is not None and hit[2] > now:
+            role, expires = hit[0], hit[1]
         else:
-            ok = await run_in_threadpool(self._lookup_operator, h)
+            role, expires = await run_in_threadpool(self._lookup_operator, h)
             if len(self.operator_cache) > 10_000:
                 self.operator_cache.clear()
-            self.operator_cache[h] = (ok, time.monotonic() + AUTH_CACHE_TTL_S)
-        if not ok:
+            self.operator_cache[h] = (role, expires, now + AUTH_CACHE_TTL_S)
+        expired = expires is not None and expires <= time.time()
+        if role is None or expired:
             self.limiter.fail(*keys)
             self.limiter.check(*keys)
+            if expired:
+                raise HTTPException(401, "operator token expired", headers={"WWW-Authenticate": "Bearer"})
             raise HTTPException(403, "not an operator token")
+        if not auth.role_allows(role, needed):
+            raise HTTPException(403, f"this operator token has role {role!r}; the request needs {needed!r}")
+        return role
 
     def _lookup_device(self, token_hash: str) -> DeviceCtx | None:
         with self.store.session() as s:
             d = s.scalar(select(Device).where(Device.credential_hash == token_hash))
-            ctx = None if d is None or d.revoked else DeviceCtx(d.id, d.target, d.cohort, d.samples_opt_in,
-                                                                d.feedback_opt_in)
+        if d is None and (promoted := credentials.promote(self.store, token_hash)) is not None:
+            d, old_hash = promoted  # first use of a rotated credential: the old one stops working now
+            self.device_cache.pop(old_hash, None)
+        ctx = None if d is None or d.revoked else DeviceCtx(d.id, d.target, d.cohort, d.samples_opt_in,
+                                                            d.feedback_opt_in)
         if len(self.device_cache) > 200_000:
             self.device_cache.clear()
         self.device_cache[token_hash] = (ctx, time.monotonic() + AUTH_CACHE_TTL_S)
         return ctx
 
-    async def authenticate_device(self, device_id: str, authorization: str | None,
-                                  client: str | None = None) -> DeviceCtx:
-        """Return the calling device (401/403 unless its credential is live and its own ``device_id``; 429 after
-        repeated failures)."""
+    async def authenticate_device(self, device_id: str, authorization: str | None, client: str | None = None,
+                                  cert_ids: frozenset[str] = frozenset()) -> DeviceCtx:
+        """Return the calling device (401/403 unless its credential is live and its own ``device_id``, and under
+        certificate binding unless its client certificate names ``device_id``; 429 after repeated failures)."""
+        self.check_cert(device_id, cert_ids)
         token = auth.bearer(authorization)
         h = auth.hash_token(token) if token else None
         if token is None or h is None:
@@ -141,6 +164,12 @@ class Service:
             raise HTTPException(403, "unknown or revoked device credential" if ctx is None
                                 else "a device may only access its own resources")
         return ctx
+
+    def check_cert(self, device_id: str, cert_ids: frozenset[str]) -> None:
+        """Under certificate binding, refuse (403) a request whose client certificate does not name the device."""
+        if self.bind_client_certs and device_id not in cert_ids:
+            raise HTTPException(403, f"the client certificate ({', '.join(sorted(cert_ids))[:200] or 'none'}) "
+                                     f"is not device {device_id[:64]!r}'s")
 
     # ---- packages -------------------------------------------------------------------------------------------
 
@@ -175,9 +204,9 @@ class Service:
     # ---- telemetry ------------------------------------------------------------------------------------------
 
     async def ingest_telemetry(self, device_id: str, authorization: str | None, body: bytes,
-                               client: str | None = None) -> None:
+                               client: str | None = None, cert_ids: frozenset[str] = frozenset()) -> None:
         """Authenticate, validate and commit one report (HTTPException says why not)."""
-        ctx = await self.authenticate_device(device_id, authorization, client)
+        ctx = await self.authenticate_device(device_id, authorization, client, cert_ids)
         # parsed by pydantic-core straight from bytes: several times faster than FastAPI's json + validate
         try:
             report = api.TelemetryReport.model_validate_json(body)
@@ -261,14 +290,16 @@ ServiceDep = Annotated[Service, Depends(service)]
 
 async def operator(request: Request, svc: ServiceDep,
                    authorization: Annotated[str | None, Header()] = None) -> None:
-    """Require an operator token."""
-    await svc.authenticate_operator(authorization, request.client.host if request.client else None)
+    """Require an operator token whose role allows the request (:func:`tinymlops.fleet.auth.required_role`)."""
+    await svc.authenticate_operator(authorization, request.client.host if request.client else None,
+                                    auth.required_role(request.method, request.scope["path"]))
 
 
 async def device(device_id: str, request: Request, svc: ServiceDep,
                  authorization: Annotated[str | None, Header()] = None) -> DeviceCtx:
-    """Require the credential of the device named in the path."""
-    return await svc.authenticate_device(device_id, authorization, request.client.host if request.client else None)
+    """Require the credential of the device named in the path (and its client certificate under binding)."""
+    return await svc.authenticate_device(device_id, authorization, request.client.host if request.client else None,
+                                         scope_identities(request.scope))
 
 
 Operator = Depends(operator)

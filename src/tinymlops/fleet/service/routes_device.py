@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sqlalchemy import select, update
 from starlette.requests import ClientDisconnect
 
-from tinymlops.fleet import api, auth, grants, store
+from tinymlops.fleet import api, auth, credentials, grants, keyupdates, store
+from tinymlops.fleet.service.certbind import scope_identities
 from tinymlops.fleet.service.deps import DeviceDep, ServiceDep
 from tinymlops.fleet.store import (
     CohortDesiredState,
@@ -32,6 +34,7 @@ router = APIRouter(tags=["device"])
 def enrol(req: api.EnrolRequest, request: Request, svc: ServiceDep) -> api.EnrolResponse:
     """Exchange a one-time enrolment token for this device's own credential (429 after repeated failures)."""
     limit_keys = (f"ip:{request.client.host if request.client else '?'}", f"tok:{auth.hash_token(req.enrolment_token)}")
+    svc.check_cert(req.device_id, scope_identities(request.scope))  # mutual TLS: enrol only as the certificate's device
     if svc.known_targets is not None and req.target not in svc.known_targets:
         raise HTTPException(422, f"unknown target {req.target!r}; known: {sorted(svc.known_targets)}")
     now = time.time()
@@ -78,11 +81,25 @@ def desired_state(ctx: DeviceDep, svc: ServiceDep) -> api.DesiredState:
                                Package.size_bytes, store.DesiredState.authorisation_json)
                         .join(store.DesiredState, store.DesiredState.package_id == Package.id)
                         .where(store.DesiredState.device_id == ctx.id)).first()
+    keys = svc.current_keyset_version()
     if row is None:
-        return api.DesiredState(device_id=ctx.id, poll_interval_s=svc.poll_interval_s)
+        return api.DesiredState(device_id=ctx.id, poll_interval_s=svc.poll_interval_s, keyset_version=keys)
     return api.DesiredState(device_id=ctx.id, package_id=row[0], model_name=row[1], model_version=row[2],
                             sha256=row[3], size_bytes=row[4], poll_interval_s=svc.poll_interval_s,
-                            rollback_authorisation=json.loads(row[5]) if row[5] else None)
+                            rollback_authorisation=json.loads(row[5]) if row[5] else None, keyset_version=keys)
+
+
+@router.get("/v1/devices/{device_id}/key-updates")
+def device_key_updates(ctx: DeviceDep, svc: ServiceDep,
+                       since: Annotated[int, Query(ge=0, lt=2**31)] = 0) -> list[api.KeyUpdate]:
+    """Return the signed key-set updates after ``since`` (the device verifies each link itself)."""
+    return [api.KeyUpdate(**u) for u in keyupdates.updates_since(svc.store, since)]
+
+
+@router.post("/v1/devices/{device_id}/credential", status_code=201)
+def rotate_credential(ctx: DeviceDep, svc: ServiceDep) -> api.NewCredential:
+    """Issue this device a new credential; its first use retires the current one (on every worker within 1 s)."""
+    return api.NewCredential(device_id=ctx.id, credential=credentials.issue(svc.store, ctx.id))
 
 
 @router.get("/v1/devices/{device_id}/packages/{package_id}")

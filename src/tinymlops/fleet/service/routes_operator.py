@@ -9,7 +9,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from tinymlops.fleet import api, auth, grants, revocation, store
+from tinymlops.fleet import api, auth, grants, keyupdates, revocation, store
+from tinymlops.fleet.keyset import KeyUpdateRejected
 from tinymlops.fleet.safejson import UnsafeJSON, loads_bounded
 from tinymlops.fleet.service.deps import Operator, ServiceDep
 from tinymlops.fleet.store import Device, EnrolmentToken, Package
@@ -173,3 +174,22 @@ def events(svc: ServiceDep, since: Annotated[float | None, Query(allow_inf_nan=F
            package_id: Annotated[str | None, Query(max_length=128)] = None) -> list[api.EventOut]:
     """Return deployment events (installed, rejected, rolled_back, load_failed), oldest first."""
     return [api.EventOut(**e) for e in store.deployment_events(svc.store, since, device_id, package_id)]
+
+
+@router.post("/v1/key-updates", status_code=201)
+def post_key_update(req: api.KeyUpdate, svc: ServiceDep) -> api.KeyUpdateStored:
+    """Store the next signed key-set update (admin); devices fetch and verify it at their next poll."""
+    try:
+        version = keyupdates.store_update(svc.store, req.model_dump())
+    except KeyUpdateRejected as exc:
+        raise HTTPException(422, f"key update refused: {exc}") from None
+    except keyupdates.UpdateConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    svc.keyset_version = max(svc.keyset_version, version)
+    return api.KeyUpdateStored(version=version)
+
+
+@router.get("/v1/key-updates")
+def get_key_updates(svc: ServiceDep, since: Annotated[int, Query(ge=0, lt=2**31)] = 0) -> list[api.KeyUpdate]:
+    """Return the stored key-set updates after ``since``, oldest first."""
+    return [api.KeyUpdate(**u) for u in keyupdates.updates_since(svc.store, since)]
