@@ -7,7 +7,20 @@ from __future__ import annotations
 
 import typer
 
-from cli import compress, doctor, drift, export, fleet, pipeline, profile, rollout, server, store
+from cli import (
+    compress,
+    doctor,
+    drift,
+    export,
+    fleet,
+    init,
+    model_import,
+    pipeline,
+    profile,
+    rollout,
+    server,
+    store,
+)
 
 app = typer.Typer(
     name="tinymlops",
@@ -17,7 +30,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for _module in (pipeline, compress, profile, export, fleet, drift, rollout, doctor, store, server):
+for _module in (init, pipeline, model_import, compress, profile, export, fleet, drift, rollout, doctor, store, server):
     _module.register(app)
 
 

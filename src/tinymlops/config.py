@@ -45,7 +45,7 @@ class PreprocessingSection(Strict):
 
 
 class TrainSection(Strict):
-    epochs: int = Field(30, ge=1, le=1000)
+    epochs: int = Field(30, ge=0, le=1000, description="0 evaluates a pre-trained model (model.file) as is")
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(0.003, gt=0, lt=1)
     seed: int = 0
@@ -190,6 +190,13 @@ class PipelineConfig(Strict):
     #: the directory of the file this config was loaded from (relative paths in the config resolve against it);
     #: the working directory for a config built in code
     _config_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _epochs_for_model(self) -> PipelineConfig:
+        if self.train.epochs == 0 and self.model.kind in ("arch", "builder"):
+            raise ValueError("train.epochs: 0 only evaluates a pre-trained model (model.file); a model built by "
+                             "arch or builder needs at least 1 epoch")
+        return self
 
     @property
     def config_dir(self) -> Path:

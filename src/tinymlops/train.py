@@ -20,12 +20,14 @@ import numpy as np
 
 from tinymlops import registry
 from tinymlops.config import PipelineConfig, load_pipeline
-from tinymlops.data import Dataset, load_dataset, shift_augment, split
+from tinymlops.data import Dataset, load_splits, shift_augment
 from tinymlops.errors import RegistryError, UsageError
 from tinymlops.metrics import agreement, classification_metrics, confusion
 from tinymlops.preprocessing import FittedPreprocessing, fit, transform
 
 REFERENCE_SAMPLE_ROWS = 2000
+#: variants a pipeline starts compressing from: a trained float model or an imported .tflite/.onnx file
+PARENT_VARIANTS = ("float32", "imported")
 #: exported artifacts must agree with the Keras model on at least this fraction of the test split
 EXPORT_AGREEMENT_MIN = 0.99
 
@@ -67,17 +69,31 @@ class TrainResult:
 
 
 def prepare(cfg: PipelineConfig) -> Prepared:
-    """Load the dataset, split it deterministically and fit the pre-processing on the training split."""
-    ds = load_dataset(cfg.dataset)
-    splits = split(ds, cfg.dataset.seed, cfg.dataset.val_fraction, cfg.dataset.test_fraction)
-    spec = fit(cfg.preprocessing, splits["train"].X, ds.sample_rate_hz)
+    """Load the dataset (paths relative to the config file), split it with the configured strategy (deterministic
+    for a seed) and fit the pre-processing on the training split."""
+    splits = load_splits(cfg.dataset, cfg.config_dir)
+    spec = fit(cfg.preprocessing, splits["train"].X, splits["train"].sample_rate_hz)
     return Prepared(splits, spec)
 
 
-def fit_model(cfg: PipelineConfig, prep: Prepared,
-              on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> tuple[Any, dict[str, list[float]]]:
-    """Build the configured Keras model and fit it; return (model, history)."""
-    from tinymlops.models import build
+@dataclass
+class Ready:
+    """A compiled Keras model and the (augmented) arrays it is fitted on."""
+
+    model: Any
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def build_model(cfg: PipelineConfig, prep: Prepared) -> Ready:
+    """Seed TensorFlow, build (or load) the configured Keras model for the data and compile it.
+
+    A model the builder or file brings compiled keeps its optimizer and loss. Raises ConfigError (one line naming
+    ``model.*``) when the model cannot be made or does not fit the data, before anything is logged.
+    """
+    from tinymlops.models.own import make_model
     from tinymlops.tf import keras, tf
 
     tf.config.threading.set_intra_op_parallelism_threads(2)
@@ -88,9 +104,25 @@ def fit_model(cfg: PipelineConfig, prep: Prepared,
         if cfg.preprocessing.features != "identity":
             raise ValueError("train.augment_shift_pixels needs preprocessing.features: identity (image inputs)")
         x_train, y_train = shift_augment(x_train, y_train, cfg.train.augment_shift_pixels)
-    model = build(cfg.model.arch, x_train.shape[1:], len(prep.class_names), **cfg.model.params)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model, compiled = make_model(cfg.model, cfg.config_dir, x_train.shape[1:], len(prep.class_names))
+    if not compiled:
+        model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return Ready(model, x_train, y_train, x_val, y_val)
+
+
+def fit_model(cfg: PipelineConfig, prep: Prepared,
+              on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+              ready: Ready | None = None) -> tuple[Any, dict[str, list[float]]]:
+    """Fit the configured model (built by :func:`build_model` unless given); return (model, history).
+
+    ``train.epochs: 0`` (pre-trained model files only) evaluates the model as is: the history is empty.
+    """
+    from tinymlops.tf import keras
+
+    r = ready or build_model(cfg, prep)
+    if cfg.train.epochs == 0:
+        return r.model, {}
     callbacks: list[Any] = []
     if cfg.train.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.train.early_stopping_patience,
@@ -98,9 +130,9 @@ def fit_model(cfg: PipelineConfig, prep: Prepared,
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: on_epoch(epoch, {k: float(v) for k, v in (logs or {}).items()})))
-    hist = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=cfg.train.epochs,
-                     batch_size=cfg.train.batch_size, callbacks=callbacks, verbose=0)
-    return model, {k: [float(x) for x in v] for k, v in hist.history.items()}
+    hist = r.model.fit(r.x_train, r.y_train, validation_data=(r.x_val, r.y_val), epochs=cfg.train.epochs,
+                       batch_size=cfg.train.batch_size, callbacks=callbacks, verbose=0)
+    return r.model, {k: [float(x) for x in v] for k, v in hist.history.items()}
 
 
 def _git_commit() -> str:
@@ -163,11 +195,17 @@ def run_train(config: str | Path | PipelineConfig, parent_run_id: str | None = N
     t0 = time.perf_counter()
     registry.connect(cfg.mlflow.tracking_uri)
     say(f"preparing dataset {cfg.dataset.name!r}")
+    if cfg.model.kind in ("tflite", "onnx"):  # a finished model file: registered as is, no training
+        from tinymlops.importer import run_import
+
+        return run_import(cfg, parent_run_id=parent_run_id, progress=say)
     prep = prepare(cfg)
     digests = {k: v.digest() for k, v in prep.splits.items()}
     tags = {"tinymlops.stage": "train", "task": cfg.project, "config_hash": cfg.config_hash(),
-            "git_commit": _git_commit(), "dataset_digest": digests["train"]}
-    with registry.run(cfg.mlflow.experiment, f"train {cfg.model.arch}", parent_run_id, tags) as r:
+            "git_commit": _git_commit(), "dataset_digest": digests["train"], **model_source_tags(cfg)}
+    say(f"building {cfg.model.label}")
+    ready = build_model(cfg, prep)  # a model that cannot be made fails here, before any run is opened
+    with registry.run(cfg.mlflow.experiment, f"train {cfg.model.label}", parent_run_id, tags) as r:
         _log_inputs(r.run_id, cfg, prep)
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
@@ -175,9 +213,10 @@ def run_train(config: str | Path | PipelineConfig, parent_run_id: str | None = N
             say(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {logs.get('loss', 0):.4f}  "
                 f"val_accuracy {logs.get('val_accuracy', 0):.4f}")
 
-        say(f"training {cfg.model.arch} on {len(prep.splits['train'].y)} samples")
+        say(f"training {cfg.model.label} on {len(prep.splits['train'].y)} samples" if cfg.train.epochs else
+            f"evaluating {cfg.model.label} as is (train.epochs: 0)")
         t_fit = time.perf_counter()
-        model, history = fit_model(cfg, prep, on_epoch)
+        model, history = fit_model(cfg, prep, on_epoch, ready)
         probs, metrics = _evaluate(r.run_id, cfg, prep, model, history, time.perf_counter() - t_fit)
         say("exporting float32 Keras, TFLite and ONNX models")
         _export_and_log(r.run_id, cfg, prep, model, probs, metrics)
@@ -185,6 +224,22 @@ def run_train(config: str | Path | PipelineConfig, parent_run_id: str | None = N
         version = _register(r.run_id, cfg, prep, metrics, digests["train"], tags)
     return TrainResult(r.run_id, cfg.mlflow.registered_model, version, metrics, digests,
                        time.perf_counter() - t0, cfg.mlflow.experiment)
+
+
+def model_source_tags(cfg: PipelineConfig) -> dict[str, str]:
+    """Return tags saying where the model came from: ``model_source`` and, for a file, its path and sha256."""
+    m = cfg.model
+    if m.arch is not None:
+        return {"model_source": f"arch:{m.arch}"}
+    if m.builder is not None:
+        return {"model_source": f"builder:{m.builder}"}
+    from tinymlops.compress.export import sha256_file
+
+    path = cfg.resolve(str(m.file)).resolve()
+    tags = {"model_source": f"file:{m.kind}", "source_path": str(path)}
+    if path.is_file():  # a SavedModel directory has no single digest
+        tags["source_sha256"] = sha256_file(path)
+    return tags
 
 
 def latest_trained(config: str | Path | PipelineConfig) -> TrainResult:
@@ -200,7 +255,7 @@ def latest_trained(config: str | Path | PipelineConfig) -> TrainResult:
         versions = registry.list_versions(name)
     except RegistryError:
         versions = []
-    floats = [v for v in versions if v.tags.get("variant") == "float32" and "tinymlops.incomplete" not in v.tags]
+    floats = [v for v in versions if v.tags.get("variant") in PARENT_VARIANTS and "tinymlops.incomplete" not in v.tags]
     if not floats:
         raise UsageError(f"stages: without 'train' the pipeline starts from the latest registered float32 version of "
                          f"{name!r}, but there is none in {registry.tracking_uri()}: add train to stages or run "
@@ -212,31 +267,51 @@ def latest_trained(config: str | Path | PipelineConfig) -> TrainResult:
 
 
 def _log_inputs(run_id: str, cfg: PipelineConfig, prep: Prepared) -> None:
-    """Log the dataset splits, the parameters and the config on the train run."""
+    """Log the dataset splits (digest, schema, source), data warnings, the parameters and the config on the run."""
+    train = prep.splits["train"]
     for name, part in prep.splits.items():
-        registry.log_dataset(run_id, prep.features(name), part.y, part.name, part.digest(), part.source, name)
+        X = part.X
+        features = ({c: X[:, j] for j, c in enumerate(part.feature_names)} if part.feature_names and X.ndim == 2
+                    else X)
+        registry.log_dataset(run_id, features, part.y, part.name, part.digest(), part.source, name,
+                             path=part.path, sha256=part.content_sha256 or "")
+    warnings = dict.fromkeys(w for part in prep.splits.values() for w in part.warnings)
+    if warnings:
+        registry.log_text(run_id, "\n".join(warnings) + "\n", "dataset/warnings.txt")
+    s = cfg.dataset.split
+    dataset = {"name": cfg.dataset.name, "source": cfg.dataset.source, "split": s.strategy, "seed": s.seed,
+               "split_by": cfg.dataset.split_column(), "sha256": train.content_sha256,
+               "class_names": ",".join(train.class_names), **{f"{k}_rows": len(v.y) for k, v in prep.splits.items()}}
     registry.log_params(run_id, {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
-                                 "dataset": {"name": cfg.dataset.name, "seed": cfg.dataset.seed,
-                                             **{f"{k}_rows": len(v.y) for k, v in prep.splits.items()}},
+                                 "dataset": {k: v for k, v in dataset.items() if v is not None},
                                  "preprocessing": cfg.preprocessing.model_dump()})
-    registry.log_dict(run_id, cfg.model_dump(mode="json"), "config/pipeline.json")
+    config = cfg.model_dump(mode="json")
+    if train.path:  # stages that rebuild the splits from this logged config find the file from anywhere
+        config["dataset"]["path"] = train.path
+    registry.log_dict(run_id, config, "config/pipeline.json")
 
 
 def _evaluate(run_id: str, cfg: PipelineConfig, prep: Prepared, model: Any, history: dict[str, list[float]],
               fit_s: float) -> tuple[np.ndarray, dict[str, float]]:
     """Evaluate the fitted model on the test split; log metrics and the confusion matrix; return (probs, metrics)."""
-    x_test, y_test = prep.features("test"), prep.splits["test"].y
+    probs = model.predict(prep.features("test"), verbose=0)
+    return probs, log_evaluation(run_id, cfg, prep, probs, fit_s, len(history.get("loss", [])))
+
+
+def log_evaluation(run_id: str, cfg: PipelineConfig, prep: Prepared, probs: np.ndarray, fit_s: float,
+                   epochs_run: int) -> dict[str, float]:
+    """Log test-split metrics of a model's outputs and its confusion matrix on the run; return the metrics."""
+    y_test = prep.splits["test"].y
     n_classes = len(prep.class_names)
-    probs = model.predict(x_test, verbose=0)
     test = classification_metrics(y_test, probs, n_classes)
     metrics = {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
                "accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "train_seconds": fit_s,
-               "epochs_run": len(history.get("loss", []))}
+               "epochs_run": epochs_run}
     registry.log_metrics(run_id, metrics)
     cm = confusion(y_test, probs.argmax(axis=1), n_classes)
     registry.log_figure(run_id, _confusion_figure(cm, prep.class_names, f"{cfg.project}: test split"),
                         "evaluation/confusion_matrix.png")
-    return probs, metrics
+    return metrics
 
 
 def _export_and_log(run_id: str, cfg: PipelineConfig, prep: Prepared, model: Any, probs: np.ndarray,
@@ -272,7 +347,7 @@ def _export_and_log(run_id: str, cfg: PipelineConfig, prep: Prepared, model: Any
         manifest = base_manifest(cfg, prep, "float32", "onnx", ref.model_dump(), scores, len(prep.class_names))
         write_package(tmpd / "package", tmpd / "model_fp32.onnx", manifest)
         registry.log_artifact(run_id, tmpd / "package", "package")
-        _log_reference_sample(run_id, x_train, prep, tmpd)
+        log_reference_sample(run_id, x_train, prep, tmpd)
         registry.log_onnx_model(run_id, tmpd / "model_fp32.onnx")
 
 
@@ -280,7 +355,7 @@ def _register(run_id: str, cfg: PipelineConfig, prep: Prepared, metrics: dict[st
               tags: dict[str, str]) -> str:
     """Register the run's package as a new float32 version (the last step: a failure registers nothing)."""
     description = (  # markdown: the MLflow UI renders it on the version page
-        f"**{cfg.project}: float32 {cfg.model.arch}**, the trained parent of every compressed variant.\n\n"
+        f"**{cfg.project}: float32 {cfg.model.label}**, the trained parent of every compressed variant.\n\n"
         f"- **dataset**: {cfg.dataset.name}, {len(prep.splits['train'].y)} train / "
         f"{len(prep.splits['test'].y)} test samples, digest `{digest}`\n"
         f"- **Test accuracy** {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.3f} (test split)\n"
@@ -291,13 +366,14 @@ def _register(run_id: str, cfg: PipelineConfig, prep: Prepared, metrics: dict[st
         cfg.mlflow.registered_model, run_id,
         {"variant": "float32", "technique": "none", "format": "onnx", "task": cfg.project,
          "train_run_id": run_id, "dataset_digest": digest, "config_hash": tags["config_hash"],
-         "git_commit": tags["git_commit"], "accuracy": f"{metrics['accuracy']:.4f}"},
+         "git_commit": tags["git_commit"], "accuracy": f"{metrics['accuracy']:.4f}",
+         **{k: tags[k] for k in ("model_source", "source_path", "source_sha256") if k in tags}},
         description)
     registry.set_tags(run_id, {"registered_version": version})
     return version
 
 
-def _log_reference_sample(run_id: str, x_train: np.ndarray, prep: Prepared, tmpd: Path) -> None:
+def log_reference_sample(run_id: str, x_train: np.ndarray, prep: Prepared, tmpd: Path) -> None:
     """Log up to REFERENCE_SAMPLE_ROWS model-input rows with labels (Evidently's reference data)."""
     import pandas as pd
 
