@@ -14,6 +14,7 @@ from cli import (
     export,
     fleet,
     init,
+    keys,
     model_import,
     pipeline,
     profile,
@@ -30,7 +31,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for _module in (init, pipeline, model_import, compress, profile, export, fleet, drift, rollout, doctor, store, server):
+for _module in (init, pipeline, model_import, compress, profile, export, fleet, keys, drift, rollout, doctor, store,
+                server):
     _module.register(app)
 
 

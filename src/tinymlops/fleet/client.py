@@ -115,3 +115,11 @@ class OperatorClient:
     def merged(self, model_name: str, **filters: Any) -> dict[str, Any]:
         params = {"model_name": model_name, **{k: v for k, v in filters.items() if v is not None}}
         return self._call("GET", "/v1/telemetry/merged", params=params)
+
+    def key_updates(self, since: int = 0) -> list[dict[str, Any]]:
+        """Return the signed key-set updates the service relays, after version ``since``."""
+        return self._call("GET", "/v1/key-updates", params={"since": since})
+
+    def publish_key_update(self, update: dict[str, Any]) -> int:
+        """Store the next signed key-set update on the service (admin token); return its version."""
+        return int(self._call("POST", "/v1/key-updates", json=update)["version"])
