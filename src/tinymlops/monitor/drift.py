@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy.special import chdtrc
 
+from tinymlops.monitor.cbpe import PerformanceEstimate, estimate
 from tinymlops.monitor.reference import ReferenceProfile
 from tinymlops.monitor.sketches import IncompatibleSketch, Sketch, edges_digest
 
@@ -104,6 +105,7 @@ class DriftFigures(_Figures):
     predictions: DistributionFigures | None
     confidence: DistributionFigures | None
     performance: PerformanceFigures | None = None
+    estimated: PerformanceEstimate | None = None  # label-free (CBPE) from the sketches, when calibrated
     devices: list[DeviceFigures] = []
     fleet_device: DeviceFigures | None = None
     rejected: list[RejectedSketch] = []
@@ -201,9 +203,13 @@ def incompatibility(reference: ReferenceProfile, sketch: Sketch) -> str | None:
         return f"{len(sketch.prediction_counts)} classes, model has {len(reference.class_names)}"
     if len(sketch.confidence_counts) != len(reference.confidence_inner_edges) + 1:
         return "confidence histogram has the wrong number of bins"
+    joint = sketch.class_confidence_counts
+    if joint and (len(joint) != len(reference.class_names)
+                  or any(len(row) != len(reference.confidence_inner_edges) + 1 for row in joint)):
+        return "class x confidence histogram has the wrong shape"
     if len(sketch.nonfinite_counts) != len(reference.features):
         return "non-finite counters do not match the features"
-    negative = any(v < 0 for row in sketch.feature_counts for v in row) or sketch.n_inferences < 0
+    negative = any(v < 0 for row in [*sketch.feature_counts, *joint] for v in row) or sketch.n_inferences < 0
     if negative:
         return "negative counts"
     return None
@@ -312,6 +318,15 @@ def performance_figures(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
         reference_accuracy=ref.get("accuracy"), reference_macro_f1=ref.get("macro_f1"))
 
 
+def estimated_performance(reference: ReferenceProfile, sketch: Sketch) -> PerformanceEstimate | None:
+    """Return the label-free accuracy/macro-F1 estimate of a sketch (None: the model was not calibrated)."""
+    cal = reference.calibration
+    if cal is None or cal.confidence_inner_edges != reference.confidence_inner_edges:
+        return None
+    return estimate(cal, sketch.class_confidence_counts, sketch.prediction_counts, sketch.confidence_counts,
+                    reference=reference.metrics)
+
+
 def compute_figures(reference: ReferenceProfile, model: str, version: str, reports: Sequence[DeviceReport],
                     expected: DeviceExpectation | None = None, target: str | None = None,
                     cohort: str | None = None) -> DriftFigures:
@@ -339,6 +354,7 @@ def compute_figures(reference: ReferenceProfile, model: str, version: str, repor
         features=feature_figures(reference, s) if has_data and s else [],
         predictions=prediction_figures(reference, s) if has_data and s else None,
         confidence=confidence_figures(reference, s) if has_data and s else None,
-        performance=perf, devices=devices,
+        performance=perf, estimated=estimated_performance(reference, s) if has_data and s else None,
+        devices=devices,
         fleet_device=device_figures("fleet", s, expected) if has_data and s else None,
         rejected=result.rejected)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from tinymlops.monitor.cbpe import Calibration
+
 CONFIDENCE_EDGES: list[float] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 
 
@@ -39,6 +41,7 @@ class ReferenceProfile(BaseModel):
     confidence_inner_edges: list[float]
     confidence_counts: list[int]
     metrics: dict[str, float] = {}
+    calibration: Calibration | None = None  # validation-split confidence calibration (label-free estimates)
 
 
 def bin_counts(inner_edges: np.ndarray | list[float], values: np.ndarray) -> np.ndarray:
@@ -58,8 +61,15 @@ def quantile_edges(values: np.ndarray, bins: int) -> list[float]:
 
 def compute_reference(features: np.ndarray, probabilities: np.ndarray, feature_names: list[str],
                       class_names: list[str], bins: int = 10,
-                      metrics: dict[str, float] | None = None) -> ReferenceProfile:
-    """Compute the reference profile from model inputs (N, F) and model outputs (N, C)."""
+                      metrics: dict[str, float] | None = None,
+                      calibration: tuple[np.ndarray, np.ndarray] | None = None) -> ReferenceProfile:
+    """Compute the reference profile from model inputs (N, F) and model outputs (N, C).
+
+    ``calibration``: (probabilities, labels) of a held-out split (the validation split) to calibrate the model's
+    confidence on, for label-free performance estimates (:mod:`tinymlops.monitor.cbpe`).
+    """
+    from tinymlops.monitor.cbpe import fit_calibration
+
     feats = []
     for j, name in enumerate(feature_names):
         col = features[:, j].astype(np.float64)
@@ -74,4 +84,5 @@ def compute_reference(features: np.ndarray, probabilities: np.ndarray, feature_n
         prediction_counts=np.bincount(pred, minlength=len(class_names)).tolist(),
         confidence_inner_edges=CONFIDENCE_EDGES, confidence_counts=bin_counts(CONFIDENCE_EDGES, conf).tolist(),
         metrics=metrics or {},
+        calibration=fit_calibration(calibration[0], calibration[1], CONFIDENCE_EDGES) if calibration else None,
     )

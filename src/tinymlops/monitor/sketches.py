@@ -1,6 +1,7 @@
 """Mergeable telemetry sketches: what a device reports instead of raw data.
 
-A sketch holds only counts on the model package's reference bins, class counts, a confidence histogram,
+A sketch holds only counts on the model package's reference bins, class counts, a confidence histogram (also
+per predicted class, for label-free performance estimates),
 a log-spaced latency histogram (p50/p95 recoverable, max exact), peak memory, energy and error counters.
 Sketches from many devices and windows merge exactly (counts add, maxima take the max), so fleet-level drift is
 computed from the same figures any subset of devices would give. NumPy + pydantic only.
@@ -14,7 +15,7 @@ import json
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from tinymlops.monitor.reference import ReferenceProfile, bin_counts
+from tinymlops.monitor.reference import ReferenceProfile
 
 #: latency histogram: 0.001 ms .. ~100 s, 8 bins per decade; bin 0 is below the first edge.
 LATENCY_EDGES_MS: list[float] = [float(x) for x in np.logspace(-3, 5, 65)]
@@ -41,6 +42,8 @@ class Sketch(BaseModel):
     nonfinite_counts: list[int]
     prediction_counts: list[int]
     confidence_counts: list[int]
+    #: [predicted class][confidence bin]; empty when an older agent did not report it (label-free estimates)
+    class_confidence_counts: list[list[int]] = Field(default_factory=list)
     latency_counts: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
     latency_max_ms: float = 0.0
     peak_memory_bytes: int = 0
@@ -59,6 +62,8 @@ class Sketch(BaseModel):
             nonfinite_counts=[0] * len(reference.features),
             prediction_counts=[0] * len(reference.class_names),
             confidence_counts=[0] * (len(reference.confidence_inner_edges) + 1),
+            class_confidence_counts=[[0] * (len(reference.confidence_inner_edges) + 1)
+                                     for _ in reference.class_names],
         )
 
     def merge(self, other: Sketch) -> Sketch:
@@ -71,6 +76,14 @@ class Sketch(BaseModel):
                 raise IncompatibleSketch("histogram lengths differ")
             return [x + y for x, y in zip(a, b, strict=True)]
 
+        # the class x confidence histogram survives a merge only if every non-empty part has it
+        if self.class_confidence_counts and other.class_confidence_counts:
+            joint = [add(a, b) for a, b in zip(self.class_confidence_counts, other.class_confidence_counts,
+                                               strict=True)]
+        elif not other.n_inferences or not self.n_inferences:
+            joint = self.class_confidence_counts or other.class_confidence_counts
+        else:
+            joint = []
         starts = [t for t in (self.window_start, other.window_start) if t is not None]
         ends = [t for t in (self.window_end, other.window_end) if t is not None]
         return Sketch(
@@ -80,6 +93,7 @@ class Sketch(BaseModel):
             nonfinite_counts=add(self.nonfinite_counts, other.nonfinite_counts),
             prediction_counts=add(self.prediction_counts, other.prediction_counts),
             confidence_counts=add(self.confidence_counts, other.confidence_counts),
+            class_confidence_counts=joint,
             latency_counts=add(self.latency_counts, other.latency_counts),
             latency_max_ms=max(self.latency_max_ms, other.latency_max_ms),
             peak_memory_bytes=max(self.peak_memory_bytes, other.peak_memory_bytes),
@@ -107,6 +121,7 @@ class SketchBuilder:
     def __init__(self, reference: ReferenceProfile) -> None:
         self.reference = reference
         self._edges = [np.asarray(f.inner_edges) for f in reference.features]
+        self._confidence_edges = np.asarray(reference.confidence_inner_edges, dtype=np.float64)
         self.sketch = Sketch.empty(reference)
 
     def add(self, features: np.ndarray, probabilities: np.ndarray, latency_ms: float, timestamp: float,
@@ -121,8 +136,12 @@ class SketchBuilder:
             else:
                 s.nonfinite_counts[j] += 1
         p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-        s.prediction_counts[int(p.argmax())] += 1
-        s.confidence_counts[int(bin_counts(self.reference.confidence_inner_edges, p.max()[None]).argmax())] += 1
+        cls = int(p.argmax())
+        top = p.max()
+        conf_bin = int(np.searchsorted(self._confidence_edges, top, side="right")) if np.isfinite(top) else 0
+        s.prediction_counts[cls] += 1
+        s.confidence_counts[conf_bin] += 1
+        s.class_confidence_counts[cls][conf_bin] += 1
         s.latency_counts[int(np.searchsorted(LATENCY_EDGES_MS, latency_ms, side="right"))] += 1
         s.latency_max_ms = max(s.latency_max_ms, float(latency_ms))
         s.peak_memory_bytes = max(s.peak_memory_bytes, int(memory_bytes))

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from tinymlops.monitor.cbpe import PerformanceEstimate
 from tinymlops.monitor.config import Thresholds
 from tinymlops.monitor.drift import DeviceFigures, DistributionFigures, DriftFigures, FeatureFigures
 
@@ -268,7 +269,49 @@ def _judge_outputs(figures: DriftFigures, th: Thresholds, alpha: float,
         p = figures.performance
         out.append(judge_performance(p.n, p.accuracy, p.macro_f1, p.reference_accuracy, p.reference_macro_f1, th))
         summary.update({"feedback_n": p.n, "feedback_accuracy": p.accuracy, "feedback_macro_f1": p.macro_f1})
+    e = figures.estimated
+    if e is not None:
+        summary.update({"estimated_accuracy": e.accuracy, "estimated_accuracy_low": e.accuracy_low,
+                        "estimated_accuracy_high": e.accuracy_high, "estimated_macro_f1": e.macro_f1,
+                        "estimated_macro_f1_low": e.macro_f1_low, "estimated_macro_f1_high": e.macro_f1_high})
+        labelled = figures.performance.n if figures.performance is not None else 0
+        if labelled < th.performance.min_feedback:
+            out.append(judge_estimate(e, labelled, th))
     return out
+
+
+def judge_estimate(e: PerformanceEstimate, labelled: int, th: Thresholds) -> Check:
+    """Judge the label-free (CBPE) estimate like feedback; a drop counts only when the interval excludes no drop.
+
+    Used when there is too little labelled feedback; the check's reasons say that the figures are estimates.
+    """
+    pt = th.performance
+    figs: dict[str, float | int | None] = {
+        "n": e.n, "labelled": labelled, "accuracy": e.accuracy, "accuracy_low": e.accuracy_low,
+        "accuracy_high": e.accuracy_high, "macro_f1": e.macro_f1, "macro_f1_low": e.macro_f1_low,
+        "macro_f1_high": e.macro_f1_high, "reference_accuracy": e.reference_accuracy,
+        "reference_macro_f1": e.reference_macro_f1}
+    why = f"estimated without labels (CBPE; {labelled} labelled < {pt.min_feedback})"
+    levels: list[Level] = []
+    reasons = []
+    for name, value, low, high, ref, warn, retrain in (
+            ("accuracy", e.accuracy, e.accuracy_low, e.accuracy_high, e.reference_accuracy, pt.accuracy_drop_warn,
+             pt.accuracy_drop_retrain),
+            ("macro-F1", e.macro_f1, e.macro_f1_low, e.macro_f1_high, e.reference_macro_f1, pt.macro_f1_drop_warn,
+             pt.macro_f1_drop_retrain)):
+        if not _finite(ref, value, high):
+            continue
+        assert ref is not None
+        drop = ref - value + 1e-9
+        if high >= ref or drop < warn:  # within noise of the reference, or too small to matter
+            continue
+        levels.append("retrain" if drop >= retrain else "warn")
+        reasons.append(f"{name} {value:.3f} [{low:.3f}, {high:.3f}] vs reference {ref:.3f} "
+                       f"(drop {ref - value:.3f}), {why}")
+    if not _finite(e.reference_accuracy) and not _finite(e.reference_macro_f1):
+        return Check(kind="performance", name="estimated", level="insufficient data",
+                     reasons=[f"no reference accuracy to compare the estimate with ({why})"], figures=figs)
+    return Check(kind="performance", name="estimated", level=_worst(levels), reasons=reasons, figures=figs)
 
 
 def _judge_devices(figures: DriftFigures, th: Thresholds, checks: list[Check], levels: list[Level],
@@ -292,6 +335,19 @@ def _judge_devices(figures: DriftFigures, th: Thresholds, checks: list[Check], l
                         "energy_uj_per_inference": fd.energy_uj_per_inference, "error_rate": fd.error_rate})
 
 
+def accuracy_line(summary: dict[str, float | int | None]) -> str:
+    """Return "accuracy: estimated x [lo, hi] without labels, feedback y on n labelled" ("" when neither)."""
+    parts = []
+    est, lo, hi = (summary.get(k) for k in ("estimated_accuracy", "estimated_accuracy_low",
+                                            "estimated_accuracy_high"))
+    if est is not None and lo is not None and hi is not None:
+        parts.append(f"estimated {est:.3f} [{lo:.3f}, {hi:.3f}] without labels")
+    fb, n = summary.get("feedback_accuracy"), summary.get("feedback_n")
+    if fb is not None:
+        parts.append(f"feedback {fb:.3f} on {n} labelled")
+    return ("accuracy: " + ", ".join(parts)) if parts else ""
+
+
 def render_markdown(verdict: Verdict, max_features: int = 50) -> str:
     """Render a verdict as markdown (Prefect artifact, MLflow text, CLI)."""
     v = verdict
@@ -299,6 +355,9 @@ def render_markdown(verdict: Verdict, max_features: int = 50) -> str:
     lines = [f"# Drift verdict: **{v.level}**", "", f"{scope}: {v.n_inferences} inferences, {v.n_devices} device(s)",
              ""]
     lines += [f"- {r}" for r in v.reasons]
+    acc_line = accuracy_line(v.summary)
+    if acc_line:
+        lines += ["", acc_line]
     if v.features:
         lines += ["", "| feature | level | PSI | JS | Wasserstein/std | p | NaN/inf |", "|---|---|---|---|---|---|---|"]
         order = sorted(v.features, key=lambda c: (-_RANK[c.level], -(c.figures.get("psi") or 0)))
