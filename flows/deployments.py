@@ -16,6 +16,14 @@ def read_prefect_deployments(prefect_file: str | Path = REPO / "prefect.yaml") -
     return list(data.get("deployments") or [])
 
 
+def resolve_env_placeholders(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``{{ $VAR }}`` placeholders from the environment as ``prefect deploy`` does (unset -> empty -> None)."""
+    from prefect.utilities.templating import apply_values
+
+    resolved = apply_values(parameters, {}, remove_notset=True, warn_on_notset=False)
+    return {k: (None if v == "" else v) for k, v in resolved.items()}
+
+
 def build_deployments(prefect_file: str | Path = REPO / "prefect.yaml",
                       overrides: dict[str, dict[str, Any]] | None = None) -> list[Any]:
     """Turn prefect.yaml's deployments into runner deployments that ``prefect.serve`` can run locally."""
@@ -24,7 +32,8 @@ def build_deployments(prefect_file: str | Path = REPO / "prefect.yaml",
     out = []
     for d in read_prefect_deployments(prefect_file):
         fl: Any = load_flow_from_entrypoint(str(REPO / d["entrypoint"]))
-        params = {**(d.get("parameters") or {}), **((overrides or {}).get(d["name"]) or {})}
+        params = {**resolve_env_placeholders(d.get("parameters") or {}),
+                  **((overrides or {}).get(d["name"]) or {})}
         crons = [s["cron"] for s in d.get("schedules") or [] if "cron" in s]
         intervals = [s["interval"] for s in d.get("schedules") or [] if "interval" in s]
         out.append(fl.to_deployment(name=d["name"], parameters=params, cron=crons or None,

@@ -99,6 +99,7 @@ def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str
     ``drift checks <date>`` run of the drift config's experiment.
     """
     logger = get_run_logger()
+    tracking_uri, store_url = tracking_uri or None, store_url or None  # "" from an unset deployment placeholder
     registry.connect(tracking_uri)
     # cast: mypy picks Task.__call__'s coroutine overload for this sync task
     result = cast("CheckResult", check_task(model, config_path, version, target, cohort, window, until, store_url,

@@ -7,6 +7,7 @@ model has none).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -18,9 +19,14 @@ from tinymlops.errors import TinyMLOpsError
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(config_path: str = "configs/pipeline.yaml") -> dict[str, Any]:
-    """Run the configured stages on one config file, in this order: train → compress → profile → rollout → drift."""
+def pipeline_flow(config_path: str = "configs/pipeline.yaml", tracking_uri: str | None = None) -> dict[str, Any]:
+    """Run the configured stages on one config file, in this order: train → compress → profile → rollout → drift.
+
+    ``tracking_uri`` (a deployment parameter) overrides the config's MLflow store for this run's process.
+    """
     logger = get_run_logger()
+    if tracking_uri:  # every stage resolves its store through settings.tracking_uri: environment first
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     cfg = load_pipeline(config_path)
     registry.connect(cfg.mlflow.tracking_uri)
     summary: dict[str, Any] = {"config": config_path, "project": cfg.project}
