@@ -51,14 +51,15 @@ def store_update(st: Store, update: dict[str, Any]) -> int:
         UpdateConflict: its version is not the next one, or another update holds it.
     """
     from tinymlops.fleet import keyset
+    from tinymlops.fleet.safejson import UnsafeJSON, loads_bounded
 
     body = str(update.get("payload_json", ""))
     try:
-        version = json.loads(body).get("version")
-    except (ValueError, AttributeError):
+        version = loads_bounded(body, 65536).get("version")  # bounded depth: hostile nesting is a 422, not a 500
+    except (UnsafeJSON, ValueError, AttributeError):
         raise keyset.KeyUpdateRejected("malformed key update") from None
-    if type(version) is not int:
-        raise keyset.KeyUpdateRejected("key update has no version")
+    if type(version) is not int or not 0 < version < 2**31:
+        raise keyset.KeyUpdateRejected("key update version must be a positive integer")
     with st.session() as s:
         existing = s.get(KeyUpdate, version)
         if existing is not None:
@@ -74,6 +75,6 @@ def store_update(st: Store, update: dict[str, Any]) -> int:
             previous = keyset.KeySet.from_payload(json.loads(json.loads(prev.update_json)["payload_json"]))
             keyset.apply_update(previous, update)
         else:
-            keyset.KeySet.from_payload(json.loads(body))
+            keyset.KeySet.from_payload(loads_bounded(body, 65536))
         s.add(KeyUpdate(version=version, update_json=json.dumps(update), created_unix_s=time.time()))
     return version
