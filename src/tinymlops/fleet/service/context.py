@@ -74,8 +74,11 @@ def check_sketch(sk: Sketch, pkg: PackageCtx) -> str | None:
         return "prediction or confidence histogram has the wrong length"
     if len(sk.latency_counts) != len(LATENCY_EDGES_MS) + 1:
         return "latency histogram has the wrong length"
+    joint = sk.class_confidence_counts  # empty from agents that predate label-free estimates
+    if joint and (len(joint) != pkg.n_classes or any(len(row) != pkg.confidence_bins for row in joint)):
+        return "class x confidence histogram has the wrong shape"
     lists = [*sk.feature_counts, sk.nonfinite_counts, sk.prediction_counts, sk.confidence_counts,
-             sk.latency_counts]
+             sk.latency_counts, *joint]
     # one flat pass in C (chain, min, max): this check runs on every report
     flat = [n, sk.errors, sk.rejections, sk.peak_memory_bytes, *chain.from_iterable(lists)]
     if min(flat) < 0:
@@ -86,6 +89,9 @@ def check_sketch(sk: Sketch, pkg: PackageCtx) -> str | None:
         return "each feature histogram (plus non-finite count) must sum to n_inferences"
     if sum(sk.prediction_counts) != n or sum(sk.confidence_counts) != n or sum(sk.latency_counts) != n:
         return "prediction, confidence and latency histograms must sum to n_inferences"
+    if joint and (list(map(sum, joint)) != sk.prediction_counts
+                  or [sum(col) for col in zip(*joint, strict=True)] != sk.confidence_counts):
+        return "class x confidence histogram must add up to the prediction and confidence histograms"
     floats = [sk.latency_max_ms, sk.energy_uj_total, sk.window_start or 0.0, sk.window_end or 0.0]
     if any(not (abs(f) < 1e15) for f in floats) or sk.latency_max_ms < 0 or sk.energy_uj_total < 0:
         return "latency, energy and window times must be finite and non-negative"
