@@ -127,7 +127,8 @@ def lineage(model: Annotated[str, typer.Argument(help="registered model name")],
         arrow = "  " if i == 0 else "→ "
         if step["step"] == "dataset":
             rows = ", ".join(f"{k} {v}" for k, v in step["rows"].items() if v is not None)
-            console.print(f"{arrow}[bold]dataset[/] {step['name']} (train digest {step['digest']}; {rows}; "
+            extra = "".join(f"; {k} {step[k]}" for k in ("split", "schema") if step.get(k))
+            console.print(f"{arrow}[bold]dataset[/] {step['name']} (train digest {step['digest']}; {rows}{extra}; "
                           f"source {step['source']})", highlight=False)
         elif step["step"] == "train_run":
             console.print(f"{arrow}[bold]train run[/] {step['run_id']} [{step['status']}] config "

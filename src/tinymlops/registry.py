@@ -175,17 +175,19 @@ def log_figure(run_id: str, figure: Any, artifact_file: str) -> None:
     client().log_figure(run_id, figure, artifact_file)
 
 
-def log_dataset(run_id: str, features: Any, targets: Any, name: str, digest: str, source: str,
-                context: str) -> None:
-    """Record a dataset split (name, digest, schema, source) as an input of a run."""
+def log_dataset(run_id: str, features: Any, targets: Any, name: str, digest: str, source: str, context: str,
+                *, path: str | None = None, sha256: str = "") -> None:
+    """Record a split as a run input: digest, schema (a dict of named columns or an array), source (path+sha256)."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.numpy_dataset import from_numpy
     from mlflow.entities import DatasetInput, InputTag
 
-    src = CodeDatasetSource(tags={"generator": source, "downloaded": "false"})
+    src = resolve_dataset_source(Path(path).as_uri()) if path else CodeDatasetSource(tags={"generator": source})
     ds = from_numpy(features, targets=targets, name=name, digest=digest, source=src)
-    tag = InputTag(key="mlflow.data.context", value=context)
-    client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
+    tags = {"mlflow.data.context": context, **({"tinymlops.source_sha256": sha256} if path else {})}
+    client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(),
+                                                       tags=[InputTag(key=k, value=v) for k, v in tags.items()])])
 
 
 def log_onnx_model(run_id: str, onnx_path: str | Path, name: str = "model") -> str:

@@ -32,12 +32,14 @@ class VersionInfo:
 
 @dataclass(frozen=True)
 class DatasetInput:
-    """A dataset logged as an input of a run (name, digest, source JSON, context such as ``train``)."""
+    """A dataset logged as an input of a run (name, digest, source JSON, context such as ``train``, schema JSON)."""
 
     name: str
     digest: str
     source: str
     context: str
+    schema: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,10 @@ def run_info(r: Any) -> RunInfo:
     """Return the dataclass of an MLflow ``Run`` (info, data and dataset inputs)."""
     datasets = []
     for inp in (r.inputs.dataset_inputs if r.inputs else []):
-        context = next((t.value for t in inp.tags if t.key == "mlflow.data.context"), inp.dataset.name)
-        datasets.append(DatasetInput(inp.dataset.name, inp.dataset.digest, str(inp.dataset.source), context))
+        tags = {t.key: t.value for t in inp.tags}
+        datasets.append(DatasetInput(inp.dataset.name, inp.dataset.digest, str(inp.dataset.source),
+                                     tags.get("mlflow.data.context", inp.dataset.name), str(inp.dataset.schema or ""),
+                                     tags))
     return RunInfo(run_id=r.info.run_id, experiment_id=str(r.info.experiment_id), status=str(r.info.status),
                    name=str(r.info.run_name or ""), params=dict(r.data.params), metrics=dict(r.data.metrics),
                    tags=dict(r.data.tags), artifact_uri=str(r.info.artifact_uri or ""),

@@ -42,18 +42,39 @@ def variants(model_name: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _schema_summary(schema_json: str) -> str:
+    """Summarise an mlflow.data tensor-spec schema: '20 float32 columns' or 'float32 [-1, 128, 3]'."""
+    try:
+        features = json.loads(json.loads(schema_json)["mlflow_tensorspec"]["features"])
+    except (TypeError, ValueError, KeyError):
+        return ""
+    specs = [f.get("tensor-spec", {}) for f in features]
+    if len(features) > 1 or (features and "name" in features[0]):
+        dtypes = sorted({s.get("dtype", "?") for s in specs})
+        return f"{len(features)} {'/'.join(dtypes)} column{'s' if len(features) > 1 else ''}"
+    return f"{specs[0].get('dtype', '?')} {specs[0].get('shape')}" if specs else ""
+
+
 def _dataset_step(train_run: registry.RunInfo) -> dict[str, Any]:
     splits = {}
-    source = ""
+    source, uri, sha256, schema = "", None, None, ""
     for ds in train_run.datasets:
         splits[ds.context] = {"name": ds.name, "digest": ds.digest}
+        schema = schema or _schema_summary(ds.schema)
         try:
-            source = json.loads(ds.source).get("tags", {}).get("generator", source)
+            src = json.loads(ds.source)
         except (TypeError, ValueError):
             source = source or ds.source
+            continue
+        uri = src.get("uri", uri)
+        sha256 = ds.tags.get("tinymlops.source_sha256", sha256)
+        source = uri or src.get("tags", {}).get("generator", source)
     p = train_run.params
+    if uri and sha256:
+        source = f"{p.get('dataset.source', 'file')} {uri} (sha256 {sha256[:12]})"
     rows = {k: _int(p.get(f"dataset.{k}_rows")) for k in ("train", "val", "test")}
-    return {"step": "dataset", "name": p.get("dataset.name"), "source": source, "splits": splits,
+    return {"step": "dataset", "name": p.get("dataset.name"), "source": source, "uri": uri, "sha256": sha256,
+            "format": p.get("dataset.source"), "split": p.get("dataset.split"), "schema": schema, "splits": splits,
             "rows": rows, "digest": splits.get("train", {}).get("digest")}
 
 

@@ -1,67 +1,69 @@
-"""Bundled datasets (no downloads), deterministic splits and dataset digests."""
+"""Dataset sources (files, folders, built-in), validation, split strategies and digests (docs/data.md).
+
+``load_splits(section, base_dir)`` is what stages call: it loads the configured source (relative paths resolve
+against ``base_dir``, the config file's directory) and splits it with the configured strategy.
+"""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from tinymlops.data.config import DatasetSection
+from tinymlops.data.config import FILE_SOURCES, DatasetSection
+from tinymlops.data.dataset import Dataset
+from tinymlops.data.splits import split
+from tinymlops.errors import DataError
+
+__all__ = ["Dataset", "load_dataset", "load_splits", "shift_augment", "split"]
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """Raw inputs and integer labels of one dataset (or split)."""
+def load_dataset(section: DatasetSection, base_dir: str | Path | None = None) -> Dataset:
+    """Materialise the configured dataset (read from its file or folder, or bundled/generated; never downloaded).
 
-    name: str
-    X: np.ndarray
-    y: np.ndarray
-    class_names: list[str]
-    source: str
-    sample_rate_hz: float | None = None
-    meta: dict[str, object] = field(default_factory=dict)
+    Raises:
+        DataError: the file is missing or unreadable, or the data cannot be used (message names file and column).
+    """
+    if section.source in FILE_SOURCES:
+        assert section.path is not None  # DatasetSection checks it
+        path = Path(section.path)
+        if not path.is_absolute():
+            path = Path(base_dir or Path.cwd()) / path
+        path = path.resolve()
+        if not path.exists():
+            raise DataError(f"{path}: dataset.path: file not found")
+        if section.source == "audio_folder":
+            from tinymlops.data.folders import load_audio_folder
 
-    def digest(self) -> str:
-        """Return a short content hash of inputs and labels."""
-        h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.X, dtype=np.float32).tobytes())
-        h.update(np.ascontiguousarray(self.y, dtype=np.int64).tobytes())
-        return h.hexdigest()[:16]
+            return load_audio_folder(section, path)
+        if section.source == "image_folder":
+            from tinymlops.data.folders import load_image_folder
 
-    def subset(self, idx: np.ndarray, name: str) -> Dataset:
-        """Return the rows ``idx`` as a new dataset called ``name``."""
-        return Dataset(name, self.X[idx], self.y[idx], self.class_names, self.source, self.sample_rate_hz, self.meta)
+            return load_image_folder(section, path)
+        if not path.is_file():
+            raise DataError(f"{path}: dataset.path: expected a {section.source} file, found a folder")
+        from tinymlops.data.tabular import load_rows
 
-
-def load_dataset(section: DatasetSection) -> Dataset:
-    """Materialise the configured dataset (bundled or generated; never downloaded)."""
-    if section.name == "digits":
+        return load_rows(section, path)
+    if section.source == "digits":
         from sklearn.datasets import load_digits
 
         d = load_digits()
-        return Dataset("digits", d.data.astype(np.float32), d.target.astype(np.int64),
+        return Dataset(section.name, d.data.astype(np.float32), d.target.astype(np.int64),
                        [str(c) for c in d.target_names], "sklearn.datasets.load_digits (bundled UCI optdigits 8x8)")
     from tinymlops.data.vibration import CLASSES, generate
 
     p = section.vibration
-    X, y = generate(p, p.windows_per_class, seed=section.seed)
-    return Dataset("vibration", X, y, list(CLASSES), f"tinymlops.data.vibration.generate(seed={section.seed})",
-                   sample_rate_hz=p.sample_rate_hz, meta=p.model_dump())
+    X, y = generate(p, p.windows_per_class, seed=section.split.seed)
+    return Dataset(section.name, X, y, list(CLASSES), f"tinymlops.data.vibration.generate(seed={section.split.seed})",
+                   sample_rate_hz=p.sample_rate_hz, meta=p.model_dump(), feature_names=["x", "y", "z"])
 
 
-def split(ds: Dataset, seed: int, val_fraction: float, test_fraction: float) -> dict[str, Dataset]:
-    """Split stratified by class, deterministic for a seed: train / val / test."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for c in np.unique(ds.y):
-        idx = rng.permutation(np.flatnonzero(ds.y == c))
-        n_test = max(1, round(len(idx) * test_fraction))
-        n_val = max(1, round(len(idx) * val_fraction))
-        parts["test"].append(idx[:n_test])
-        parts["val"].append(idx[n_test:n_test + n_val])
-        parts["train"].append(idx[n_test + n_val:])
-    return {k: ds.subset(np.sort(np.concatenate(v)), f"{ds.name}-{k}") for k, v in parts.items()}
+def load_splits(section: DatasetSection, base_dir: str | Path | None = None) -> dict[str, Dataset]:
+    """Load the configured dataset and split it into train / val / test with the configured strategy."""
+    s = section.split
+    return split(load_dataset(section, base_dir), s.seed, s.val_fraction, s.test_fraction, s.strategy,
+                 section.split_column() or "")
 
 
 def shift_augment(X: np.ndarray, y: np.ndarray, pixels: int = 1) -> tuple[np.ndarray, np.ndarray]:

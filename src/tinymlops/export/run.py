@@ -47,7 +47,7 @@ def load_test_split(src: ExportSource, n: int) -> tuple[np.ndarray, np.ndarray, 
     """Return up to ``n`` raw inputs and labels of the version's test split (regenerated from its train config)."""
     from tinymlops import registry
     from tinymlops.config import PipelineConfig
-    from tinymlops.data import load_dataset, split
+    from tinymlops.data import load_splits
 
     train_run = registry.get_version(src.model_name, src.version).tags.get("train_run_id") or src.run_id
     try:
@@ -56,9 +56,8 @@ def load_test_split(src: ExportSource, n: int) -> tuple[np.ndarray, np.ndarray, 
         raise ConfigError(f"train run {train_run} of {src.model_name} v{src.version} has no config/pipeline.json: "
                           f"cannot rebuild the test split ({type(exc).__name__})") from None
     cfg = PipelineConfig.model_validate_json(Path(path).read_text())
-    ds = load_dataset(cfg.dataset)
-    test = split(ds, cfg.dataset.seed, cfg.dataset.val_fraction, cfg.dataset.test_fraction)["test"]
-    return test.X[:n], test.y[:n], list(ds.class_names)
+    test = load_splits(cfg.dataset)["test"]
+    return test.X[:n], test.y[:n], list(test.class_names)
 
 
 def write_bundle(src: ExportSource, target: Any, fmt: str, out: Path, example: tuple[np.ndarray, str],

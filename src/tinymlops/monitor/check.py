@@ -172,11 +172,10 @@ def _sample_from_dataset_config(ctx: ModelContext, max_rows: int) -> np.ndarray 
         return None
     from tinymlops import preprocessing
     from tinymlops.config import PipelineConfig
-    from tinymlops.data import load_dataset, split
+    from tinymlops.data import load_splits
 
     cfg = PipelineConfig.model_validate(raw)
-    ds = cfg.dataset
-    train = split(load_dataset(ds), ds.seed, ds.val_fraction, ds.test_fraction)["train"]
+    train = load_splits(cfg.dataset)["train"]
     spec = preprocessing.FittedPreprocessing.model_validate(ctx.preprocessing)
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(len(train.y), size=min(max_rows, len(train.y)), replace=False))
