@@ -20,7 +20,7 @@ import numpy as np
 
 from tinymlops import registry
 from tinymlops.config import PipelineConfig, load_pipeline
-from tinymlops.data import Dataset, load_dataset, shift_augment, split
+from tinymlops.data import Dataset, load_splits, shift_augment
 from tinymlops.errors import RegistryError, UsageError
 from tinymlops.metrics import agreement, classification_metrics, confusion
 from tinymlops.preprocessing import FittedPreprocessing, fit, transform
@@ -69,10 +69,9 @@ class TrainResult:
 
 
 def prepare(cfg: PipelineConfig) -> Prepared:
-    """Load the dataset, split it deterministically and fit the pre-processing on the training split."""
-    ds = load_dataset(cfg.dataset)
-    splits = split(ds, cfg.dataset.seed, cfg.dataset.val_fraction, cfg.dataset.test_fraction)
-    spec = fit(cfg.preprocessing, splits["train"].X, ds.sample_rate_hz)
+    """Load the dataset, split it with the configured strategy and fit the pre-processing on the training split."""
+    splits = load_splits(cfg.dataset, cfg.config_dir)
+    spec = fit(cfg.preprocessing, splits["train"].X, splits["train"].sample_rate_hz)
     return Prepared(splits, spec)
 
 
@@ -267,14 +266,28 @@ def latest_trained(config: str | Path | PipelineConfig) -> TrainResult:
 
 
 def _log_inputs(run_id: str, cfg: PipelineConfig, prep: Prepared) -> None:
-    """Log the dataset splits, the parameters and the config on the train run."""
+    """Log the dataset splits (digest, schema, source), data warnings, the parameters and the config on the run."""
+    train = prep.splits["train"]
     for name, part in prep.splits.items():
-        registry.log_dataset(run_id, prep.features(name), part.y, part.name, part.digest(), part.source, name)
+        X = part.X
+        features = ({c: X[:, j] for j, c in enumerate(part.feature_names)} if part.feature_names and X.ndim == 2
+                    else X)
+        registry.log_dataset(run_id, features, part.y, part.name, part.digest(), part.source, name,
+                             path=part.path, sha256=part.content_sha256 or "")
+    warnings = dict.fromkeys(w for part in prep.splits.values() for w in part.warnings)
+    if warnings:
+        registry.log_text(run_id, "\n".join(warnings) + "\n", "dataset/warnings.txt")
+    s = cfg.dataset.split
+    dataset = {"name": cfg.dataset.name, "source": cfg.dataset.source, "split": s.strategy, "seed": s.seed,
+               "split_by": cfg.dataset.split_column(), "sha256": train.content_sha256,
+               "class_names": ",".join(train.class_names), **{f"{k}_rows": len(v.y) for k, v in prep.splits.items()}}
     registry.log_params(run_id, {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
-                                 "dataset": {"name": cfg.dataset.name, "seed": cfg.dataset.seed,
-                                             **{f"{k}_rows": len(v.y) for k, v in prep.splits.items()}},
+                                 "dataset": {k: v for k, v in dataset.items() if v is not None},
                                  "preprocessing": cfg.preprocessing.model_dump()})
-    registry.log_dict(run_id, cfg.model_dump(mode="json"), "config/pipeline.json")
+    config = cfg.model_dump(mode="json")
+    if train.path:  # stages that rebuild the splits from this logged config find the file from anywhere
+        config["dataset"]["path"] = train.path
+    registry.log_dict(run_id, config, "config/pipeline.json")
 
 
 def _evaluate(run_id: str, cfg: PipelineConfig, prep: Prepared, model: Any, history: dict[str, list[float]],
