@@ -20,6 +20,7 @@ from tinymlops.config_base import Strict
 from tinymlops.data.config import DatasetSection
 from tinymlops.errors import ConfigError
 from tinymlops.models.config import ModelSection
+from tinymlops.preprocessing.config import PreprocessingSection
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,15 +34,6 @@ class MlflowSection(Strict):
     tracking_uri: str | None = Field(None, description="MLflow server URL; default: embedded SQLite store")
     experiment: str
     registered_model: str
-
-
-class PreprocessingSection(Strict):
-    """Declared once; fitted on the training split; carried in every exported artifact's manifest."""
-
-    features: Literal["identity", "spectral"] = "identity"
-    bands: int = Field(8, ge=2, le=64, description="FFT bands per axis (spectral features)")
-    scale: float = Field(1.0, gt=0, description="divide raw inputs by this before feature extraction")
-    normalize: Literal["standard", "none"] = "standard"
 
 
 class TrainSection(Strict):

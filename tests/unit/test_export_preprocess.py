@@ -1,7 +1,7 @@
 """Pre-processing parity: every built-in block's C99 code (compiled with the host cc) against the Python block.
 
 The Python block (float64 NumPy) is the reference; the C block computes in single precision as a Cortex-M4F does.
-Bounds per block are documented in docs/mcu.md; the max abs difference is printed (pytest -s / -rA).
+Bounds per block are documented in docs/data.md ("Pre-processing"); the max abs difference is printed (pytest -s).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from tinymlops.runtimes import quantize
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a host C compiler")
 
-#: max abs difference of standardised features, per block (docs/mcu.md "Pre-processing parity")
-BOUNDS = {"spectral-pow2": 1e-4, "spectral-dft": 1e-4, "identity-standard": 1e-6, "identity-none": 1e-6}
+#: max abs difference per block (docs/data.md "Pre-processing": C parity)
+BOUNDS = {"spectral-pow2": 1e-4, "spectral-dft": 1e-4, "identity-standard": 1e-6, "identity-none": 1e-6,
+          "window_stats": 1e-4, "window_stats-subset-standard": 1e-4, "log_mel-pow2": 1e-4,
+          "log_mel-dft-magnitude": 1e-4, "mfcc-standard": 1e-4, "image-gray-down": 1e-6, "image-rgb-up-standard": 1e-5}
 
 
 def _vibration_like(n: int, samples: int, axes: int | None, seed: int = 0) -> np.ndarray:
@@ -33,6 +35,13 @@ def _vibration_like(n: int, samples: int, axes: int | None, seed: int = 0) -> np
     return x.astype(np.float32)
 
 
+def _audio_like(n: int, samples: int, rate: float = 8000.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / rate
+    f0 = rng.uniform(200, 2000, size=(n, 1))
+    return (0.5 * np.sin(2 * np.pi * f0 * t[None]) + 0.1 * rng.normal(size=(n, samples))).astype(np.float32)
+
+
 CASES = {
     # the demo's block: (256 samples, 3 axes), 8 bands, standardised -> radix-2 FFT path
     "spectral-pow2": (PreprocessingSection(features="spectral", bands=8), _vibration_like(60, 256, 3)),
@@ -43,13 +52,30 @@ CASES = {
                           np.random.default_rng(1).integers(0, 17, size=(50, 8, 8)).astype(np.float32)),
     "identity-none": (PreprocessingSection(features="identity", scale=3.0, normalize="none"),
                       np.random.default_rng(2).normal(size=(30, 20)).astype(np.float32)),
+    "window_stats": (PreprocessingSection(blocks=["window_stats"], scale=4.0), _vibration_like(40, 128, 3)),
+    "window_stats-subset-standard": (PreprocessingSection(blocks=[
+        {"block": "window_stats", "stats": ["crest", "rms", "kurtosis"]}, "standardize"]), _vibration_like(40, 96, 2)),
+    "log_mel-pow2": (PreprocessingSection(blocks=[{"block": "log_mel", "frame_length": 256, "frame_step": 128,
+                                                   "n_mels": 32}]), _audio_like(12, 4000)),
+    "log_mel-dft-magnitude": (PreprocessingSection(blocks=[
+        {"block": "log_mel", "frame_length": 200, "fft_length": 200, "frame_step": 100, "n_mels": 20, "power": 1},
+        {"block": "standardize", "mode": "global"}]), _audio_like(10, 3000)),
+    "mfcc-standard": (PreprocessingSection(blocks=[{"block": "mfcc", "frame_length": 256, "frame_step": 160,
+                                                    "n_mels": 40, "n_mfcc": 13}, "standardize"]),
+                      _audio_like(12, 4000)),
+    "image-gray-down": (PreprocessingSection(blocks=[{"block": "image", "size": [12, 10], "grayscale": True,
+                                                      "scale": 255}]),
+                        np.random.default_rng(4).integers(0, 256, size=(10, 20, 24, 3)).astype(np.float32)),
+    "image-rgb-up-standard": (PreprocessingSection(blocks=[{"block": "image", "size": [30, 31], "scale": 255},
+                                                           {"block": "standardize", "mode": "global"}]),
+                              np.random.default_rng(5).integers(0, 256, size=(8, 20, 24, 3)).astype(np.float32)),
 }
 
 
 @pytest.mark.parametrize("block", list(CASES))
 def test_c_block_matches_python_block(block: str) -> None:
     section, X = CASES[block]
-    spec = fit(section, X[: len(X) // 2])
+    spec = fit(section, X[: len(X) // 2], 8000.0)
     ref = transform(spec, X)
     got, _ = host_preprocess(spec, X)
     diff = float(np.abs(got.astype(np.float64) - ref).max())
@@ -58,11 +84,11 @@ def test_c_block_matches_python_block(block: str) -> None:
     assert diff <= BOUNDS[block]
 
 
-@pytest.mark.parametrize("block", ["spectral-pow2", "identity-standard"])
+@pytest.mark.parametrize("block", ["spectral-pow2", "identity-standard", "mfcc-standard"])
 def test_c_quantisation_matches_runtime_quantize(block: str) -> None:
     """The int8 input the device computes (tm_pp_run_int8) equals the runtime's quantisation of the C features."""
     section, X = CASES[block]
-    spec = fit(section, X)
+    spec = fit(section, X, 8000.0)
     scale, zp = 0.0279167, 11
     feats, q = host_preprocess(spec, X, quant=(scale, zp))
     assert q is not None
@@ -71,7 +97,7 @@ def test_c_quantisation_matches_runtime_quantize(block: str) -> None:
     # and within one step of quantising the Python reference features (a feature on a rounding boundary)
     assert np.abs(q.astype(int) - quantize(transform(spec, X), np.float32(scale), zp, np.int8).astype(int)).max() <= 1
     # and saturation: far outside the int8 range clips to -128/127
-    big = fit(PreprocessingSection(features="identity", normalize="none"), X[:, :4, 0])
+    big = fit(PreprocessingSection(features="identity", normalize="none"), np.zeros((2, 4)))
     _, q2 = host_preprocess(big, np.array([[1e6, -1e6, 0.0, 0.01]], np.float32), quant=(0.01, -3))
     assert q2 is not None and q2.tolist() == [[127, -128, -3, -2]]
 
@@ -80,8 +106,8 @@ def test_spectral_band_edges_follow_the_python_block() -> None:
     """The generated C tables carry the Python block's own band edges (rfft bins, DC skipped)."""
     spec = fit(PreprocessingSection(features="spectral", bands=5), _vibration_like(4, 200, None))
     src = render_config(spec)
-    assert "static const int pp_edges[6] = {1, 21, 41, 61, 81, 101};" in src
-    assert "TM_PP_SPECTRAL, 200, 1, 5" in src
+    assert "static const int pp0_edges[6] = {1, 21, 41, 61, 81, 101};" in src
+    assert ".kind = TM_PP_SPECTRAL, .samples = 200, .channels = 1, .bands = 5" in src
 
 
 def test_unknown_layout_is_a_clear_error() -> None:
@@ -92,3 +118,25 @@ def test_unknown_layout_is_a_clear_error() -> None:
                                feature_names=["f"] * 24)
     with pytest.raises(UsageError, match=r"\(samples,\) or \(samples, axes\)"):
         render_config(spec)
+
+
+def test_custom_block_has_no_c(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinymlops.errors import UsageError
+
+    (tmp_path / "pp_c_blocks.py").write_text("def double(X):\n    return 2 * X\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = fit(PreprocessingSection(blocks=["pp_c_blocks:double"]), np.ones((2, 3)))
+    with pytest.raises(UsageError, match="block 'pp_c_blocks:double' has no C implementation"):
+        render_config(spec)
+
+
+def test_work_buffer_is_what_the_chain_needs() -> None:
+    """Two-block chains ping-pong between two intermediate buffers; a lone standardize streams."""
+    from tinymlops.export.preprocess_c import buffer_floats
+
+    section, X = CASES["mfcc-standard"]
+    spec = fit(section, X, 8000.0)
+    feats, work = buffer_floats(spec)
+    assert feats == spec.n_features == 24 * 13
+    assert work == 2 * spec.n_features + (2 * 256 + 129 + 40)
+    assert buffer_floats(fit(*CASES["identity-standard"]))[0] == 1

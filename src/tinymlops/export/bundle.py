@@ -22,7 +22,7 @@ import numpy as np
 
 from tinymlops.errors import ModelFormatError, UsageError
 from tinymlops.export.model_info import ModelInfo, read_model_info, resolver_method
-from tinymlops.export.preprocess_c import PP_SOURCES, c_source, raw_layout, render_config
+from tinymlops.export.preprocess_c import PP_SOURCES, buffer_floats, c_source, render_config
 from tinymlops.preprocessing import FittedPreprocessing
 
 Format = Literal["c", "cmake", "arduino"]
@@ -126,7 +126,7 @@ def render_sources(src: ExportSource, target: Any, info: ModelInfo, arena_bytes:
                    example: np.ndarray, example_label: str) -> dict[str, str]:
     """Return the bundle's source files (path inside ``src/`` -> text)."""
     spec = FittedPreprocessing(**src.manifest["preprocessing"])
-    samples, axes = raw_layout(spec)
+    features_floats, work_floats = buffer_floats(spec)
     labels = [str(c) for c in src.manifest["class_names"]]
     if info.output.elements != len(labels) or info.input.elements != spec.n_features:
         raise ModelFormatError(f"{src.model_path}: model input/output ({info.input.elements}/"
@@ -141,8 +141,8 @@ def render_sources(src: ExportSource, target: Any, info: ModelInfo, arena_bytes:
         "in_scale": f"{info.input.scale:.9e}", "in_zp": info.input.zero_point,
         "out_scale": f"{info.output.scale:.9e}", "out_zp": info.output.zero_point,
         "labels": ", ".join(_c_string(x) for x in labels), "ops_list": ", ".join(info.ops),
-        "n_ops": len(info.ops), "pp_work_floats": max(1, 2 * samples if spec.features == "spectral" else 1),
-        "features_floats": spec.n_features if spec.features == "spectral" else 1,
+        "n_ops": len(info.ops), "pp_work_floats": work_floats,
+        "features_floats": features_floats,
         "resolver_adds": "\n".join(f"  if (resolver->{resolver_method(op)}() != kTfLiteOk) return -1;"
                                    for op in info.ops),
         "example_label": example_label,

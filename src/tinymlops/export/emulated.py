@@ -88,8 +88,7 @@ def firmware_figures(model: str | Path, target: Any, tflm_dir: str | None = None
     probe = ExportSource(p.stem, "0", "", p, {"preprocessing": {}, "class_names": []})
     info = check_exportable(probe, target)
     n_in, n_out = info.input.elements, info.output.elements
-    spec = FittedPreprocessing(features="identity", bands=2, scale=1.0, normalize="none", raw_shape=[n_in],
-                               feature_names=[f"f{i}" for i in range(n_in)])
+    spec = FittedPreprocessing(raw_shape=[n_in], feature_names=[f"f{i}" for i in range(n_in)])  # no blocks
     src = ExportSource(p.stem, "0", "", p, {"preprocessing": spec.model_dump(mode="json"),
                                             "class_names": [f"o{i}" for i in range(n_out)]})
     X = np.random.default_rng(0).normal(size=(N_INPUTS, n_in)).astype(np.float32)
