@@ -220,3 +220,15 @@ def test_agent_refuses_a_manifest_with_an_unknown_block_before_install() -> None
     manifest = {"preprocessing": {**spec, "blocks": [{"block": "fft_v9"}]}, "reference": {}}
     with pytest.raises(PackageRejected, match="unknown pre-processing block 'fft_v9'"):
         checked_specs(manifest)
+
+
+def test_registry_package_with_an_unknown_block_is_not_written(tmp_path) -> None:
+    from tinymlops.compress.export import write_package
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\0" * 16)
+    spec = fit(PreprocessingSection(), np.ones((3, 4))).model_dump()
+    with pytest.raises(UsageError, match="package of m.tflite: unknown pre-processing block 'denoise'"):
+        write_package(tmp_path / "pkg", model, {"preprocessing": {**spec, "blocks": ["denoise"]}})
+    assert not (tmp_path / "pkg").exists()
+    assert (write_package(tmp_path / "pkg", model, {"preprocessing": spec}) / "manifest.json").is_file()

@@ -56,7 +56,14 @@ def sha256_file(path: Path) -> str:
 
 
 def write_package(dst: Path, model_file: Path, manifest: dict[str, Any]) -> Path:
-    """Copy a model file into a package directory and write its manifest (file, sha256, size filled in)."""
+    """Copy a model file into a package directory and write its manifest (file, sha256, size filled in).
+
+    A pre-processing naming a block this tinymlops does not have is refused here (UsageError naming it).
+    """
+    if "preprocessing" in manifest:
+        from tinymlops.preprocessing import validated
+
+        validated(manifest["preprocessing"], f"package of {model_file.name}")
     dst.mkdir(parents=True, exist_ok=True)
     name = "model" + model_file.suffix
     target = dst / name

@@ -413,6 +413,9 @@ def build_package(model_name: str, version: str | int, target: str, key: Ed25519
     if not format_fits(fmt, tgt.runtime):
         raise UsageError(f"{model_name} v{version} is a {fmt} model; target {target} runs {tgt.runtime}; "
                          "build the package from a version whose format that runtime executes")
+    from tinymlops.preprocessing import check_deployable
+
+    check_deployable(src["preprocessing"], target, tgt.runtime)  # a device never gets a block it cannot run
     artifact_path = pkg_dir / src["file"]
     if not artifact_path.is_file():
         raise UsageError(f"{model_name} v{version}: package file {src['file']} missing from the registry")

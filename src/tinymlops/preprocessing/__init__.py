@@ -7,8 +7,8 @@ built-in blocks also exist as C99 for microcontrollers (:mod:`tinymlops.export.p
 
 from tinymlops.preprocessing.base import Block, FitContext
 from tinymlops.preprocessing.config import PreprocessingSection
-from tinymlops.preprocessing.pipeline import FittedPreprocessing, check_deployable, fit, transform
+from tinymlops.preprocessing.pipeline import FittedPreprocessing, check_deployable, fit, transform, validated
 from tinymlops.preprocessing.registry import BLOCKS, parse_block
 
 __all__ = ["BLOCKS", "Block", "FitContext", "FittedPreprocessing", "PreprocessingSection", "check_deployable",
-           "fit", "parse_block", "transform"]
+           "fit", "parse_block", "transform", "validated"]

@@ -90,23 +90,33 @@ def transform(spec: FittedPreprocessing, X_raw: np.ndarray) -> np.ndarray:
     return X.reshape(len(X), -1).astype(np.float32)
 
 
+def validated(preprocessing: Any, where: str) -> FittedPreprocessing:
+    """Parse a manifest's fitted pre-processing; UsageError ``<where>: <reason>`` (naming an unknown block) if not."""
+    from pydantic import ValidationError
+
+    from tinymlops.errors import UsageError
+
+    if isinstance(preprocessing, FittedPreprocessing):
+        return preprocessing
+    try:
+        return FittedPreprocessing.model_validate(preprocessing)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise UsageError(f"{where}: {msg}" if "block" in msg else f"{where}: preprocessing.{loc}: {msg}") from None
+
+
 def check_deployable(preprocessing: Any, target_name: str, target_runtime: str) -> FittedPreprocessing:
     """Refuse (UsageError naming the block) a pre-processing a target's devices cannot run; return it parsed.
 
     Unknown blocks are refused everywhere; custom ``module:function`` blocks on microcontroller targets (the C
     bundle has only the built-in blocks). Called where packages are built, so a device never gets one.
     """
-    from pydantic import ValidationError
-
     from tinymlops.errors import UsageError
     from tinymlops.profile.targets import APP_RUNTIMES
 
-    try:
-        spec = preprocessing if isinstance(preprocessing, FittedPreprocessing) else \
-            FittedPreprocessing.model_validate(preprocessing)
-    except ValidationError as exc:
-        msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise UsageError(f"package for {target_name}: {msg}") from None
+    spec = validated(preprocessing, f"package for {target_name}")
     if target_runtime not in APP_RUNTIMES:
         for b in spec.blocks:
             if not b.portable_c:
