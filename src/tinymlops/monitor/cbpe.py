@@ -31,8 +31,6 @@ BIN_PRIOR = 2.0
 #: pseudo-count spread over the other classes when distributing a predicted class's errors.
 ERROR_PRIOR = 1.0
 BOOTSTRAP_DRAWS = 400
-#: sampling sd a window's class mix may stray from the training prior before the calibration is doubted
-PRIOR_TOLERANCE = 1.0
 
 
 class Calibration(BaseModel):
@@ -203,7 +201,7 @@ def estimate(cal: Calibration, joint_counts: Sequence[Sequence[int]] | None,
     if use_prior:
         prior = rng.dirichlet(prior_counts, size=d)
         realised = rng.multinomial(int(round(n)), prior) + 1e-9
-        cms = rake(cms, prior_target(cms, realised / realised.sum(axis=1, keepdims=True), n))
+        cms = rake(cms, prior_target(cms, realised / realised.sum(axis=1, keepdims=True), n, noise=2.0))
     accs, f1s = _batch_metrics(cms)
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
     ref = reference or {}
@@ -228,17 +226,20 @@ def _expected_confusion(nj: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndar
     return cm
 
 
-def prior_target(cm: np.ndarray, prior: np.ndarray, n: float) -> np.ndarray:
-    """Return the true-class mix to rake to: the calibrated expectation, pulled to the prior where it strays.
+def prior_target(cm: np.ndarray, prior: np.ndarray, n: float, noise: float = 1.0) -> np.ndarray:
+    """Return the true-class mix to rake to: the prior plus the calibrated expectation's deviation, shrunk.
 
-    A window's true classes scatter around the prior by sampling noise (sd ``sqrt(p (1 - p) / n)``); only the part
-    of the calibrated expectation's deviation beyond PRIOR_TOLERANCE sd is taken as the calibration failing.
+    A window's true classes scatter around the prior by sampling noise (variance ``p (1 - p) / n`` per class,
+    times ``noise``); the deviation of the calibrated expectation from the prior is shrunk towards zero by
+    positive-part James-Stein over the classes, so noise-sized deviations are mostly kept (the calibration is
+    trusted) and large ones are taken as the calibration failing (the classes are raked back to the prior).
     """
     implied = cm.sum(axis=1) / np.maximum(cm.sum(axis=(1, 2))[:, None], 1e-12)
-    sd = np.sqrt(prior * (1 - prior) / max(n, 1.0))
     dev = implied - prior
-    target = prior + np.sign(dev) * np.minimum(np.abs(dev), PRIOR_TOLERANCE * sd)
-    return np.clip(target, 1e-9, None) / np.clip(target, 1e-9, None).sum(axis=1, keepdims=True)
+    z2 = (dev**2 / np.maximum(noise * prior * (1 - prior) / max(n, 1.0), 1e-12)).sum(axis=1, keepdims=True)
+    keep = np.clip((prior.shape[1] - 1) / np.maximum(z2, 1e-12), 0.0, 1.0)  # share of the deviation kept
+    target = np.clip(prior + keep * dev, 1e-9, None)
+    return target / target.sum(axis=1, keepdims=True)
 
 
 def rake(cm: np.ndarray, true_share: np.ndarray, iterations: int = 50) -> np.ndarray:

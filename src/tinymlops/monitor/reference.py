@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from tinymlops.monitor.cbpe import Calibration
+from tinymlops.monitor.cbpe import Calibration, fit_calibration
 
 CONFIDENCE_EDGES: list[float] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 
@@ -62,14 +62,14 @@ def quantile_edges(values: np.ndarray, bins: int) -> list[float]:
 def compute_reference(features: np.ndarray, probabilities: np.ndarray, feature_names: list[str],
                       class_names: list[str], bins: int = 10,
                       metrics: dict[str, float] | None = None,
-                      calibration: tuple[np.ndarray, np.ndarray] | None = None) -> ReferenceProfile:
+                      calibration: tuple[np.ndarray, np.ndarray] | None = None,
+                      prior_labels: np.ndarray | None = None) -> ReferenceProfile:
     """Compute the reference profile from model inputs (N, F) and model outputs (N, C).
 
     ``calibration``: (probabilities, labels) of a held-out split (the validation split) to calibrate the model's
-    confidence on, for label-free performance estimates (:mod:`tinymlops.monitor.cbpe`).
+    confidence on, for label-free performance estimates (:mod:`tinymlops.monitor.cbpe`); ``prior_labels``: the
+    training labels (the class mix a cohort is assumed to keep; default the calibration split's).
     """
-    from tinymlops.monitor.cbpe import fit_calibration
-
     feats = []
     for j, name in enumerate(feature_names):
         col = features[:, j].astype(np.float64)
@@ -84,5 +84,6 @@ def compute_reference(features: np.ndarray, probabilities: np.ndarray, feature_n
         prediction_counts=np.bincount(pred, minlength=len(class_names)).tolist(),
         confidence_inner_edges=CONFIDENCE_EDGES, confidence_counts=bin_counts(CONFIDENCE_EDGES, conf).tolist(),
         metrics=metrics or {},
-        calibration=fit_calibration(calibration[0], calibration[1], CONFIDENCE_EDGES) if calibration else None,
+        calibration=fit_calibration(calibration[0], calibration[1], CONFIDENCE_EDGES, prior_labels)
+        if calibration is not None and len(calibration[1]) else None,
     )

@@ -102,7 +102,10 @@ def build_demo_package(dst: Path, seed: int = 0, n_train: int = 600, bins: int =
     logits = F @ W + b
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
-    ref = compute_reference(F, probs, spec.feature_names, list(vibration.CLASSES), bins=bins, metrics=metrics)
+    held_logits = Fh @ W + b  # the held-out draw calibrates confidence for label-free estimates (CBPE)
+    held = np.exp(held_logits - held_logits.max(axis=1, keepdims=True))
+    ref = compute_reference(F, probs, spec.feature_names, list(vibration.CLASSES), bins=bins, metrics=metrics,
+                            calibration=(held / held.sum(axis=1, keepdims=True), yh), prior_labels=y)
     blob = onnx_softmax_regression(W, b, pad_bytes) if fmt == "onnx" else tflite_softmax_regression(W, b)
     dst.mkdir(parents=True, exist_ok=True)
     (dst / f"model.{fmt}").write_bytes(blob)

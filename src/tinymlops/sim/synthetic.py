@@ -71,7 +71,7 @@ def build_scenario(n_reference: int = 2000, seed: int = 1, bins: int = 10,
     spec = preprocessing.fit(PreprocessingSection(features="spectral", bands=8), X, p.sample_rate_hz)
     F = preprocessing.transform(spec, X)
     model = LogisticRegression(max_iter=500).fit(F, y)
-    # held-out figures: the reference metrics drift checks compare feedback against
+    # held-out figures: the reference metrics drift checks compare feedback against, and the confidence calibration
     Xh, yh = draw(p, seed + 10_000, 500)
     Fh = preprocessing.transform(spec, Xh)
     pred = model.predict(Fh)
@@ -80,5 +80,6 @@ def build_scenario(n_reference: int = 2000, seed: int = 1, bins: int = 10,
     perf = performance_figures(yh, pred, len(vibration.CLASSES))
     probs = np.asarray(model.predict_proba(F))
     ref = compute_reference(F, probs, spec.feature_names, list(vibration.CLASSES), bins=bins,
-                            metrics={"accuracy": perf.accuracy, "macro_f1": perf.macro_f1})
+                            metrics={"accuracy": perf.accuracy, "macro_f1": perf.macro_f1},
+                            calibration=(np.asarray(model.predict_proba(Fh)), yh), prior_labels=y)
     return Scenario(spec=spec, model=model, reference=ref, reference_features=F, reference_labels=y)
