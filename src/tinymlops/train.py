@@ -323,7 +323,9 @@ def _export_and_log(run_id: str, cfg: PipelineConfig, prep: Prepared, model: Any
     x_train, x_test = prep.features("train"), prep.features("test")
     scores = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
     ref = compute_reference(x_train, model.predict(x_train, verbose=0), prep.preprocessing.feature_names,
-                            prep.class_names, metrics=scores)
+                            prep.class_names, metrics=scores,  # validation split calibrates label-free estimates
+                            calibration=(model.predict(prep.features("val"), verbose=0), prep.splits["val"].y),
+                            prior_labels=prep.splits["train"].y)
     with tempfile.TemporaryDirectory(prefix="tinymlops-train-") as tmp:
         tmpd = Path(tmp)
         model.save(tmpd / "model.h5")
