@@ -253,7 +253,10 @@ def _build_and_register(cfg: PipelineConfig, ref: StageRef, spec: Any, run_id: s
         x_train = prep.features("train")
         ref_profile = compute_reference(x_train, predict_train(built.path, x_train),
                                         prep.preprocessing.feature_names, prep.class_names,
-                                        metrics={"accuracy": fig["accuracy"], "macro_f1": fig["macro_f1"]})
+                                        metrics={"accuracy": fig["accuracy"], "macro_f1": fig["macro_f1"]},
+                                        # the variant's own confidence, calibrated for label-free estimates
+                                        calibration=(predict_train(built.path, prep.features("val")),
+                                                     prep.splits["val"].y), prior_labels=prep.splits["train"].y)
         measured: dict[str, float] = {k: numeric[k] for k in ("accuracy", "macro_f1", "agreement_with_float", "size_bytes",
                                             "gzip_bytes", "sparsity", "tflm_tflite_agreement", "tflm_arena_bytes")
                     if k in numeric}
