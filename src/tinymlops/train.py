@@ -71,7 +71,7 @@ class TrainResult:
 def prepare(cfg: PipelineConfig) -> Prepared:
     """Load the dataset, split it with the configured strategy and fit the pre-processing on the training split."""
     splits = load_splits(cfg.dataset, cfg.config_dir)
-    spec = fit(cfg.preprocessing, splits["train"].X, splits["train"].sample_rate_hz)
+    spec = fit(cfg.preprocessing, splits["train"].X, splits["train"].sample_rate_hz, project_dir=cfg.config_dir)
     return Prepared(splits, spec)
 
 

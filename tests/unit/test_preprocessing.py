@@ -189,12 +189,20 @@ def test_custom_block_errors(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "my_blocks_t2.py").write_text(_BLOCK_SRC)
     monkeypatch.syspath_prepend(str(tmp_path))
     X = np.ones((3, 4))
-    with pytest.raises(ValueError, match="no module 'nowhere_mod' as a .py file"):
+    with pytest.raises(ValueError, match="no module 'nowhere_mod' as a .py file in the project directory"):
         fit(PreprocessingSection(blocks=["nowhere_mod:fn"]), X)
     with pytest.raises(ValueError, match="module has no function 'nothing'"):
         fit(PreprocessingSection(blocks=["my_blocks_t2:nothing"]), X)
     with pytest.raises(ValueError, match=r"returned shape \[1, 4\] for a batch of 3"):
         fit(PreprocessingSection(blocks=["my_blocks_t2:broken"]), X)
+    with pytest.raises(ValueError, match=r"'my_blocks_t2:energy' failed: TypeError: .*unexpected keyword"):
+        fit(PreprocessingSection(blocks=[{"block": "my_blocks_t2:energy", "params": {"gian": 2}}]), X)
+
+
+def test_custom_block_is_found_in_the_project_directory(tmp_path) -> None:
+    (tmp_path / "proj_blocks_t4.py").write_text(_BLOCK_SRC)  # not on sys.path: found through project_dir
+    spec = fit(PreprocessingSection(blocks=["proj_blocks_t4:energy"]), np.ones((2, 3)), project_dir=tmp_path)
+    assert transform(spec, np.ones((2, 3)))[:, 0].tolist() == [3.0, 3.0]
 
 
 def test_package_time_refusal_names_the_block(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ Blocks work on float64 batches ``(N, *shape)`` and return ``(N, *out_shape)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,9 +19,10 @@ EPS = 1e-6
 
 @dataclass(frozen=True)
 class FitContext:
-    """What a block may need besides the data: the dataset's sample rate."""
+    """What a block may need besides the data: the dataset's sample rate, the project's directory."""
 
     sample_rate_hz: float | None = None
+    project_dir: Path | None = None
 
 
 class Block(BaseModel):

@@ -62,15 +62,18 @@ class Custom(Block):
         return self
 
     def fit(self, X: np.ndarray, ctx: FitContext) -> Custom:
-        module, _ = self.block.split(":")
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-            raise ValueError(f"custom block {self.block!r}: no module {module!r} as a .py file on the import path "
-                             "(put it beside the pipeline config)")
-        source = Path(spec.origin).read_text(encoding="utf-8")
+        module = self.block.split(":")[0]
+        path = ctx.project_dir / (module.replace(".", "/") + ".py") if ctx.project_dir else None
+        if path is None or not path.is_file():
+            try:
+                spec = importlib.util.find_spec(module)
+            except (ImportError, ValueError):
+                spec = None
+            path = Path(spec.origin) if spec is not None and spec.origin else None
+        if path is None or path.suffix != ".py" or not path.is_file():
+            raise ValueError(f"custom block {self.block!r}: no module {module!r} as a .py file in the project "
+                             "directory (beside the pipeline config) or on the import path")
+        source = path.read_text(encoding="utf-8")
         fitted = self.model_copy(update={"source": source, "sha256": hashlib.sha256(source.encode()).hexdigest()})
         fitted.function()  # a missing function is a fit-time error, not a device one
         return fitted
@@ -84,7 +87,11 @@ class Custom(Block):
         return fn
 
     def apply(self, X: np.ndarray) -> np.ndarray:
-        out = np.asarray(self.function()(X, **self.params), dtype=np.float64)
+        fn = self.function()
+        try:  # a failing user function is a refused input (the agent counts it and keeps serving)
+            out = np.asarray(fn(X, **self.params), dtype=np.float64)
+        except Exception as exc:
+            raise ValueError(f"custom block {self.block!r} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
         if out.ndim < 2 or len(out) != len(X):
             raise ValueError(f"custom block {self.block!r} returned shape {list(out.shape)} for a batch of "
                              f"{len(X)}; expected ({len(X)}, ...)")

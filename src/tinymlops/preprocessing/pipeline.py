@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,11 +60,15 @@ class FittedPreprocessing(BaseModel):
 
 
 def fit(section: PreprocessingSection, X_train_raw: np.ndarray, sample_rate_hz: float | None = None,
-        ) -> FittedPreprocessing:
-    """Fit the configured blocks, in order, on raw training inputs (N, *raw_shape)."""
+        project_dir: Path | None = None) -> FittedPreprocessing:
+    """Fit the configured blocks, in order, on raw training inputs (N, *raw_shape).
+
+    ``project_dir`` (the pipeline config's directory) is where custom ``module:function`` blocks are looked up
+    first.
+    """
     X_train_raw = np.asarray(X_train_raw)
     X = X_train_raw.astype(np.float64) / section.scale
-    ctx = FitContext(sample_rate_hz=sample_rate_hz)
+    ctx = FitContext(sample_rate_hz=sample_rate_hz, project_dir=project_dir)
     names: list[str] | None = None
     fitted: list[Block] = []
     for block in section.effective_blocks():
