@@ -275,4 +275,5 @@ def test_identity_preprocessing_streams_into_the_input_tensor(source: ExportSour
     res, _ = write_bundle(ident, get_target("nucleo-l4r5zi"), "c", tmp_path / "ident", (np.zeros(36), "healthy"))
     cc = (res.out_dir / "src/tm_model.cc").read_text()
     assert "float features[1];" in cc and "tm_pp_run_int8(" in cc
-    assert "TM_PP_IDENTITY, 36, 1" in (res.out_dir / "src/tm_pp_config.c").read_text()
+    pp = (res.out_dir / "src/tm_pp_config.c").read_text()
+    assert ".kind = TM_PP_STANDARDIZE" in pp and "tm_pp_config_model = {4.000000000e+00f, 36, 1, pp_blocks" in pp
