@@ -86,11 +86,15 @@ def drift(
 
 def _print_verdicts(out: dict[str, Any]) -> None:
     """Print the verdict table of a drift check result (``CheckResult.to_dict()``) and its retrain decision."""
+    from tinymlops.monitor.verdict import accuracy_line
+
     rows = [[g["version"], g["target"] or "-", g["cohort"] or "-",
              f"[{_COLOURS.get(g['level'], 'white')}]{g['level']}[/]", g["summary"].get("n_inferences"),
-             g["summary"].get("n_devices"), len(g["drifted_features"])] for g in out["groups"]]
+             g["summary"].get("n_devices"), len(g["drifted_features"]),
+             accuracy_line(g["summary"], short=True) or "-"] for g in out["groups"]]
     print_table(f"drift of {out['model']} over {out['until_unix_s'] - out['since_unix_s']:.0f} s",
-                ["version", "target", "cohort", "verdict", "inferences", "devices", "drifted features"], rows)
+                ["version", "target", "cohort", "verdict", "inferences", "devices", "drifted features",
+                 "accuracy (estimated / feedback)"], rows)
     for g in out["groups"]:
         console.print(f"[bold]v{g['version']} {g['target'] or '-'}/{g['cohort'] or '-'}[/]: "
                       + "; ".join(g["reasons"][:4]), highlight=False)

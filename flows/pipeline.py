@@ -124,11 +124,15 @@ def _rollout_demo(config_path: str, cfg: PipelineConfig, targets_dir: str | None
 
 
 def _drift_table(drift: dict[str, Any]) -> dict[str, Any]:
-    rows = [[g["target"] or "", g["cohort"] or "", g["version"], g["level"], "; ".join(g["reasons"][:2])[:160]]
+    from tinymlops.monitor.verdict import accuracy_line
+
+    rows = [[g["target"] or "", g["cohort"] or "", g["version"], g["level"],
+             accuracy_line(g.get("summary") or {}, short=True), "; ".join(g["reasons"][:2])[:160]]
             for g in drift.get("groups", [])]
     retrain = drift.get("retrain", {}).get("decision", {}).get("reason")
     title = "drift verdicts per target x cohort" + (f" (retrain: {retrain})" if retrain else "")
-    return {"title": title, "columns": ["target", "cohort", "version", "verdict", "reasons"], "rows": rows}
+    return {"title": title, "columns": ["target", "cohort", "version", "verdict",
+                                           "accuracy (estimated without labels / feedback)", "reasons"], "rows": rows}
 
 
 def _summary_markdown(summary: dict[str, Any]) -> str:

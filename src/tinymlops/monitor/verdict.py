@@ -335,16 +335,22 @@ def _judge_devices(figures: DriftFigures, th: Thresholds, checks: list[Check], l
                         "energy_uj_per_inference": fd.energy_uj_per_inference, "error_rate": fd.error_rate})
 
 
-def accuracy_line(summary: dict[str, float | int | None]) -> str:
-    """Return "accuracy: estimated x [lo, hi] without labels, feedback y on n labelled" ("" when neither)."""
+def accuracy_line(summary: dict[str, Any], short: bool = False) -> str:
+    """Return "accuracy: estimated x [lo, hi] without labels, feedback y on n labelled" ("" when neither).
+
+    ``short``: the table-cell form "est x [lo, hi] / feedback y (n)".
+    """
     parts = []
     est, lo, hi = (summary.get(k) for k in ("estimated_accuracy", "estimated_accuracy_low",
                                             "estimated_accuracy_high"))
     if est is not None and lo is not None and hi is not None:
-        parts.append(f"estimated {est:.3f} [{lo:.3f}, {hi:.3f}] without labels")
+        parts.append(f"est {est:.3f} [{lo:.3f}, {hi:.3f}]" if short
+                     else f"estimated {est:.3f} [{lo:.3f}, {hi:.3f}] without labels")
     fb, n = summary.get("feedback_accuracy"), summary.get("feedback_n")
     if fb is not None:
-        parts.append(f"feedback {fb:.3f} on {n} labelled")
+        parts.append(f"feedback {fb:.3f} ({n})" if short else f"feedback {fb:.3f} on {n} labelled")
+    if short:
+        return " / ".join(parts)
     return ("accuracy: " + ", ".join(parts)) if parts else ""
 
 
