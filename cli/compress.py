@@ -25,7 +25,7 @@ def _pts(v: float | None) -> str:
 def compress(
     config: Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML whose compress.variants to build")
                       ] = Path("configs/pipeline.yaml"),
-    version: Annotated[str, typer.Option("--version", "-v", help="registered float32 version to compress "
+    version: Annotated[str, typer.Option("--version", "-v", help="registered float32 (or imported) version to compress "
                                          "(see `tinymlops variants MODEL`)")] = "",
     no_prefect: NoPrefectOpt = False,
     json_out: JsonOpt = False,
@@ -35,6 +35,8 @@ def compress(
     Each variant becomes a new version of the same registered model (tags: variant, technique, format,
     parent_version, train_run_id, dataset_digest and its parameters) from its own MLflow run nested under the
     compress run. A variant that fails is recorded as a FAILED run and the others go on. Exit code 1 if any failed.
+    An imported parent gets what its format allows (ONNX float: onnx-int8; TFLite: nothing): the other techniques
+    are skipped with one line saying why (also as tags skipped.<variant> on the compress run).
     Runs as a Prefect flow run ("compress", variants in parallel tasks); --no-prefect builds them one after the
     other in this process.
     """
@@ -62,11 +64,13 @@ def compress(
     else:
         rows = [[v["variant"], v.get("version") or "", v.get("format") or "", v.get("size_bytes") or "",
                  v.get("gzip_bytes") or "", _pct(v.get("accuracy")), _pts(v.get("accuracy_delta")),
-                 "ok" if v["status"] == "registered" else "FAILED"] for v in out["variants"]]
+                 {"registered": "ok", "skipped": "skipped"}.get(v["status"], "FAILED")] for v in out["variants"]]
         print_table(f"variants of {out['model_name']}/{version} (float accuracy {_pct(out['float_accuracy'])})",
                     ["variant", "ver", "fmt", "bytes", "gzip", "acc", "Δ pts", "status"], rows)
         for v in out["variants"]:
-            if v["status"] != "registered":
+            if v["status"] == "skipped":  # the technique does not apply to the parent's format (an imported file)
+                console.print(f"[yellow]{v['variant']}:[/] {v['reason']}", highlight=False)
+            elif v["status"] != "registered":
                 console.print(f"[red]{v['variant']} failed:[/] {v['error']}", highlight=False)
     if out["failed"]:
         raise typer.Exit(1)

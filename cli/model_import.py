@@ -43,11 +43,12 @@ def import_model(
     if not name.strip():
         raise UsageError("--name: give the registered model name to add the version to")
     cfg = load_pipeline(config)
+    from pydantic import ValidationError
+
     try:
         section = ModelSection(file=str(file.resolve()))
-    except ValueError as exc:  # pydantic's error: keep its reason, name the argument
-        reason = str(exc).split("\n")[-1].strip().removeprefix("Value error, ").split(" [type=")[0]
-        raise UsageError(f"FILE: {reason}") from None
+    except ValidationError as exc:  # keep the validator's reason, name the argument
+        raise UsageError(f"FILE: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     cfg = cfg.model_copy(update={"model": section, "mlflow": cfg.mlflow.model_copy(update={"registered_model": name})})
     say = None if json_out else err_console.print
     if section.kind in ("tflite", "onnx"):

@@ -47,6 +47,11 @@ class StageRef:
     float_tflite_gzip_bytes: int
     float_onnx_bytes: int
     float_onnx_gzip_bytes: int
+    #: what the parent is: "float32" (a trained Keras model) or "imported" (a .tflite/.onnx file), its format and
+    #: whether it is quantised: which techniques apply (tinymlops.compress.applicable)
+    parent_variant: str = FLOAT_VARIANT
+    parent_format: str = "onnx"
+    parent_quantized: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,9 +61,9 @@ class StageRef:
 class _Parent:
     """Local copies of the parent's artifacts and its predictions on the test split."""
 
-    keras_path: Path
-    onnx_path: Path
-    tflite_path: Path
+    keras_path: Path | None
+    onnx_path: Path | None
+    tflite_path: Path | None
     manifest: dict[str, Any]
     float_probs: np.ndarray
 
@@ -91,11 +96,13 @@ def prepared(cfg: PipelineConfig) -> Any:
 
 
 def check_parent(model_name: str, version: str) -> Any:
-    """Return the parent version, raising if it is missing or is not a float model with a training run."""
+    """Return the parent version, raising if it is missing or is not a float/imported model with a training run."""
+    from tinymlops.train import PARENT_VARIANTS
+
     mv = registry.get_version(model_name, version)
-    if mv.tags.get("variant") != FLOAT_VARIANT:
+    if mv.tags.get("variant") not in PARENT_VARIANTS:
         raise UsageError(f"{model_name}/{version} is variant {mv.tags.get('variant')!r}; compress starts from a "
-                         f"{FLOAT_VARIANT} version (see `tinymlops variants {model_name}`)")
+                         f"{' or '.join(PARENT_VARIANTS)} version (see `tinymlops variants {model_name}`)")
     if not mv.tags.get("train_run_id"):
         raise UsageError(f"{model_name}/{version} has no train_run_id tag; cannot find its Keras model")
     return mv
@@ -106,16 +113,20 @@ def _parent_cached(uri: str, model_name: str, version: str, cfg_json: str) -> _P
     mv = check_parent(model_name, version)
     root = Path(tempfile.mkdtemp(prefix=f"tinymlops-parent-{version}-"))
     atexit.register(shutil.rmtree, root, True)
-    keras_dir = registry.download(mv.tags["train_run_id"], "keras", root)
-    exports = registry.download(mv.tags["train_run_id"], "exports", root)
     pkg = registry.download_package(model_name, version, root / "pkg")
     manifest = registry.read_manifest(pkg)
     prep = _prepared(cfg_json)
     from tinymlops.runtimes import open_runner
 
     # the float reference for agreement and deltas is the registered artifact in its runtime, like every variant
-    with open_runner(pkg / manifest["file"]) as runner:
+    model_file = pkg / manifest["file"]
+    with open_runner(model_file) as runner:
         probs = runner.predict(prep.features("test"))
+    if mv.tags.get("variant") != FLOAT_VARIANT:  # an imported file: the package's model is all there is
+        onnx, tfl = (model_file, None) if model_file.suffix == ".onnx" else (None, model_file)
+        return _Parent(None, onnx, tfl, manifest, probs)
+    keras_dir = registry.download(mv.tags["train_run_id"], "keras", root)
+    exports = registry.download(mv.tags["train_run_id"], "exports", root)
     return _Parent(keras_dir / "model.h5", exports / "model_fp32.onnx", exports / "model_fp32.tflite", manifest,
                    probs)
 
@@ -129,21 +140,24 @@ def parent(cfg: PipelineConfig, version: str) -> _Parent:
 
 def open_stage(cfg: PipelineConfig, version: str, parent_run_id: str | None = None) -> StageRef:
     """Check the parent version, open the compress run (left RUNNING) and measure the float reference."""
+    from tinymlops.compress.applicable import KERAS_TECHNIQUES, parent_kind
     from tinymlops.compress.evaluate import gzip_bytes
 
     registry.connect(cfg.mlflow.tracking_uri)
-    if any(s.technique not in ("onnx-int8", "onnx-fp32") for s in cfg.compress.variants):
-        import tinymlops.tf  # noqa: F401  (import TensorFlow once, before variants start in parallel threads)
     mv = check_parent(cfg.mlflow.registered_model, str(version))
+    kind = parent_kind(mv.tags.get("variant", ""), mv.tags.get("format", ""))
+    if kind == "keras" and any(s.technique in KERAS_TECHNIQUES for s in cfg.compress.variants):
+        import tinymlops.tf  # noqa: F401  (import TensorFlow once, before variants start in parallel threads)
     par = parent(cfg, str(version))
     prep = prepared(cfg)
     y_test = prep.splits["test"].y
     fm = classification_metrics(y_test, par.float_probs, len(prep.class_names))
-    onnx_pkg_bytes = par.onnx_path.stat().st_size
+    onnx_pkg_bytes = par.onnx_path.stat().st_size if par.onnx_path else 0  # 0: the parent has no such file
     figures = {"float_accuracy": fm["accuracy"], "float_macro_f1": fm["macro_f1"],
-               "float_tflite_bytes": par.tflite_path.stat().st_size,
-               "float_tflite_gzip_bytes": gzip_bytes(par.tflite_path),
-               "float_onnx_bytes": onnx_pkg_bytes, "float_onnx_gzip_bytes": gzip_bytes(par.onnx_path)}
+               "float_tflite_bytes": par.tflite_path.stat().st_size if par.tflite_path else 0,
+               "float_tflite_gzip_bytes": gzip_bytes(par.tflite_path) if par.tflite_path else 0,
+               "float_onnx_bytes": onnx_pkg_bytes, "float_onnx_gzip_bytes": gzip_bytes(par.onnx_path) if par.onnx_path
+               else 0}
     tags = {"tinymlops.stage": "compress", "parent_version": str(version),
             "model": cfg.mlflow.registered_model, "train_run_id": mv.tags["train_run_id"],
             "dataset_digest": mv.tags.get("dataset_digest", ""), "task": cfg.project,
@@ -153,13 +167,14 @@ def open_stage(cfg: PipelineConfig, version: str, parent_run_id: str | None = No
                                  "parent_model_uri": f"models:/{cfg.mlflow.registered_model}/{version}"})
     registry.log_metrics(run_id, figures)
     # the float version gets the same size figures as its variants, so listings compare like with like
-    if "size_bytes" not in mv.tags:
+    if "size_bytes" not in mv.tags and par.onnx_path:
         registry.set_version_tags(cfg.mlflow.registered_model, version,
                                   {"size_bytes": onnx_pkg_bytes, "gzip_bytes": figures["float_onnx_gzip_bytes"]})
     return StageRef(cfg.mlflow.registered_model, str(version), run_id, cfg.mlflow.experiment,
                     mv.tags["train_run_id"], mv.tags.get("dataset_digest", ""), fm["accuracy"], fm["macro_f1"],
                     int(figures["float_tflite_bytes"]), int(figures["float_tflite_gzip_bytes"]),
-                    int(onnx_pkg_bytes), int(figures["float_onnx_gzip_bytes"]))
+                    int(onnx_pkg_bytes), int(figures["float_onnx_gzip_bytes"]), mv.tags.get("variant", FLOAT_VARIANT),
+                    mv.tags.get("format", "onnx"), mv.tags.get("quantized", "False") == "True")
 
 
 def _float_source(cfg: PipelineConfig, par: _Parent, prep: Any) -> Any:
@@ -194,7 +209,8 @@ def run_variant(cfg: PipelineConfig, ref: StageRef, name: str,
                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build, evaluate and register one variant in a run nested under the compress run; never raises.
 
-    Returns a summary dict: variant, technique, status ("registered" or "failed"), error, version, format,
+    Returns a summary dict: variant, technique, status ("registered", "failed" or "skipped" with a ``reason``: the
+    technique does not apply to the parent's format), error, version, format,
     size_bytes, gzip_bytes, accuracy, macro_f1, accuracy_delta, run_id and the other measured figures.
     """
     say = progress or (lambda _m: None)
@@ -203,6 +219,12 @@ def run_variant(cfg: PipelineConfig, ref: StageRef, name: str,
                            "version": None, "format": None, "size_bytes": None, "gzip_bytes": None,
                            "accuracy": None, "accuracy_delta": None}
     t0 = time.perf_counter()
+    from tinymlops.compress.applicable import parent_kind, skip_reason
+
+    reason = skip_reason(spec.technique, parent_kind(ref.parent_variant, ref.parent_format), ref.parent_quantized)
+    if reason is not None:  # nothing to build: no run of its own; close_stage records the reason on the compress run
+        say(f"variant {name}: {reason}")
+        return {**out, "status": "skipped", "reason": reason, "seconds": time.perf_counter() - t0}
     tags = {"tinymlops.stage": "compress-variant", "variant": name, "technique": spec.technique,
             "parent_version": ref.parent_version}
     try:
@@ -296,27 +318,38 @@ class CompressResult:
         return sum(v["status"] == "registered" for v in self.variants)
 
     @property
+    def skipped(self) -> int:
+        """Variants whose technique does not apply to the parent (an imported file's format)."""
+        return sum(v["status"] == "skipped" for v in self.variants)
+
+    @property
     def failed(self) -> int:
-        return len(self.variants) - self.registered
+        return len(self.variants) - self.registered - self.skipped
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-friendly dict: the StageRef fields, ``variants``, ``registered``, ``failed``, ``seconds``."""
+        """Return a JSON-friendly dict: the StageRef fields, ``variants``, ``registered``, ``failed``, ``skipped``,
+        ``seconds``."""
         return {**self.ref.to_dict(), "variants": self.variants, "registered": self.registered,
-                "failed": self.failed, "seconds": self.seconds}
+                "failed": self.failed, "skipped": self.skipped, "seconds": self.seconds}
 
 
 def close_stage(ref: StageRef, results: list[dict[str, Any]], seconds: float) -> CompressResult:
     """Log the variants table on the compress run, end it, and return the stage result."""
     rows = [{k: r.get(k) for k in ("variant", "technique", "status", "version", "format", "size_bytes",
                                    "gzip_bytes", "accuracy", "accuracy_delta", "sparsity", "tflm_tflite_agreement",
-                                   "error")} for r in results]
+                                   "error", "reason", "notes")} for r in results]
     registry.log_dict(ref.compress_run_id, {"variants": rows}, "variants.json")
     out = CompressResult(ref, results, seconds)
     registry.log_metrics(ref.compress_run_id, {"variants_registered": out.registered,
-                                               "variants_failed": out.failed, "compress_seconds": seconds})
-    failed = [r["variant"] for r in results if r["status"] != "registered"]
+                                               "variants_failed": out.failed, "variants_skipped": out.skipped,
+                                               "compress_seconds": seconds})
+    failed = [r["variant"] for r in results if r["status"] == "failed"]
     if failed:
         registry.set_tags(ref.compress_run_id, {"failed_variants": ",".join(failed)})
+    skipped = {f"skipped.{r['variant']}": r["reason"] for r in results if r["status"] == "skipped"}
+    if skipped:  # one line per skipped technique, on the run itself (MLflow UI: the run's tags)
+        registry.set_tags(ref.compress_run_id, skipped)
+        registry.log_text(ref.compress_run_id, "\n".join(skipped.values()) + "\n", "skipped_variants.txt")
     # the stage itself succeeded when it ran every variant; failures live on the variants' own runs
     registry.end_run(ref.compress_run_id)
     return out

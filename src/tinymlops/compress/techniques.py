@@ -34,10 +34,14 @@ LR_FACTOR = {"prune": 1.0, "cluster": 0.3, "qat": 0.3}
 
 @dataclass
 class FloatSource:
-    """What every technique starts from: the float model, its exports and the training data."""
+    """What every technique starts from: the float model, its exports and the training data.
 
-    keras_path: Path
-    onnx_path: Path
+    An imported parent has no Keras model (``keras_path`` None) and, if it is a TFLite file, no ONNX model either:
+    tinymlops.compress.applicable skips the techniques that would need them.
+    """
+
+    keras_path: Path | None
+    onnx_path: Path | None
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
@@ -50,6 +54,8 @@ class FloatSource:
         """Load a fresh copy of the float Keras model."""
         from tinymlops.tf import keras
 
+        if self.keras_path is None:
+            raise ValueError("this technique needs the Keras model; the parent is an imported file")
         return keras.models.load_model(self.keras_path, compile=False)
 
 
@@ -230,12 +236,14 @@ def build(spec: Any, src: FloatSource, out_dir: Path) -> Built:
     tfl = out_dir / f"{name}.tflite"
     t0 = time.perf_counter()
     figs: dict[str, float] = {}
-    if isinstance(spec, OnnxFp32):
-        shutil.copyfile(src.onnx_path, out_dir / f"{name}.onnx")
-        return Built(out_dir / f"{name}.onnx", "onnx", False, params, {"build_seconds": time.perf_counter() - t0})
-    if isinstance(spec, OnnxInt8):
-        path = quantize_onnx_int8(src.onnx_path, out_dir / f"{name}.onnx",
-                                  representative_rows(src.x_train, spec.calibration_samples, src.seed))
+    if isinstance(spec, OnnxFp32 | OnnxInt8):
+        if src.onnx_path is None:
+            raise ValueError(f"{spec.technique} needs an ONNX parent model")
+        if isinstance(spec, OnnxFp32):
+            path = Path(shutil.copyfile(src.onnx_path, out_dir / f"{name}.onnx"))
+        else:
+            path = quantize_onnx_int8(src.onnx_path, out_dir / f"{name}.onnx",
+                                      representative_rows(src.x_train, spec.calibration_samples, src.seed))
         return Built(path, "onnx", False, params, {"build_seconds": time.perf_counter() - t0})
 
     model = src.load_model()

@@ -73,8 +73,6 @@ def _keras_version_of(path: Path) -> str | None:
 
 def load_keras_file(path: Path) -> Any:
     """Load a pre-trained Keras 2 (tf_keras) model: ``.keras``, ``.h5`` or a SavedModel directory."""
-    from tinymlops.tf import keras
-
     if not path.exists():
         raise ConfigError(f"model.file: {path}: file not found")
     if path.is_dir() and not (path / "saved_model.pb").is_file():
@@ -84,6 +82,8 @@ def load_keras_file(path: Path) -> Any:
         raise ConfigError(f"model.file: {path} was saved by Keras {version}; tinymlops fine-tunes Keras 2 (tf_keras) "
                           "models, which TFMOT compresses: save it with tf_keras, or export it to .tflite/.onnx and "
                           "import that")
+    from tinymlops.tf import keras
+
     try:
         model = keras.models.load_model(path)
     except Exception as exc:  # h5py, zip, protobuf and deserialisation errors alike: the file is unusable
