@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,12 +91,10 @@ def write_bundle(src: ExportSource, target: Any, fmt: str, out: Path, example: t
 
 
 def reference_outputs(model_path: Path, inputs_q: np.ndarray) -> np.ndarray:
-    """Run int8 inputs through the TFLite interpreter; return its int8 outputs (N, classes)."""
-    from tinymlops.tf import tf
+    """Run int8 inputs through the TFLite interpreter (LiteRT when installed); return its int8 outputs."""
+    from tinymlops.runtimes.tflite import load_interpreter
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        it = tf.lite.Interpreter(model_path=str(model_path), num_threads=1)
+    it, _backend = load_interpreter(model_path)
     it.allocate_tensors()
     i, o = it.get_input_details()[0], it.get_output_details()[0]
     out = []
