@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 from tinymlops.config_base import Strict
 from tinymlops.data.config import DatasetSection
 from tinymlops.errors import ConfigError
+from tinymlops.ip.config import IpSection
 from tinymlops.models.config import ModelSection
 from tinymlops.preprocessing.config import PreprocessingSection
 
@@ -174,6 +175,8 @@ class PipelineConfig(Strict):
     drift: str | None = Field(None, description="path of a drift config, relative to this file")
     rollout: str | None = Field(None, description="path of a rollout config, relative to this file")
     demo_fleet: DemoFleetSection = Field(default_factory=DemoFleetSection)
+    ip: IpSection = Field(default_factory=IpSection, description="model IP protection: owner watermark, "
+                          "per-device fingerprints (docs/ip.md)")
     stages: list[Stage] = Field(
         default_factory=lambda: list(STAGES), min_length=1,
         description="stages to run; they always run in the order train, compress, profile, rollout, drift. "

@@ -22,6 +22,7 @@ from tinymlops import registry
 from tinymlops.config import PipelineConfig, load_pipeline
 from tinymlops.data import Dataset, load_splits, shift_augment
 from tinymlops.errors import RegistryError, UsageError
+from tinymlops.ip import watermark
 from tinymlops.metrics import agreement, classification_metrics, confusion
 from tinymlops.preprocessing import FittedPreprocessing, fit, transform
 
@@ -204,6 +205,7 @@ def run_train(config: str | Path | PipelineConfig, parent_run_id: str | None = N
             "git_commit": _git_commit(), "dataset_digest": digests["train"], **model_source_tags(cfg)}
     say(f"building {cfg.model.label}")
     ready = build_model(cfg, prep)  # a model that cannot be made fails here, before any run is opened
+    wm = watermark.embed(cfg, ready, len(prep.class_names))  # owner watermark (config ip.watermark), or None
     with registry.run(cfg.mlflow.experiment, f"train {cfg.model.label}", parent_run_id, tags) as r:
         _log_inputs(r.run_id, cfg, prep)
 
@@ -219,6 +221,8 @@ def run_train(config: str | Path | PipelineConfig, parent_run_id: str | None = N
         probs, metrics = _evaluate(r.run_id, cfg, prep, model, history, time.perf_counter() - t_fit)
         say("exporting float32 Keras, TFLite and ONNX models")
         _export_and_log(r.run_id, cfg, prep, model, probs, metrics)
+        if wm is not None:  # sealed with the owner's IP key on the run, never in the package
+            watermark.record(r.run_id, cfg.mlflow.registered_model, wm)
         say("registering the float32 model version")
         version = _register(r.run_id, cfg, prep, metrics, digests["train"], tags)
     return TrainResult(r.run_id, cfg.mlflow.registered_model, version, metrics, digests,

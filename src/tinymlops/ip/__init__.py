@@ -1,0 +1,4 @@
+"""Model IP protection: owner watermarks, per-device fingerprints, extraction-attack detection.
+
+Light package: NumPy and ``cryptography`` only at module level; TensorFlow and runtimes load inside functions.
+"""

@@ -1,0 +1,285 @@
+"""Per-device fingerprints: a device-keyed +-1 LSB pattern in the int8 weights of each device's package.
+
+For a device, HMAC-SHA256(owner fingerprint key, base sha256 / device id) seeds the choice of ``weights`` int8
+weights (out of every constant int8 tensor of the TFLite file) and the direction of a one-LSB nudge. The file keeps
+its size, graph, operators and tensor arena, so the profile figures do not change; the nudge moves a handful of
+weights by one quantisation step, so accuracy barely does. Every device's package is signed as usual.
+
+Tracing a leaked file compares its int8 weights with the base file tensor by tensor (by name and shape, so a
+re-serialised flatbuffer still traces) and scores each device of the sealed ledger by the fraction of its pattern
+present in the leak. The ledger (device ids, base file digest) is sealed with the owner's IP key and logged on the
+version's MLflow run; the key never leaves the owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinymlops.errors import ModelFormatError, UsageError
+from tinymlops.ip import keys
+
+SCHEME = "int8-lsb-v1"
+LEDGER_DIR = "ip/fingerprints"
+#: tensors smaller than this are left alone (per-channel scales, tiny heads)
+MIN_TENSOR_WEIGHTS = 64
+#: a device is named when at least this fraction of its pattern is in the leak and no other device comes close
+MATCH_MIN = 0.8
+
+
+@dataclass(frozen=True)
+class Int8Tensor:
+    """A constant int8 tensor of a TFLite file: where its bytes are, and its name and shape."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    size: int
+
+
+def int8_tensors(model: bytes, where: str = "model") -> list[Int8Tensor]:
+    """Return the constant int8 weight tensors of a TFLite flatbuffer (ModelFormatError if it is not one)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    if len(model) < 8 or model[4:8] != b"TFL3":
+        raise ModelFormatError(f"{where}: not a TFLite flatbuffer (fingerprints need an int8 .tflite)")
+    try:
+        m = schema.Model.GetRootAs(model, 0)
+        out: dict[int, Int8Tensor] = {}
+        for si in range(m.SubgraphsLength()):
+            sg = m.Subgraphs(si)
+            for ti in range(sg.TensorsLength()):
+                t = sg.Tensors(ti)
+                if t.Type() != schema.TensorType.INT8 or t.Buffer() <= 0 or t.Buffer() in out:
+                    continue
+                buf = m.Buffers(t.Buffer())
+                if buf is None or buf.DataLength() < MIN_TENSOR_WEIGHTS:
+                    continue
+                start = buf._tab.Vector(buf._tab.Offset(4))
+                name = (t.Name() or b"").decode("utf-8", "replace")
+                out[t.Buffer()] = Int8Tensor(name, tuple(int(d) for d in t.ShapeAsNumpy()), start, buf.DataLength())
+    except (IndexError, ValueError, TypeError, AttributeError) as exc:
+        raise ModelFormatError(f"{where}: unreadable TFLite flatbuffer: {exc}") from None
+    if not out:
+        raise ModelFormatError(f"{where}: no int8 weight tensors (fingerprints need a full-integer int8 model)")
+    return sorted(out.values(), key=lambda t: t.offset)
+
+
+def _pool(model: bytes, tensors: list[Int8Tensor]) -> np.ndarray:
+    """Return every int8 weight of the tensors, concatenated in file order."""
+    return np.concatenate([np.frombuffer(model, np.int8, t.size, t.offset) for t in tensors])
+
+
+def device_pattern(fp_key: bytes, base_sha256: str, device_id: str, pool: np.ndarray,
+                   weights: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (positions in the pool, signed +-1 deltas) of a device's fingerprint."""
+    seed = hmac.new(fp_key, f"{base_sha256}/{device_id}".encode(), hashlib.sha256).digest()
+    rng = np.random.default_rng(int.from_bytes(seed, "big"))
+    pos = np.sort(rng.choice(len(pool), size=min(weights, len(pool)), replace=False))
+    delta = rng.choice(np.array([-1, 1], dtype=np.int16), size=len(pos))
+    values = pool[pos].astype(np.int16)
+    delta = np.where((values + delta > 127) | (values + delta < -127), -delta, delta)  # stay in int8's symmetric range
+    return pos, delta
+
+
+def apply(model: bytes, fp_key: bytes, device_id: str, weights: int) -> bytes:
+    """Return the device's fingerprinted copy of an int8 TFLite model (same size, graph and arena)."""
+    tensors = int8_tensors(model)
+    pool = _pool(model, tensors)
+    pos, delta = device_pattern(fp_key, hashlib.sha256(model).hexdigest(), device_id, pool, weights)
+    marked = (pool.astype(np.int16))
+    marked[pos] += delta
+    out = bytearray(model)
+    i = 0
+    for t in tensors:
+        out[t.offset:t.offset + t.size] = marked[i:i + t.size].astype(np.int8).tobytes()
+        i += t.size
+    return bytes(out)
+
+
+def _aligned_pool(leaked: bytes, base_tensors: list[Int8Tensor], where: str) -> np.ndarray | None:
+    """Return the leak's int8 weights in the base's tensor order (None if the two graphs do not correspond)."""
+    leak = int8_tensors(leaked, where)
+    by_key: dict[tuple[str, tuple[int, ...]], list[Int8Tensor]] = {}
+    for t in leak:
+        by_key.setdefault((t.name, t.shape), []).append(t)
+    parts = []
+    for t in base_tensors:
+        same = by_key.get((t.name, t.shape))
+        if not same or same[0].size != t.size:
+            return None
+        parts.append(np.frombuffer(leaked, np.int8, t.size, same.pop(0).offset))
+    return np.concatenate(parts)
+
+
+@dataclass
+class Trace:
+    """Who a leaked file came from: the best-matching device and the scores behind it."""
+
+    leaked: str
+    model_name: str
+    device_id: str | None
+    version: str | None = None
+    target: str | None = None
+    score: float = 0.0
+    runner_up: str | None = None
+    runner_up_score: float = 0.0
+    devices_checked: int = 0
+    weights_changed: int = 0
+    reason: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scores"] = dict(sorted(self.scores.items(), key=lambda kv: -kv[1])[:10])
+        return d
+
+
+def score_devices(leaked_pool: np.ndarray, base_pool: np.ndarray, fp_key: bytes, base_sha256: str,
+                  device_ids: list[str], weights: int) -> dict[str, float]:
+    """Return, per device, the fraction of its fingerprint present in the leaked weights."""
+    diff = leaked_pool.astype(np.int16) - base_pool.astype(np.int16)
+    scores = {}
+    for did in device_ids:
+        pos, delta = device_pattern(fp_key, base_sha256, did, base_pool, weights)
+        scores[did] = float(np.mean(diff[pos] == delta))
+    return scores
+
+
+# ---- package time and the sealed ledger -------------------------------------------------------------------------
+
+
+def fingerprint_key(model_name: str, secret: bytes | None = None) -> bytes:
+    """Return the fingerprint key of a model (derived from the owner's IP secret)."""
+    return keys.derive(secret if secret is not None else keys.owner_secret(), f"fingerprint/{model_name}")
+
+
+def fingerprint_bundles(bundle: Any, device_ids: list[str], weights: int, secret: bytes | None = None
+                        ) -> dict[str, Any]:
+    """Return a signed, device-fingerprinted copy of a package bundle per device (same manifest otherwise)."""
+    from tinymlops.fleet import packages
+
+    manifest = bundle.manifest
+    if manifest.get("encryption"):
+        raise UsageError("fingerprint the plaintext package, then encrypt per device (encrypted bundle given)")
+    if manifest.get("format") != "tflite":
+        raise UsageError(f"{manifest.get('model_name')} v{manifest.get('model_version')}: fingerprints need an int8 "
+                         f".tflite package, got format {manifest.get('format')!r}")
+    key = fingerprint_key(manifest["model_name"], secret)
+    base = {k: v for k, v in manifest.items() if k not in ("key_id", "sha256", "size_bytes")}
+    return {d: packages.sign(base, apply(bundle.artifact, key, d, weights)) for d in device_ids}
+
+
+def record_ledger(model_name: str, version: str, target: str, base: bytes, device_ids: list[str],
+                  weights: int) -> None:
+    """Seal which devices got fingerprinted copies of which base file; log it on the version's run."""
+    from tinymlops import registry
+
+    ledger = {"scheme": SCHEME, "model_name": model_name, "version": str(version), "target": target,
+              "base_sha256": hashlib.sha256(base).hexdigest(), "weights": weights, "devices": device_ids,
+              "created_unix_s": time.time()}
+    mv = registry.get_version(model_name, version)
+    with tempfile.TemporaryDirectory(prefix="tinymlops-ip-") as tmp:
+        path = Path(tmp) / f"{target}-{uuid.uuid4().hex[:12]}.sealed.json"
+        path.write_bytes(keys.seal(ledger, "fingerprint-ledger", model_name))
+        registry.log_artifact(mv.run_id, path, LEDGER_DIR)
+    registry.set_version_tags(model_name, version, {"ip.fingerprint": SCHEME})
+
+
+def _ledgers(model_name: str) -> list[tuple[dict[str, Any], bytes]]:
+    """Return every sealed ledger of a model with the base file it was made from."""
+    from tinymlops import registry
+
+    found = []
+    for v in registry.list_versions(model_name):
+        if "ip.fingerprint" not in v.tags:
+            continue
+        directory = registry.download(v.run_id, LEDGER_DIR)
+        pkg = registry.download_package(model_name, v.version)
+        base = (pkg / str(registry.read_manifest(pkg)["file"])).read_bytes()
+        for f in sorted(directory.glob("*.sealed.json")):
+            ledger = keys.unseal(f.read_bytes(), "fingerprint-ledger", model_name, where=f"ledger {f.name}")
+            if ledger["base_sha256"] == hashlib.sha256(base).hexdigest():
+                found.append((ledger, base))
+    return found
+
+
+def trace(leaked_path: str | Path, model_name: str, secret: bytes | None = None) -> Trace:
+    """Name the device a leaked model file came from (device_id None when no fingerprinted device matches)."""
+    p = Path(leaked_path)
+    if p.is_dir():
+        mf = p / "manifest.json"
+        try:
+            p = p / str(json.loads(mf.read_text(encoding="utf-8"))["file"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ModelFormatError(f"{leaked_path}: a directory without a readable package manifest") from None
+    if not p.is_file():
+        raise ModelFormatError(f"{p}: leaked model file not found")
+    leaked = p.read_bytes()
+    int8_tensors(leaked, str(p))  # a clear error for a file that cannot carry a fingerprint
+    ledgers = _ledgers(model_name)
+    if not ledgers:
+        raise UsageError(f"{model_name}: no fingerprinted packages recorded (tinymlops ip fingerprint first)")
+    key = fingerprint_key(model_name, secret)
+    best = Trace(str(leaked_path), model_name, None, reason="no fingerprinted base matches the leaked graph")
+    for ledger, base in ledgers:
+        base_tensors = int8_tensors(base)
+        leak_pool = _aligned_pool(leaked, base_tensors, str(p))
+        if leak_pool is None:
+            continue
+        base_pool = _pool(base, base_tensors)
+        scores = score_devices(leak_pool, base_pool, key, ledger["base_sha256"], ledger["devices"],
+                               int(ledger["weights"]))
+        ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+        top, top_score = ranked[0]
+        if top_score < best.score and best.version is not None:
+            continue
+        changed = int(np.count_nonzero(leak_pool != base_pool))
+        second = ranked[1] if len(ranked) > 1 else (None, 0.0)
+        named = top_score >= MATCH_MIN and top_score - second[1] >= 0.5
+        best = Trace(str(leaked_path), model_name, top if named else None, ledger["version"], ledger["target"],
+                     top_score, second[0], second[1], len(scores), changed,
+                     "" if named else ("the leak is the unmarked base file" if changed == 0 else
+                                       "no device's pattern is in the leak (altered, or not from this fleet)"),
+                     scores)
+    return best
+
+
+def publish_fingerprinted(st: Any, model_name: str, version: str, target: str, cohort: str,
+                          weights: int = 48, targets_dir: Any = None) -> dict[str, str]:
+    """Give every device of a cohort its own signed, fingerprinted package and make it the device's desired one.
+
+    The ledger is sealed and logged before any device is pointed at its package. Returns device id -> package id.
+    """
+    from tinymlops.fleet import packages
+    from tinymlops.fleet.store import Package, list_devices, set_desired
+
+    devices = [d.id for d in list_devices(st, cohort=cohort, target=target)]
+    if not devices:
+        raise UsageError(f"cohort {cohort!r} has no {target} devices to fingerprint packages for")
+    base = packages.build_package(model_name, version, target, targets=targets_dir)
+    bundles = fingerprint_bundles(base, devices, weights)
+    record_ledger(model_name, version, target, base.artifact, devices, weights)
+    now = time.time()
+    with st.session() as s:
+        for b in bundles.values():
+            m = b.manifest
+            if s.get(Package, b.id) is None:
+                s.add(Package(id=b.id, model_name=model_name, model_version=str(version),
+                              variant=str(m.get("variant", ""))[:64], format=m["format"], target=target,
+                              sha256=m["sha256"], size_bytes=len(b.artifact),
+                              manifest_json=b.manifest_bytes.decode("utf-8"),
+                              signature_b64=b.upload_json()["signature_b64"], key_id=m["key_id"],
+                              artifact=b.artifact, created_unix_s=now))
+    for d, b in bundles.items():
+        set_desired(st, b.id, device_ids=[d], reason=f"fingerprinted package of cohort {cohort}")
+    return {d: b.id for d, b in bundles.items()}
