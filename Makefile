@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
+# microcontroller targets get firmware figures (flash, RAM, instructions from a linked ELF run in QEMU) when the
+# Arm toolchain, QEMU and a TFLM tree (TINYMLOPS_TFLM_DIR) are present; TINYMLOPS_EMULATOR=off skips them
 demo: $(STAMP)
-	$(VENV)/bin/tinymlops run --config configs/pipeline.yaml
+	TINYMLOPS_EMULATOR=$${TINYMLOPS_EMULATOR:-auto} $(VENV)/bin/tinymlops run --config configs/pipeline.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -27,6 +27,18 @@ def test_only_targets_that_ask_or_the_environment(monkeypatch: pytest.MonkeyPatc
     assert not emulated.requested(get_target("raspberry-pi-pico"))    # Cortex-M0+: no emulator
 
 
+def test_auto_mode_follows_the_toolchain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(emulated.EMULATOR_ENV, "auto")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cross compiler, no QEMU: the demo keeps its static figures
+    assert not emulated.tools_present()
+    assert not emulated.requested(get_target("nucleo-l4r5zi"))
+    monkeypatch.setattr(emulated, "tools_present", lambda: True)
+    assert emulated.requested(get_target("nucleo-l4r5zi"))
+    assert not emulated.requested(get_target("raspberry-pi-4"))
+    monkeypatch.setenv(emulated.EMULATOR_ENV, "off")
+    assert not emulated.requested(get_target("nucleo-l4r5zi"))
+
+
 def test_cpi_scales_the_m4_calibration_by_core() -> None:
     m4 = emulated.cpi("cortex-m4", "tflm-cmsis-nn")
     assert m4 == pytest.approx(emulated.CPI_M4["tflm-cmsis-nn"])

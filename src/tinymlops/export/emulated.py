@@ -1,6 +1,7 @@
 """The ``emulated`` profiling method: link the model into firmware, run it under QEMU, measure what the ELF holds.
 
-A target whose YAML says ``emulator: qemu`` (or every emulatable target when ``TINYMLOPS_EMULATOR=qemu``) is
+A target whose YAML says ``emulator: qemu`` (or every emulatable target when ``TINYMLOPS_EMULATOR=qemu``, or
+``=auto`` and the toolchain is present, as ``make demo`` sets) is
 profiled from a real firmware: flash and RAM from the linked ELF, instructions per inference counted exactly by
 QEMU (``-icount shift=0``), and latency = instructions x cycles-per-instruction / clock, with the CPI calibrated per
 (core, runtime) on the published MLPerf Tiny results of the calibration board (NUCLEO-L4R5ZI, Cortex-M4 @ 120 MHz;
@@ -39,12 +40,33 @@ N_INPUTS = 3
 
 
 def requested(target: Any) -> bool:
-    """Return whether the emulated method applies to a target (its YAML or ``TINYMLOPS_EMULATOR=qemu``)."""
+    """Return whether the emulated method applies to a target.
+
+    Yes when its YAML says ``emulator: qemu`` or ``TINYMLOPS_EMULATOR=qemu``; with ``TINYMLOPS_EMULATOR=auto`` (what
+    ``make demo`` sets) when the Arm toolchain, QEMU and a TFLM tree are all present, so the demo shows firmware
+    figures wherever they can be had and stays as it was elsewhere.
+    """
     from tinymlops.export.toolchain import EMULATED
 
     if target.core not in EMULATED or not str(target.runtime).startswith("tflm"):
         return False
-    return getattr(target, "emulator", None) == "qemu" or os.environ.get(EMULATOR_ENV) == "qemu"
+    mode = os.environ.get(EMULATOR_ENV, "")
+    if getattr(target, "emulator", None) == "qemu" or mode == "qemu":
+        return True
+    return mode == "auto" and tools_present()
+
+
+def tools_present() -> bool:
+    """Return whether firmware can be built and run here (cross compiler, QEMU, a TFLM tree)."""
+    from tinymlops.errors import ConfigError
+    from tinymlops.export.toolchain import find_tflm, require_tools
+
+    try:
+        require_tools(run=True)
+        find_tflm(None)
+    except ConfigError:
+        return False
+    return True
 
 
 def cpi(core: str, runtime: str) -> float:
