@@ -91,6 +91,7 @@ def test_list_form_and_blocks_form_are_the_same() -> None:
     ([{"block": "window_stats", "stats": ["rms", "rms"]}], "stats repeat a statistic"),
     ([{"block": "spectral", "bandz": 3}], "bandz"),
     ([{"block": "not a ref:x y"}], "is not 'module:function'"),
+    ([{"block": "spectral"}, {"block": "image", "size": [0, 9]}], r"blocks\[1\] \(image\): size.0: Input should be"),
     ({"blocks": ["standardize"], "features": "spectral"}, "use either blocks or features"),
 ])
 def test_bad_config_names_the_block(entry: object, message: str) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
 
 from tinymlops.preprocessing.base import Block
+
+Side = Annotated[int, Field(ge=1, le=4096)]
 
 #: ITU-R 601 luma weights, as tf.image.rgb_to_grayscale
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
@@ -26,7 +28,7 @@ class Image(Block):
     """(H, W) or (H, W, C) images -> (height, width, 1 if grayscale else C), each value divided by ``scale``."""
 
     block: Literal["image"] = "image"
-    size: tuple[int, int] | None = Field(None, description="[height, width] to resize to; default: keep")
+    size: tuple[Side, Side] | None = Field(None, description="[height, width] to resize to; default: keep")
     grayscale: bool = False
     scale: float = Field(1.0, gt=0, description="divide pixel values by this (255 for 8-bit pixels)")
 

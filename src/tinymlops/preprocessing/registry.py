@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from tinymlops.preprocessing.audio import LogMel, Mfcc
 from tinymlops.preprocessing.base import Block
 from tinymlops.preprocessing.custom import Custom
@@ -45,4 +47,14 @@ def parse_blocks(entries: Any, fitted: bool) -> list[Block]:
         raise ValueError("blocks must be a list")
     if len(entries) > MAX_BLOCKS:
         raise ValueError(f"{len(entries)} pre-processing blocks; at most {MAX_BLOCKS}")
-    return [parse_block(e, fitted) for e in entries]
+    out = []
+    for i, entry in enumerate(entries):
+        try:
+            out.append(parse_block(entry, fitted))
+        except ValidationError as exc:  # name the entry: "blocks[1] (image): size.0: ..."
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            name = entry.get("block") if isinstance(entry, dict) else entry
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            raise ValueError(f"blocks[{i}] ({name}): {where + ': ' if where else ''}{msg}") from None
+    return out
