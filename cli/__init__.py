@@ -15,6 +15,7 @@ from cli import (
     fleet,
     init,
     keys,
+    license,
     model_import,
     pipeline,
     profile,
@@ -31,8 +32,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for _module in (init, pipeline, model_import, compress, profile, export, fleet, keys, drift, rollout, doctor, store,
-                server):
+for _module in (init, pipeline, model_import, compress, profile, export, fleet, keys, license, drift, rollout, doctor,
+                store, server):
     _module.register(app)
 
 

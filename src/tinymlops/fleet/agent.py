@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from tinymlops.fleet import answers, crypto, device_state
+from tinymlops.fleet import agent_licence, answers, crypto, device_state
 from tinymlops.fleet.answers import AgentStopped, BadAnswer, brief
 from tinymlops.fleet.inputs import InputSource
 from tinymlops.fleet.install import Installed, InstallState, atomic_write, open_model, smoke_test
@@ -84,6 +84,7 @@ class Agent:
         self.source = source
         self.keyset = device_state.load_keyset(cfg.state_dir, cfg.trusted_keys)  # rotations followed so far
         self.state = InstallState(cfg.state_dir, self.keyset.trusted(), cfg.target, cfg.device_id)
+        self.licence = agent_licence.LicenceHook(self.state, cfg.device_id)  # offline licences (licensed packages)
         self._client = client
         self._own_client = client is None
         self._open = runner_factory or open_model
@@ -105,8 +106,7 @@ class Agent:
         self.poll_interval_s = 5.0
         self._backoff_s = 0.0
         self._rng = random.Random(cfg.device_id)
-        self._pending_rejections = 0
-        self._pending_errors = 0
+        self._pending_rejections = self._pending_errors = 0
         self.started = time.monotonic()
         self._startup_events: list[tuple[str, str | None, str]] = []
 
@@ -166,7 +166,7 @@ class Agent:
         self.runner, self.installed = None, installed
         if installed is None:
             return
-        self.runner = self._open(installed, self.cfg.runtime)
+        self.runner = self.licence.wrap(self._open(installed, self.cfg.runtime), installed)
         self.spec, reference = answers.checked_specs(installed.manifest)
         self.builder = SketchBuilder(reference)
         self.reservoir, self.reservoir_seen, self.feedback = [], 0, []
@@ -278,15 +278,16 @@ class Agent:
             if len(self.rejected) > 1000:
                 self.rejected.clear()
             await self.install(pid, desired.get("rollback_authorisation"))
+        await self.licence.sync(self)  # register the receipt key, fetch licences, upload usage receipts
 
     # ---- inference and telemetry ----------------------------------------------------------------------------
 
     async def infer_once(self) -> bool:
         """Read one sensor window, run pre-processing and the model, add the result to the sketch.
 
-        Returns whether a window was read (False: no model yet, or the source had none ready).
+        Returns whether a window was read (False: no model yet, no licence for it, or no window ready).
         """
-        if self.runner is None:
+        if self.runner is None or not self.licence.admit(self.installed):  # unlicensed: the window stays unread
             return False
         window = self.source.read()
         if window is None:

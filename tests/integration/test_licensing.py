@@ -1,0 +1,230 @@
+"""Offline licensing end to end with real processes: `tinymlops fleet serve`, `tinymlops agent`, `tinymlops license`.
+
+A device runs a licensed package offline until its quota is used up and stops; it reconnects and the service
+reconciles exactly; a device whose owner restored an old copy of its state directory is caught (forked chain).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tinymlops.fleet import packages
+from tinymlops.sim import demo_model
+from tinymlops.sim.command import product_command
+
+pytestmark = pytest.mark.integration
+MODEL = "kws-licensed"
+QUOTA = 40
+
+
+class Proc:
+    """A product process whose stderr is collected by a thread (so waiting on a log line never blocks it)."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.p = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.p.stderr is not None
+        for line in self.p.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, needle: str, timeout_s: float = 60.0) -> str:
+        t_end = time.monotonic() + timeout_s
+        while time.monotonic() < t_end:
+            hit = next((x for x in self.lines if needle in x), None)
+            if hit:
+                return hit
+            assert self.p.poll() is None, f"exited {self.p.returncode} before {needle!r}:\n{self.log()}"
+            time.sleep(0.05)
+        raise AssertionError(f"no {needle!r} within {timeout_s}s:\n{self.log()}")
+
+    def stop(self) -> str:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        self.p.wait(timeout=30)
+        time.sleep(0.1)
+        return self.log()
+
+    def log(self) -> str:
+        return "".join(self.lines)[-6000:]
+
+
+class Fleet:
+    def __init__(self, root: Path) -> None:
+        self.root, self.home = root, root / "home"
+        self.env = {**os.environ, "TINYMLOPS_HOME": str(self.home)}
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        (root / "targets").mkdir(parents=True)
+        (root / "targets" / "gw.yaml").write_text(
+            "name: gw\nruntime: onnxruntime\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\n"
+            "flash_bytes: 32000000000\nactive_power_mw: 3000\n")
+        self.key = packages.signing_key(self._keys())
+        self.server: Proc | None = None
+
+    def _keys(self) -> Path:
+        d = self.home / "keys"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def serve(self) -> None:
+        self.server = Proc([*product_command("fleet", "serve"), "--db", f"sqlite:///{self.root / 'fleet.db'}",
+                            "--port", str(self.port), "--poll-interval", "0.2", "--targets-dir",
+                            str(self.root / "targets")], self.env)
+        t_end = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert self.server.p.poll() is None and time.monotonic() < t_end, self.server.log()
+            time.sleep(0.2)
+        token = (self.home / "fleet" / "operator-token").read_text().strip()
+        self.op = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    def stop_server(self) -> None:
+        assert self.server is not None
+        self.server.stop()
+        self.op.close()
+
+    def publish_licensed(self) -> str:
+        manifest = demo_model.build_demo_package(self.root / "pkg", model_name=MODEL)
+        artifact = (self.root / "pkg" / "model.onnx").read_bytes()
+        bundle = packages.sign({**manifest, "model_version": "1", "target": "gw", "runtime": "onnxruntime",
+                                "licence_required": True}, artifact, self.key)
+        r = self.op.post("/v1/packages", json=bundle.upload_json())
+        assert r.status_code == 201, r.text
+        return bundle.id
+
+    def enrol(self, device: str, package_id: str) -> str:
+        tok = self.op.post("/v1/enrolment-tokens", json={"cohort": device, "count": 1}).json()["tokens"][0]
+        self.op.put("/v1/desired-state", json={"package_id": package_id, "cohort": device}).raise_for_status()
+        return tok
+
+    def agent(self, device: str, token: str | None = None) -> Proc:
+        from tinymlops.sim.simulator import write_token_file
+
+        state = self.root / "dev" / device
+        windows = self.root / "windows.npy"
+        if not windows.is_file():
+            np.save(windows, demo_model.draw(demo_model.VibrationParams(), 3, 400)[0].astype(np.float32))
+        cmd = [*product_command("agent"), "--server", self.url, "--device-id", device, "--target", "gw",
+               "--state-dir", str(state), "--trusted-key", str(self.home / "keys" / packages.PUBLIC_KEY_FILE),
+               "--targets-dir", str(self.root / "targets"), "--input", str(windows), "--report-interval", "0.5",
+               "--inference-interval", "0.005", "-v"]
+        if token:
+            cmd += ["--enrolment-token-file", str(write_token_file(state, token))]
+        return Proc(cmd, self.env)
+
+    def cli(self, *args: str) -> dict:
+        p = subprocess.run([*product_command("license", *args), "--json"], env=self.env, capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    def until(self, what, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
+        t_end = time.monotonic() + timeout_s
+        while time.monotonic() < t_end:
+            got = what()
+            if got:
+                return got
+            time.sleep(0.2)
+        raise AssertionError(f"condition not met within {timeout_s}s")
+
+    def licence_row(self, device: str) -> dict | None:
+        rows = self.op.get("/v1/licences", params={"device_id": device}).json()
+        return rows[-1] if rows else None
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):
+    f = Fleet(tmp_path)
+    f.serve()
+    yield f
+    if f.server is not None and f.server.p.poll() is None:
+        f.stop_server()
+
+
+def test_offline_quota_exhaustion_then_exact_reconciliation(fleet: Fleet) -> None:
+    t0 = time.monotonic()
+    pid = fleet.publish_licensed()
+    dev = "meter-1"
+    agent = fleet.agent(dev, fleet.enrol(dev, pid))
+    agent.wait_for("installed package")
+    agent.wait_for("needs a licence and this device holds none")  # installed, refused: no licence yet
+    fleet.until(lambda: fleet.op.get(f"/v1/licence-devices/{dev}").status_code == 200)
+    issued = fleet.cli("issue", "--server", fleet.url, "--device", dev, "--model", MODEL, "--count", str(QUOTA),
+                       "--customer", "acme")
+    assert issued["count"] == QUOTA and issued["sequence"] == 1
+    fleet.until(lambda: (fleet.licence_row(dev) or {}).get("accepted"))
+    fleet.stop_server()  # from here on the device is offline
+
+    agent.wait_for("is used up: 40 of 40 inferences")
+    time.sleep(0.5)
+    err = agent.stop()
+    assert f"{QUOTA} inferences" in err.splitlines()[-1], err
+    local = fleet.cli("status", "--state-dir", str(fleet.root / "dev" / dev), "--trusted-key",
+                      str(fleet.home / "keys" / packages.PUBLIC_KEY_FILE))
+    assert local["licences"][0]["used"] == QUOTA and local["licences"][0]["state"] == "used up"
+    assert local["pending_receipts"] > 0
+
+    fleet.serve()  # back online: the device uploads and the service reconciles exactly
+    agent = fleet.agent(dev)
+    fleet.until(lambda: (fleet.licence_row(dev) or {}).get("settled") == QUOTA)
+    agent.stop()
+    row = fleet.licence_row(dev)
+    assert row is not None and row["used"] == QUOTA and row["unsettled"] == 0 and row["remaining"] == 0
+    report = fleet.cli("report", "--server", fleet.url)
+    device = report["customers"][0]["devices"][0]
+    assert report["customers"][0]["customer"] == "acme" and report["customers"][0]["used"] == QUOTA
+    assert device["tampered"] is False and report["tampered_devices"] == []
+    print(f"offline quota test: {time.monotonic() - t0:.1f} s")
+
+
+def test_a_restored_old_state_is_detected(fleet: Fleet) -> None:
+    pid = fleet.publish_licensed()
+    dev = "meter-2"
+    state = fleet.root / "dev" / dev
+    agent = fleet.agent(dev, fleet.enrol(dev, pid))
+    agent.wait_for("holds none")
+    fleet.until(lambda: fleet.op.get(f"/v1/licence-devices/{dev}").status_code == 200)
+    fleet.cli("issue", "--server", fleet.url, "--device", dev, "--model", MODEL, "--count", "100000")
+    fleet.until(lambda: (fleet.licence_row(dev) or {}).get("accepted"))
+    agent.stop()
+    shutil.copytree(state, fleet.root / "snapshot")  # the owner keeps a copy of the state directory
+
+    agent = fleet.agent(dev)
+    fleet.until(lambda: (fleet.licence_row(dev) or {}).get("used", 0) >= 50)
+    agent.stop()
+    honest = fleet.licence_row(dev)
+    assert honest is not None
+
+    shutil.rmtree(state)  # ... and restores it: the counter is back where it was
+    shutil.copytree(fleet.root / "snapshot", state)
+    agent = fleet.agent(dev)
+    agent.wait_for("the service flagged this device's usage")
+    agent.stop()
+    report = fleet.cli("report", "--server", fleet.url)
+    device = report["customers"][0]["devices"][0]
+    assert device["tampered"] is True and device["findings"].get("fork", 0) >= 1, device
+    assert report["tampered_devices"] == [dev]
+    assert any(f["kind"] == "fork" and "restored" in f["detail"] for f in report["findings"])
+    # nothing of the restored branch was counted: usage stays what the honest chain reported
+    assert fleet.licence_row(dev)["used"] == honest["used"]  # type: ignore[index]
