@@ -90,14 +90,21 @@ def folder_sha256(root: Path, files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def encode_labels(values: np.ndarray, classes: list[str] | None, where: str,
+def sorted_codes(uniq: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder distinct values ``uniq`` (with per-row ``codes`` into them) so that the values are sorted."""
+    order = np.argsort(uniq, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return uniq[order], rank[codes]
+
+
+def encode_labels(uniq: np.ndarray, inverse: np.ndarray, classes: list[str] | None, where: str,
                   locate: Any = None) -> tuple[np.ndarray, list[str]]:
-    """Map raw labels to integer ids in class order; return (y, class_names).
+    """Map labels (sorted distinct values ``uniq`` and per-row ``inverse`` codes) to class ids; return (y, names).
 
     Without ``classes`` the class names are the sorted distinct labels (numeric labels sort as numbers). With
     ``classes`` a label outside the list raises DataError naming it and where it first occurs (``locate(index)``).
     """
-    uniq, inverse = np.unique(values, return_inverse=True)
     if uniq.dtype.kind == "f" and np.all(uniq == np.round(uniq)):
         names = [str(int(u)) for u in uniq]
     else:
