@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 from tinymlops.fleet import service, store
-from tinymlops.fleet.service import routes_device, routes_health, routes_operator
+from tinymlops.fleet.service import routes_device, routes_health, routes_licence, routes_operator
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tinymlops"
 ROUTES = {
@@ -25,8 +25,14 @@ ROUTES = {
     ("GET", "/v1/devices/{device_id}/packages/{package_id}"): "device",
     ("GET", "/v1/devices/{device_id}/packages/{package_id}/artifact"): "device",
     ("POST", "/v1/devices/{device_id}/telemetry"): "device", ("POST", "/v1/devices/{device_id}/events"): "device",
+    ("POST", "/v1/key-updates"): "operator", ("GET", "/v1/key-updates"): "operator",
+    ("GET", "/v1/devices/{device_id}/key-updates"): "device", ("POST", "/v1/devices/{device_id}/credential"): "device",
+    ("PUT", "/v1/devices/{device_id}/licence-key"): "licensing", ("GET", "/v1/devices/{device_id}/licences"): "licensing",
+    ("POST", "/v1/devices/{device_id}/receipts"): "licensing", ("POST", "/v1/licences"): "licensing",
+    ("GET", "/v1/licences"): "licensing", ("GET", "/v1/licence-devices/{device_id}"): "licensing",
+    ("GET", "/v1/licence-findings"): "licensing", ("GET", "/v1/licence-report"): "licensing",
 }
-MODULE = {"meta": routes_health, "operator": routes_operator, "device": routes_device}
+MODULE = {"meta": routes_health, "operator": routes_operator, "device": routes_device, "licensing": routes_licence}
 
 
 def test_every_route_comes_from_its_router(tmp_path: Path) -> None:
