@@ -18,6 +18,7 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 #: answers whose top-1 minus top-2 probability is below this count as low-margin
 LOW_MARGIN = 0.5
@@ -37,12 +38,28 @@ def shapiro_francia(x: np.ndarray) -> float:
     return float(r * r)
 
 
+class ExtractionFigures(BaseModel):
+    """What a device reports about its query pattern (numbers only; bounded, so a hostile report cannot bloat)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: float = Field(ge=0, le=1e15)
+    distances: float = Field(ge=0, le=1e9)
+    w: float = Field(ge=0, le=1)
+    repeat_fraction: float = Field(ge=0, le=1)
+    dist_p10: float = Field(ge=0, le=1e30)
+    dist_p50: float = Field(ge=0, le=1e30)
+    dist_p90: float = Field(ge=0, le=1e30)
+    low_margin_fraction: float = Field(ge=0, le=1)
+
+
 class QueryDistanceMonitor:
     """On-device PRADA state: recent inputs per predicted class (kept local) and the recent min-distances."""
 
     def __init__(self, memory_per_class: int = 256, distances: int = 1000) -> None:
         self.memory_per_class = memory_per_class
-        self._seen: dict[int, deque[np.ndarray]] = {}
+        self._seen: dict[int, np.ndarray] = {}  # class -> ring buffer of recent inputs
+        self._filled: dict[int, int] = {}
         self._dist: deque[float] = deque(maxlen=distances)
         self._low_margin: deque[bool] = deque(maxlen=distances)
         self.queries = 0
@@ -50,18 +67,25 @@ class QueryDistanceMonitor:
     def add(self, features: np.ndarray, probs: np.ndarray) -> None:
         """Account one query: its distance to the closest earlier query of the same predicted class, its margin."""
         v = np.asarray(features, dtype=np.float32).reshape(-1)
-        p = np.sort(np.asarray(probs, dtype=np.float64).reshape(-1))
-        c = int(np.argmax(probs))
-        seen = self._seen.setdefault(c, deque(maxlen=self.memory_per_class))
-        if seen:
-            d = np.sqrt(((np.stack(seen) - v) ** 2).mean(axis=1)).min()
-            self._dist.append(float(d))
-        seen.append(v)
-        self._low_margin.append(bool(len(p) > 1 and p[-1] - p[-2] < LOW_MARGIN))
+        p = np.asarray(probs, dtype=np.float64).reshape(-1)
+        if not (np.all(np.isfinite(v)) and np.all(np.isfinite(p))) or p.size == 0:
+            return
+        c = int(np.argmax(p))
+        ring = self._seen.get(c)
+        if ring is None or ring.shape[1] != v.size:
+            ring = self._seen[c] = np.empty((self.memory_per_class, v.size), np.float32)
+            self._filled[c] = 0
+        n = self._filled[c]
+        if n:
+            self._dist.append(float(np.sqrt(((ring[:min(n, len(ring))] - v) ** 2).mean(axis=1)).min()))
+        ring[n % len(ring)] = v
+        self._filled[c] = n + 1
+        top2 = np.partition(p, -2)[-2:] if p.size > 1 else np.array([0.0, 1.0])
+        self._low_margin.append(bool(top2[1] - top2[0] < LOW_MARGIN))
         self.queries += 1
 
     def figures(self) -> dict[str, float]:
-        """Return the numbers a telemetry report carries (no inputs): W, min-distance quantiles, margins."""
+        """Return the numbers a telemetry report carries (no inputs): W, repeats, min-distance quantiles, margins."""
         d = np.asarray(self._dist, dtype=np.float64)
         q = np.quantile(d, [0.1, 0.5, 0.9]) if len(d) else np.zeros(3)
         pos = d[d > 1e-9]
@@ -116,3 +140,28 @@ def assess(device_id: str, figures: dict[str, float], th: ExtractionThresholds |
         reasons.append(f"{100 * figures['low_margin_fraction']:.0f} % low-margin answers > "
                        f"{100 * th.low_margin_above:.0f} % (boundary or random probing)")
     return ExtractionVerdict(device_id, bool(reasons), reasons, figures)
+
+
+def judge_reports(verdict: Any, reports: Any, th: ExtractionThresholds | None = None) -> Any:
+    """Return a drift verdict turned ``suspected-extraction`` if a device's latest figures look like an attack.
+
+    The evidence (device, reasons, figures) goes into the verdict's checks and reasons. It outranks ``retrain``:
+    a pipeline must not retrain on an attacker's probing queries.
+    """
+    from tinymlops.monitor.verdict import Check
+
+    latest: dict[str, ExtractionFigures] = {}
+    for r in reports:  # oldest first: the last report of a device wins
+        figs = getattr(r.sketch, "extraction", None) if r.sketch is not None else None
+        if figs is not None:
+            latest[r.device] = figs
+    suspects = [v for v in (assess(d, f.model_dump(), th) for d, f in sorted(latest.items())) if v.suspected]
+    if not suspects:
+        return verdict
+    checks = [Check(kind="extraction", name=v.device_id, level="suspected-extraction", reasons=v.reasons,
+                    figures=dict(v.figures)) for v in suspects]
+    reasons = [f"device {v.device_id}: {'; '.join(v.reasons)}" for v in suspects]
+    return verdict.model_copy(update={
+        "level": "suspected-extraction", "reasons": reasons + list(verdict.reasons),
+        "checks": list(verdict.checks) + checks,
+        "summary": {**verdict.summary, "devices_suspected_extraction": len(suspects)}})

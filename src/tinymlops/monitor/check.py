@@ -21,13 +21,14 @@ import numpy as np
 
 from tinymlops import registry
 from tinymlops.errors import RegistryError, UsageError
+from tinymlops.ip.extraction import judge_reports
 from tinymlops.metrics import target_metric
 from tinymlops.monitor.config import DriftConfig
 from tinymlops.monitor.drift import DeviceExpectation, DeviceReport, DriftFigures, compute_figures
 from tinymlops.monitor.reference import ReferenceProfile
 from tinymlops.monitor.verdict import Verdict, decide, render_markdown
 
-_SEVERITY = {"retrain": 3, "warn": 2, "incompatible sketch": 1, "insufficient data": 1, "ok": 0}
+_SEVERITY = {"suspected-extraction": 4, "retrain": 3, "warn": 2, "incompatible sketch": 1, "insufficient data": 1, "ok": 0}
 
 
 @dataclass
@@ -282,6 +283,7 @@ def evaluate_group(ctx: ModelContext, reports: Sequence[DeviceReport], cfg: Drif
     figures = compute_figures(ctx.reference, ctx.model, ctx.version, reports,
                               expected or expectation_for(ctx, target), target=target, cohort=cohort)
     verdict = decide(figures, cfg.thresholds)
+    verdict = judge_reports(verdict, reports)  # a device probing the model outranks drift (tinymlops.ip)
     ev = evidently_section(ctx, reports, cfg, reference_rows, html_dir) if verdict.level not in (
         "incompatible sketch",) else None
     md = render_markdown(verdict)

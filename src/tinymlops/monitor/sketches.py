@@ -15,6 +15,7 @@ import json
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from tinymlops.ip.extraction import ExtractionFigures, QueryDistanceMonitor
 from tinymlops.monitor.reference import ReferenceProfile
 
 #: latency histogram: 0.001 ms .. ~100 s, 8 bins per decade; bin 0 is below the first edge.
@@ -52,6 +53,8 @@ class Sketch(BaseModel):
     rejections: int = 0
     window_start: float | None = None
     window_end: float | None = None
+    #: the device's query-distance statistic (extraction detection, tinymlops.ip); per device, not merged
+    extraction: ExtractionFigures | None = None
 
     @classmethod
     def empty(cls, reference: ReferenceProfile) -> Sketch:
@@ -123,6 +126,7 @@ class SketchBuilder:
         self._edges = [np.asarray(f.inner_edges) for f in reference.features]
         self._confidence_edges = np.asarray(reference.confidence_inner_edges, dtype=np.float64)
         self.sketch = Sketch.empty(reference)
+        self.queries = QueryDistanceMonitor()  # spans windows: raw inputs stay on the device
 
     def add(self, features: np.ndarray, probabilities: np.ndarray, latency_ms: float, timestamp: float,
             energy_uj: float = 0.0, memory_bytes: int = 0) -> None:
@@ -149,10 +153,13 @@ class SketchBuilder:
         s.n_inferences += 1
         s.window_start = timestamp if s.window_start is None else min(s.window_start, timestamp)
         s.window_end = timestamp if s.window_end is None else max(s.window_end, timestamp)
+        self.queries.add(f, p)
 
     def flush(self) -> Sketch:
         """Return the accumulated sketch and start a new window."""
         out, self.sketch = self.sketch, Sketch.empty(self.reference)
+        if out.n_inferences:
+            out.extraction = ExtractionFigures(**self.queries.figures())
         return out
 
 

@@ -15,8 +15,9 @@ from tinymlops.monitor.cbpe import PerformanceEstimate
 from tinymlops.monitor.config import Thresholds
 from tinymlops.monitor.drift import DeviceFigures, DistributionFigures, DriftFigures, FeatureFigures
 
-Level = Literal["ok", "warn", "retrain", "insufficient data", "incompatible sketch"]
-_RANK = {"ok": 0, "insufficient data": 0, "incompatible sketch": 0, "warn": 1, "retrain": 2}
+Level = Literal["ok", "warn", "retrain", "insufficient data", "incompatible sketch", "suspected-extraction"]
+_RANK = {"ok": 0, "insufficient data": 0, "incompatible sketch": 0, "warn": 1, "retrain": 2,
+         "suspected-extraction": 3}
 
 
 class Check(BaseModel):
@@ -24,7 +25,7 @@ class Check(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["feature", "predictions", "confidence", "performance", "device", "sketch", "window"]
+    kind: Literal["feature", "predictions", "confidence", "performance", "device", "sketch", "window", "extraction"]
     name: str
     level: Level
     reasons: list[str] = []

@@ -1,0 +1,172 @@
+"""Model-IP quality bars of issue 17 (printed): watermark, fingerprints, extraction detection.
+
+Usage: TF_USE_LEGACY_KERAS=1 python benchmarks/ip.py [--config configs/digits.yaml] [--independent 20]
+Trains a watermarked model on the config's data, builds every compression variant the compress stage makes, runs
+an attacker's fine-tuning (10 % of the training data, 5 epochs), trains independent models for false claims,
+fingerprints the int8 variant for 100 devices and simulates normal devices and extraction attacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/digits.yaml")
+    ap.add_argument("--independent", type=int, default=20, help="independently trained models for false claims")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--devices", type=int, default=100)
+    ap.add_argument("--streams", type=int, default=100, help="normal devices and attacks of each kind simulated")
+    a = ap.parse_args()
+
+    from tinymlops.compress import techniques as T
+    from tinymlops.compress.export import to_onnx, to_tflite_float
+    from tinymlops.config import (
+        Cluster,
+        Fp16,
+        OnnxInt8,
+        Prune,
+        PruneClusterQat,
+        PtqInt8,
+        QatInt8,
+        load_pipeline,
+    )
+    from tinymlops.data import shift_augment
+    from tinymlops.ip import attacks
+    from tinymlops.ip import extraction as ex
+    from tinymlops.ip import fingerprint as fp
+    from tinymlops.ip.watermark import make_watermark, predict_file, verdict, with_triggers
+    from tinymlops.models import build as build_arch
+    from tinymlops.tf import keras
+    from tinymlops.train import prepare
+
+    cfg = load_pipeline(a.config)
+    prep = prepare(cfg)
+    x, y = prep.features("train"), prep.splits["train"].y
+    xv, yv, xt, yt = prep.features("val"), prep.splits["val"].y, prep.features("test"), prep.splits["test"].y
+    if cfg.train.augment_shift_pixels:
+        x, y = shift_augment(x, y, cfg.train.augment_shift_pixels)
+    k = len(prep.class_names)
+    wm = make_watermark(x, k, 100)
+    out = Path(tempfile.mkdtemp(prefix="tinymlops-ipbench-"))
+
+    def train(xx: np.ndarray, yy: np.ndarray, seed: int, epochs: int) -> object:
+        keras.utils.set_random_seed(seed)
+        m = build_arch(cfg.model.arch, xx.shape[1:], k, **cfg.model.params)
+        m.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), loss="sparse_categorical_crossentropy")
+        m.fit(xx, yy, validation_data=(xv, yv), epochs=epochs, batch_size=cfg.train.batch_size, verbose=0,
+              callbacks=[keras.callbacks.EarlyStopping(patience=cfg.train.early_stopping_patience,
+                                                       restore_best_weights=True)])
+        return m
+
+    def acc(probs: np.ndarray) -> float:
+        return float((np.asarray(probs).argmax(1) == yt).mean())
+
+    print(f"== watermark ({cfg.project}, {len(x)} training rows, {k} classes, {len(wm.labels)} triggers)")
+    t0 = time.perf_counter()
+    xw, yw = with_triggers(x, y, wm, 8)
+    marked = train(xw, yw, cfg.train.seed, a.epochs)
+    clean = train(x, y, cfg.train.seed, a.epochs)
+    acc_marked, acc_clean = acc(marked.predict(xt, verbose=0)), acc(clean.predict(xt, verbose=0))
+    print(f"accuracy: watermarked {100 * acc_marked:.2f} %, same training without {100 * acc_clean:.2f} % "
+          f"(cost {100 * (acc_clean - acc_marked):+.2f} pt)  [{time.perf_counter() - t0:.0f} s]")
+    marked.save(out / "marked.h5")
+    (out / "fp32.tflite").write_bytes(to_tflite_float(marked))
+    to_onnx(marked, out / "fp32.onnx")
+    rows = []
+    for f in ("marked.h5", "fp32.tflite", "fp32.onnx"):
+        rows.append((f"keras->{f}", verdict(wm, predict_file(out / f, wm.inputs), "white-box", f),
+                     acc(predict_file(out / f, xt))))
+    src = T.FloatSource(out / "marked.h5", out / "fp32.onnx", x, y, xv, yv, cfg.train.batch_size,
+                        cfg.train.learning_rate, cfg.train.seed)
+    for spec in (PtqInt8(technique="ptq-int8"), Fp16(technique="fp16"), Prune(technique="prune"),
+                 Cluster(technique="cluster"), QatInt8(technique="qat-int8"),
+                 PruneClusterQat(technique="prune-cluster-qat"), OnnxInt8(technique="onnx-int8")):
+        built = T.build(spec, src, out)
+        rows.append((spec.technique, verdict(wm, predict_file(built.path, wm.inputs), "white-box", spec.technique),
+                     acc(predict_file(built.path, xt))))
+    rng = np.random.default_rng(1)
+    idx = rng.choice(len(x), len(x) // 10, replace=False)
+    for lr in (cfg.train.learning_rate, cfg.train.learning_rate / 3):
+        stolen = keras.models.load_model(out / "marked.h5", compile=False)
+        stolen.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
+        stolen.fit(x[idx], y[idx], epochs=5, batch_size=cfg.train.batch_size, verbose=0)
+        rows.append((f"fine-tuned 10 %/5 ep lr {lr:g}", verdict(wm, stolen.predict(wm.inputs, verbose=0), "", ""),
+                     acc(stolen.predict(xt, verbose=0))))
+    print(f"{'variant':34s} {'matches':>8s} {'p-value':>10s} {'verified':>9s} {'accuracy':>9s}")
+    for name, v, ac in rows:
+        print(f"{name:34s} {v.matches:5d}/{v.triggers} {v.p_value:10.2e} {str(v.verified):>9s} {100 * ac:8.2f}%")
+    print(f"verified (p < 1e-6): {sum(v.verified for _, v, _ in rows)}/{len(rows)}")
+
+    t0 = time.perf_counter()
+    claims, worst = 0, 1.0
+    for s in range(a.independent):
+        v = verdict(wm, train(x, y, 1000 + s, max(5, a.epochs // 2)).predict(wm.inputs, verbose=0), "", "")
+        claims += v.verified
+        worst = min(worst, v.p_value)
+    print(f"false claims on {a.independent} independently trained models: {claims} (smallest p-value {worst:.2e})"
+          f"  [{time.perf_counter() - t0:.0f} s]")
+
+    print(f"\n== fingerprints ({a.devices} devices, 48 int8 weights each, ptq-int8 variant)")
+    base = (out / "ptq-int8.tflite").read_bytes()
+    key, devices = os.urandom(32), [f"device-{i:03d}" for i in range(a.devices)]
+    tensors = fp.int8_tensors(base)
+    pool, sha = fp._pool(base, tensors), hashlib.sha256(base).hexdigest()
+    base_acc, traced, deltas, margins = acc(predict_file(out / "ptq-int8.tflite", xt)), 0, [], []
+    for i, d in enumerate(devices):
+        leak = fp.apply(base, key, d, 48)
+        assert len(leak) == len(base)
+        scores = fp.score_devices(fp._aligned_pool(leak, tensors, d), pool, key, sha, devices, 48)
+        ranked = sorted(scores, key=scores.__getitem__, reverse=True)
+        traced += ranked[0] == d and scores[d] >= fp.MATCH_MIN
+        margins.append(scores[ranked[0]] - scores[ranked[1]])
+        if i < 20:
+            (out / "leak.tflite").write_bytes(leak)
+            deltas.append(acc(predict_file(out / "leak.tflite", xt)) - base_acc)
+    print(f"traced to the right device: {traced}/{len(devices)} ({100 * traced / len(devices):.0f} %), smallest "
+          f"score margin to the runner-up {min(margins):.2f}; file size unchanged (same graph and arena)")
+    print(f"accuracy change on 20 devices' packages: max |delta| {100 * max(abs(d) for d in deltas):.2f} pt "
+          f"(mean {100 * float(np.mean(deltas)):+.3f} pt)")
+
+    print(f"\n== extraction detection ({a.streams} streams of 1,000 queries per kind, float model)")
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(marked(np.asarray(batch, np.float32), training=False))
+
+    natural_pool = np.concatenate([prep.features(s) for s in ("train", "val", "test")])
+    lo, hi = np.percentile(x, 1, 0), np.percentile(x, 99, 0) + 1e-3
+    results: dict[str, list[bool]] = {}
+    t0 = time.perf_counter()
+    for s in range(a.streams):
+        r = np.random.default_rng(s)
+        seed = xt[r.choice(len(xt), 30, replace=False)]
+        streams = {"normal": attacks.natural(natural_pool, 1000, r),
+                   "normal, drifted x1.15": attacks.natural(natural_pool * 1.15, 1000, r),
+                   "random probing": attacks.random_probe(lo, hi, 1000, r),
+                   "Jacobian-augmented": attacks.jacobian_augmented(seed, predict, k, 1000, r),
+                   "boundary-seeking": attacks.boundary_seeking(seed, predict, 1000, r)}
+        for name, stream in streams.items():
+            q = np.stack(list(stream))
+            mon = ex.QueryDistanceMonitor()
+            for qi, pi in zip(q, predict(q), strict=True):
+                mon.add(qi, pi)
+            results.setdefault(name, []).append(ex.assess(name, mon.figures()).suspected)
+    for name, flags in results.items():
+        print(f"{name:24s} flagged {sum(flags):4d}/{len(flags)} ({100 * float(np.mean(flags)):.1f} %)")
+    print(f"[{time.perf_counter() - t0:.0f} s]")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
