@@ -14,6 +14,7 @@ from cli import (
     export,
     fleet,
     init,
+    ip,
     keys,
     license,
     model_import,
@@ -32,8 +33,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for _module in (init, pipeline, model_import, compress, profile, export, fleet, keys, license, drift, rollout, doctor,
-                store, server):
+for _module in (init, pipeline, model_import, compress, profile, export, fleet, keys, license, ip, drift, rollout,
+                doctor, store, server):
     _module.register(app)
 
 
