@@ -50,8 +50,8 @@ def _arrow_columns(path: Path, fmt: str, section: DatasetSection) -> _Columns:
             pf = pq.ParquetFile(path)  # not pq.read_table: that imports pyarrow.dataset (and pandas), ~2 s
             wanted = None
             if section.features is not None:
-                keep = {*section.features, section.label, *_extra_columns(section)}
-                wanted = [c for c in pf.schema_arrow.names if c in keep]
+                used = {*section.features, section.label, *_extra_columns(section)}
+                wanted = [c for c in pf.schema_arrow.names if c in used]
             table = pf.read(columns=wanted)
     except (pa.ArrowInvalid, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -247,8 +247,8 @@ def load_rows(section: DatasetSection, path: Path) -> Dataset:
         _check_missing(cols, c)
     warnings: list[str] = []
     X = _features(cols, section, names, warnings)
-    y, class_names = encode_labels(*cols.codes(section.label), section.classes,
-                                   f"{path}: column {section.label!r}", cols.where)
+    uniq, inverse = cols.codes(section.label)
+    y, class_names = encode_labels(uniq, inverse, section.classes, f"{path}: column {section.label!r}", cols.where)
     parts: dict[str, Any] = {"X": X, "y": y}
     by = section.split_column()
     columnar = X.ndim == 2
