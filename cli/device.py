@@ -73,8 +73,13 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
           enrolment_token_file: Annotated[Path | None, typer.Option(
               help="file holding the one-time enrolment token (first start only; or set "
                    "TINYMLOPS_ENROLMENT_TOKEN; never on the command line, where `ps` shows it)")] = None,
-          trusted_key: Annotated[Path | None, typer.Option(help="Ed25519 public key packages must be signed "
-                                                                "with (default <home>/keys/package_signing.pub)")] = None,
+          trusted_key: Annotated[Path | None, typer.Option(help="Ed25519 key the device is provisioned with: "
+                                                                "root.pub after a `keys rotate` (the device then "
+                                                                "follows signed key updates), else "
+                                                                "<home>/keys/package_signing.pub")] = None,
+          credential_max_age: Annotated[float | None, typer.Option(
+              min=60.0, help="rotate the device credential when it is older than this many seconds "
+                             "(the old one stops working at the new one's first use)")] = None,
           report_interval: Annotated[float, typer.Option(min=0.05, help="seconds between telemetry reports")] = 10.0,
           inference_interval: Annotated[float, typer.Option(min=0.0, help="seconds between inferences")] = 0.1,
           duration: Annotated[float | None, typer.Option(help="stop after N seconds (default: run forever)")] = None,
@@ -128,7 +133,7 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
                       trusted_keys=[packages.load_public_key(trusted_key or packages.default_public_key_path())],
                       enrolment_token=enrolment_token, report_interval_s=report_interval,
                       inference_interval_s=inference_interval, energy_mw=tgt.active_power_mw, duration_s=duration,
-                      max_reports=max_reports, verify=verify)
+                      max_reports=max_reports, verify=verify, credential_max_age_s=credential_max_age)
     drift = {"gain": drift_gain, "offset": drift_offset, "noise_std": drift_noise_std, "shaft_hz": drift_shaft_hz}
     source = _agent_input(input_spec, seed, drift, drift_after)
     factory = None
