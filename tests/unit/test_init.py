@@ -129,7 +129,7 @@ def test_non_empty_directory_is_refused_unless_force(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert (proj / "notes.txt").read_text() == "mine"  # other files are kept
     assert "source: image_folder" in (proj / "configs" / "pipeline.yaml").read_text()  # the template's replaced
-    assert len(list((proj / "data" / "shapes").rglob("*.png"))) == 4 * 80
+    assert len(list((proj / "data" / "shapes").rglob("*.png"))) == 4 * 150
     assert not list(tmp_path.glob(".*init-*"))
 
 

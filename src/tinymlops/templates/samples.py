@@ -199,7 +199,7 @@ def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def audio_folder(root: Path, seed: int = 0, clips_per_class: int = 50) -> Summary:
+def audio_folder(root: Path, seed: int = 0, clips_per_class: int = 80) -> Summary:
     """Write ``root/<class>/<class>_NNN.wav``: 16-bit mono clips of 0.9-1.1 s at 8 kHz, one folder per class.
 
     Classes: ``background`` (room noise, sometimes mains hum), ``beep`` (a tone with harmonics), ``chirp`` (a
@@ -243,10 +243,14 @@ def _polygon(cls: str, cx: float, cy: float, r: float, angle: float) -> list[tup
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
 
 
-def image_folder(root: Path, seed: int = 0, images_per_class: int = 80) -> Summary:
+def _luma(rgb: np.ndarray) -> float:
+    return float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
+
+
+def image_folder(root: Path, seed: int = 0, images_per_class: int = 150) -> Summary:
     """Write ``root/<class>/<class>_NNN.png``: 48x48 RGB pictures of a shape on a background, one folder per class.
 
-    Random colours (shape and background differ in brightness by at least 40 levels), size, position, rotation,
+    A part of random colour (lighter than the belt) on a dark conveyor belt; random size, position, rotation,
     an occasional distractor line, sensor noise: a camera-like task that a small CNN learns and a linear model
     does not.
     """
@@ -257,9 +261,9 @@ def image_folder(root: Path, seed: int = 0, images_per_class: int = 80) -> Summa
     for cls in IMAGE_CLASSES:
         (root / cls).mkdir(parents=True, exist_ok=True)
         for i in range(images_per_class):
-            bg = rng.integers(0, 256, 3)
+            bg = rng.integers(25, 75) + rng.integers(-12, 13, 3)  # the belt: dark grey, a little tinted
             fg = rng.integers(0, 256, 3)
-            while abs(int(fg.mean()) - int(bg.mean())) < 40:
+            while _luma(fg) < _luma(bg) + 70:  # a part of any colour, lighter than the belt even in grayscale
                 fg = rng.integers(0, 256, 3)
             img = Image.new("RGB", (side, side), tuple(int(v) for v in bg))
             draw = ImageDraw.Draw(img)
