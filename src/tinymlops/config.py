@@ -342,6 +342,11 @@ def check_references(cfg: PipelineConfig, path: str | Path) -> None:
                 resolve_target(board, directory)
             except ConfigError as exc:
                 problems.append(f"{path}: {key}: {exc}")
+    if cfg.dataset.path:  # the data file or folder (the data itself is checked when it is loaded)
+        data = Path(cfg.dataset.path)
+        data = data if data.is_absolute() else Path(path).resolve().parent / data
+        if not data.exists():
+            problems.append(f"{path}: dataset.path: {data}: file not found")
     for key in ("drift", "rollout"):
         ref = getattr(cfg, key)
         if not ref:
