@@ -7,8 +7,8 @@ import pytest
 
 from tinymlops.monitor.cbpe import estimate, fit_calibration
 from tinymlops.monitor.config import Thresholds
-from tinymlops.monitor.drift import DeviceReport, compute_figures
-from tinymlops.monitor.reference import CONFIDENCE_EDGES, compute_reference
+from tinymlops.monitor.drift import DeviceReport, DriftFigures, compute_figures
+from tinymlops.monitor.reference import CONFIDENCE_EDGES, ReferenceProfile, compute_reference
 from tinymlops.monitor.sketches import Sketch, SketchBuilder
 from tinymlops.monitor.verdict import decide, render_markdown
 
@@ -108,7 +108,8 @@ def test_estimate_of_merged_sketches_equals_estimate_of_the_whole_window() -> No
     assert e_old is not None and not e_old.joint
 
 
-def _figures_with_drop(feedback: int):  # type: ignore[no-untyped-def]
+def _drifted_window(feedback: int) -> tuple[ReferenceProfile, DeviceReport]:
+    """A calibrated reference and one window in which the model calls 80 % of class 3 'class 0', confidently."""
     rng = np.random.default_rng(4)
     feats = rng.normal(size=(2000, 2))
     pv, yv = calibrated(2000, rng, sharp=8.0)
@@ -116,13 +117,18 @@ def _figures_with_drop(feedback: int):  # type: ignore[no-untyped-def]
                             metrics={"accuracy": float((pv.argmax(1) == yv).mean()), "macro_f1": 0.97})
     b = SketchBuilder(ref)
     y = rng.integers(0, C, 600)
-    pred = np.where((y == 3) & (rng.random(600) < 0.8), 0, y)  # confidently wrong on class 3
+    pred = np.where((y == 3) & (rng.random(600) < 0.8), 0, y)
     for i in range(600):
         p = np.full(C, 0.001)
         p[pred[i]] = 0.997
         b.add(rng.normal(size=2), p, latency_ms=1.0, timestamp=float(i))
     rep = DeviceReport(device="d", sketch=b.flush(), version="1", feedback_true=y[:feedback] if feedback else None,
                        feedback_pred=pred[:feedback] if feedback else None)
+    return ref, rep
+
+
+def _figures_with_drop(feedback: int) -> DriftFigures:
+    ref, rep = _drifted_window(feedback)
     return compute_figures(ref, "m", "1", [rep])
 
 
@@ -169,3 +175,27 @@ def test_fleet_service_rejects_inconsistent_class_confidence_histograms() -> Non
     assert "shape" in (check_sketch(sk.model_copy(update={"class_confidence_counts": wide}), pkg) or "")
     hostile = [[10**20] * (len(CONFIDENCE_EDGES) + 1) for _ in range(C)]
     assert check_sketch(sk.model_copy(update={"class_confidence_counts": hostile}), pkg) is not None
+
+
+
+def test_estimate_options_from_the_drift_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tinymlops.config import load
+    from tinymlops.errors import ConfigError
+    from tinymlops.monitor.config import EstimateSection
+
+    bad = tmp_path / "drift.yaml"
+    bad.write_text("kind: drift\nestimate: {interval: 1.5}\n")
+    with pytest.raises(ConfigError, match="interval"):
+        load(bad)
+    ref, rep = _drifted_window(feedback=0)
+
+    def est(opt: EstimateSection):  # type: ignore[no-untyped-def]
+        return compute_figures(ref, "m", "1", [rep], estimate_options=opt).estimated
+
+    assert est(EstimateSection(enabled=False)) is None
+    with_prior, plain = est(EstimateSection()), est(EstimateSection(class_prior=False))
+    assert with_prior is not None and plain is not None
+    assert plain.accuracy > with_prior.accuracy + 0.1  # without the prior the confidently wrong model looks fine
+    narrow = est(EstimateSection(interval=0.6))
+    assert narrow is not None and narrow.accuracy_high - narrow.accuracy_low < with_prior.accuracy_high - \
+        with_prior.accuracy_low

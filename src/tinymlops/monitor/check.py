@@ -281,7 +281,8 @@ def evaluate_group(ctx: ModelContext, reports: Sequence[DeviceReport], cfg: Drif
                    reference_rows: np.ndarray | None = None, html_dir: Path | None = None) -> GroupResult:
     """Measure and judge one target x cohort (no MLflow, no Prefect)."""
     figures = compute_figures(ctx.reference, ctx.model, ctx.version, reports,
-                              expected or expectation_for(ctx, target), target=target, cohort=cohort)
+                              expected or expectation_for(ctx, target), target=target, cohort=cohort,
+                              estimate_options=cfg.estimate)
     verdict = decide(figures, cfg.thresholds)
     verdict = judge_reports(verdict, reports)  # a device probing the model outranks drift (tinymlops.ip)
     ev = evidently_section(ctx, reports, cfg, reference_rows, html_dir) if verdict.level not in (

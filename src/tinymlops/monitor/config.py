@@ -99,6 +99,16 @@ class EvidentlySection(Strict):
     reference_rows: int = Field(2000, ge=50, le=100000)
 
 
+class EstimateSection(Strict):
+    """Label-free performance estimates (CBPE) from the sketches of a calibrated model."""
+
+    enabled: bool = Field(True, description="estimate accuracy/macro-F1 when the reference carries a calibration")
+    class_prior: bool = Field(
+        True, description="assume a cohort keeps the training class mix (no label shift); exposes models that are "
+                          "confidently wrong under a sensor shift. Turn off where the class mix itself moves")
+    interval: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the estimate's interval")
+
+
 class RetrainSection(Strict):
     """Closing the loop: a retrain verdict starts the pipeline, at most once per cooldown."""
 
@@ -129,6 +139,7 @@ class DriftConfig(Strict):
     alias: str | None = Field(None, description="evaluate the version this alias points at (default: latest)")
     thresholds: Thresholds = Field(default_factory=Thresholds)
     evidently: EvidentlySection = Field(default_factory=EvidentlySection)
+    estimate: EstimateSection = Field(default_factory=EstimateSection)
     retrain: RetrainSection = Field(default_factory=RetrainSection)
     experiment: str = Field("tinymlops-drift", description="MLflow experiment holding drift-check runs")
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from scipy.special import chdtrc
 
 from tinymlops.monitor.cbpe import PerformanceEstimate, estimate
+from tinymlops.monitor.config import EstimateSection
 from tinymlops.monitor.reference import ReferenceProfile
 from tinymlops.monitor.sketches import IncompatibleSketch, Sketch, edges_digest
 
@@ -318,18 +319,20 @@ def performance_figures(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
         reference_accuracy=ref.get("accuracy"), reference_macro_f1=ref.get("macro_f1"))
 
 
-def estimated_performance(reference: ReferenceProfile, sketch: Sketch) -> PerformanceEstimate | None:
-    """Return the label-free accuracy/macro-F1 estimate of a sketch (None: the model was not calibrated)."""
+def estimated_performance(reference: ReferenceProfile, sketch: Sketch,
+                          options: EstimateSection | None = None) -> PerformanceEstimate | None:
+    """Return the label-free accuracy/macro-F1 estimate of a sketch (None: not calibrated, or turned off)."""
     cal = reference.calibration
-    if cal is None or cal.confidence_inner_edges != reference.confidence_inner_edges:
+    opt = options or EstimateSection()
+    if not opt.enabled or cal is None or cal.confidence_inner_edges != reference.confidence_inner_edges:
         return None
     return estimate(cal, sketch.class_confidence_counts, sketch.prediction_counts, sketch.confidence_counts,
-                    reference=reference.metrics)
+                    level=opt.interval, reference=reference.metrics, class_prior=opt.class_prior)
 
 
 def compute_figures(reference: ReferenceProfile, model: str, version: str, reports: Sequence[DeviceReport],
                     expected: DeviceExpectation | None = None, target: str | None = None,
-                    cohort: str | None = None) -> DriftFigures:
+                    cohort: str | None = None, estimate_options: EstimateSection | None = None) -> DriftFigures:
     """Merge the reports' sketches and measure every drift figure of the window."""
     expected = expected or DeviceExpectation(target=target or "")
     result = merge_reports(reference, version, reports)
@@ -354,7 +357,7 @@ def compute_figures(reference: ReferenceProfile, model: str, version: str, repor
         features=feature_figures(reference, s) if has_data and s else [],
         predictions=prediction_figures(reference, s) if has_data and s else None,
         confidence=confidence_figures(reference, s) if has_data and s else None,
-        performance=perf, estimated=estimated_performance(reference, s) if has_data and s else None,
+        performance=perf, estimated=estimated_performance(reference, s, estimate_options) if has_data and s else None,
         devices=devices,
         fleet_device=device_figures("fleet", s, expected) if has_data and s else None,
         rejected=result.rejected)
