@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a host
 #: max abs difference per block (docs/data.md "Pre-processing": C parity)
 BOUNDS = {"spectral-pow2": 1e-4, "spectral-dft": 1e-4, "identity-standard": 1e-6, "identity-none": 1e-6,
           "window_stats": 1e-4, "window_stats-subset-standard": 1e-4, "log_mel-pow2": 1e-4,
-          "log_mel-dft-magnitude": 1e-4, "mfcc-standard": 1e-4, "image-gray-down": 1e-6, "image-rgb-up-standard": 1e-5}
+          "log_mel-dft-magnitude": 1e-4, "mfcc-standard": 1e-4, "image-gray-down": 1e-6, "image-rgb-up-standard": 1e-5,
+          "image-chain-3": 1e-5}
 
 
 def _vibration_like(n: int, samples: int, axes: int | None, seed: int = 0) -> np.ndarray:
@@ -66,6 +67,10 @@ CASES = {
     "image-gray-down": (PreprocessingSection(blocks=[{"block": "image", "size": [12, 10], "grayscale": True,
                                                       "scale": 255}]),
                         np.random.default_rng(4).integers(0, 256, size=(10, 20, 24, 3)).astype(np.float32)),
+    # three blocks: resize -> standardize -> grayscale ping-pongs between the two intermediate buffers
+    "image-chain-3": (PreprocessingSection(blocks=[{"block": "image", "size": [9, 7]}, "standardize",
+                                                   {"block": "image", "grayscale": True}]),
+                      np.random.default_rng(6).integers(0, 256, size=(8, 20, 24, 3)).astype(np.float32)),
     "image-rgb-up-standard": (PreprocessingSection(blocks=[{"block": "image", "size": [30, 31], "scale": 255},
                                                            {"block": "standardize", "mode": "global"}]),
                               np.random.default_rng(5).integers(0, 256, size=(8, 20, 24, 3)).astype(np.float32)),
@@ -131,12 +136,12 @@ def test_custom_block_has_no_c(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_work_buffer_is_what_the_chain_needs() -> None:
-    """Two-block chains ping-pong between two intermediate buffers; a lone standardize streams."""
+    """Standardize runs in place in the feature buffer; longer chains ping-pong between two intermediate buffers;
+    no blocks or a lone standardize stream (no feature buffer)."""
     from tinymlops.export.preprocess_c import buffer_floats
 
-    section, X = CASES["mfcc-standard"]
-    spec = fit(section, X, 8000.0)
-    feats, work = buffer_floats(spec)
-    assert feats == spec.n_features == 24 * 13
-    assert work == 2 * spec.n_features + (2 * 256 + 129 + 40)
+    spec = fit(*CASES["mfcc-standard"][:2], 8000.0)
+    assert buffer_floats(spec) == (spec.n_features, 2 * 256 + 129 + 40)  # mfcc writes the features: scratch only
+    chain = fit(CASES["image-chain-3"][0], CASES["image-chain-3"][1])
+    assert buffer_floats(chain) == (9 * 7, 2 * 9 * 7 * 3)
     assert buffer_floats(fit(*CASES["identity-standard"]))[0] == 1

@@ -150,15 +150,21 @@ def plan(spec: FittedPreprocessing) -> tuple[list[_Plan], int, int]:
     if int(np.prod(shape)) != spec.n_features:
         raise UsageError(f"pre-processing blocks give {int(np.prod(shape))} values; the model takes "
                          f"{spec.n_features} features")
-    inter = max([pl.out_len for pl in plans[:-1]], default=0)
+    inter = max([pl.out_len for i, pl in enumerate(plans) if not _writes_features(spec, i)], default=0)
     return plans, inter, max([pl.scratch for pl in plans], default=0)
+
+
+def _writes_features(spec: FittedPreprocessing, i: int) -> bool:
+    """Block i writes the features when only standardize blocks (run in place) follow it (as tm_preprocess.c)."""
+    return all(isinstance(b, Standardize) for b in spec.blocks[i + 1:])
 
 
 def buffer_floats(spec: FittedPreprocessing) -> tuple[int, int]:
     """Return (feature buffer, work buffer) floats the device needs (>= 1 each; the streaming path needs none)."""
     _, inter, scratch = plan(spec)
     streams = not spec.blocks or (len(spec.blocks) == 1 and isinstance(spec.blocks[0], Standardize))
-    return (1 if streams else spec.n_features), max(1, 2 * inter + scratch)
+    buffers = min(2, sum(not _writes_features(spec, i) for i in range(len(spec.blocks))))
+    return (1 if streams else spec.n_features), max(1, buffers * inter + scratch)
 
 
 def render_config(spec: FittedPreprocessing, symbol: str = "tm_pp_config_model") -> str:

@@ -40,10 +40,9 @@ class Image(Block):
         if self.size is not None and tuple(X.shape[1:3]) != tuple(self.size):
             (r0, r1, fr), (c0, c1, fc) = (resize_weights(X.shape[1], self.size[0]),
                                           resize_weights(X.shape[2], self.size[1]))
-            fc = fc[None, None, :, None]
-            top = X[:, r0][:, :, c0] + (X[:, r0][:, :, c1] - X[:, r0][:, :, c0]) * fc
-            bottom = X[:, r1][:, :, c0] + (X[:, r1][:, :, c1] - X[:, r1][:, :, c0]) * fc
-            X = top + (bottom - top) * fr[None, :, None, None]
+            # columns, then rows: the same arithmetic as TensorFlow's top/bottom lerp, one gather per axis
+            cols = X[:, :, c0] + (X[:, :, c1] - X[:, :, c0]) * fc[None, None, :, None]
+            X = cols[:, r0] + (cols[:, r1] - cols[:, r0]) * fr[None, :, None, None]
         if self.grayscale and X.shape[3] == 3:
             X = (X * np.asarray(GRAY_WEIGHTS)).sum(axis=3, keepdims=True)
         return X / self.scale

@@ -5,8 +5,22 @@
 
 #define TM_EPS 1e-6f
 
+/* Whether block i writes straight into the features: only standardize blocks (in place) follow it. */
+static int writes_features(const tm_pp_config *cfg, int i) {
+  for (int j = i + 1; j < cfg->n_blocks; j++)
+    if (cfg->blocks[j].kind != TM_PP_STANDARDIZE) return 0;
+  return 1;
+}
+
+/* Intermediate buffers: blocks that do not write the features alternate between two (one if only one such). */
+static int inter_buffers(const tm_pp_config *cfg) {
+  int n = 0;
+  for (int i = 0; i < cfg->n_blocks; i++) n += !writes_features(cfg, i);
+  return n < 2 ? n : 2;
+}
+
 size_t tm_pp_work_floats(const tm_pp_config *cfg) {
-  return (size_t)(2 * cfg->inter_floats + cfg->scratch_floats);
+  return (size_t)(inter_buffers(cfg) * cfg->inter_floats + cfg->scratch_floats);
 }
 
 static int is_pow2(int n) { return n > 0 && (n & (n - 1)) == 0; }
@@ -203,11 +217,11 @@ int tm_pp_run(const tm_pp_config *cfg, const float *raw, float *features, float 
   if (cfg->blocks[cfg->n_blocks - 1].out_len != cfg->n_features) return -1;
   const float *in = raw;
   float s = cfg->scale;
-  float *scratch = work + 2 * cfg->inter_floats;
-  for (int i = 0; i < cfg->n_blocks; i++) {
+  float *scratch = work + inter_buffers(cfg) * cfg->inter_floats;
+  for (int i = 0, k = 0; i < cfg->n_blocks; i++) {
     const tm_pp_block *b = &cfg->blocks[i];
-    float *out = i == cfg->n_blocks - 1 ? features : work + (i % 2) * cfg->inter_floats;
-    if (run_block(b, in, s, out, scratch) != 0) return -1;
+    float *out = writes_features(cfg, i) ? features : work + (k++ % 2) * cfg->inter_floats;
+    if (run_block(b, in, s, out, scratch) != 0) return -1;  /* standardize may run in place */
     in = out;
     s = 1.0f;  /* only the first block reads raw values */
   }

@@ -57,7 +57,7 @@ typedef struct {
   int n_blocks;
   const tm_pp_block *blocks;
   int n_features;
-  int inter_floats;          /* largest output of a block that is not the last */
+  int inter_floats;          /* largest output of a block that does not write the features (see tm_preprocess.c) */
   int scratch_floats;        /* largest scratch of a block */
 } tm_pp_config;
 
