@@ -32,13 +32,19 @@ def licence_required(manifest: dict[str, Any] | None) -> bool:
 class MeteredRunner:
     """A runner that charges each inference to the device's licence before running it (refuses without a meter)."""
 
+    __slots__ = ("meter", "model", "runner", "why")  # attribute reads on the per-inference path: half the cost
+
     def __init__(self, runner: Any, meter: Meter | None, model: str, why: str = "") -> None:
         self.runner, self.meter, self.model, self.why = runner, meter, model, why
 
     def timed_predict(self, x: Any) -> Any:
-        if self.meter is None:
+        m = self.meter
+        if m is None:
             raise LicenceRefused(self.why)
-        self.meter.charge(self.model)  # LicenceRefused past the quota: the agent counts an error
+        if m.model == self.model and m.served < m.block_end and (m.served & m.tick_mask or m.mono() < m.deadline):
+            m.served += 1  # Meter.charge's fast path, inlined: this runs once per inference
+        else:
+            m.charge(self.model)  # LicenceRefused past the quota: the agent counts an error
         return self.runner.timed_predict(x)
 
     def close(self) -> None:
