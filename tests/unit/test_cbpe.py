@@ -137,6 +137,9 @@ def test_verdict_judges_the_estimate_without_labels_and_says_so() -> None:
     est = [c for c in v.checks if c.kind == "performance" and c.name == "estimated"]
     assert est and est[0].level == "retrain"
     assert any("estimated without labels" in r for r in v.reasons)
+    # the drop rests on the class prior (the model is confidently wrong): the reason says what label shift means
+    assert any("if the class mix itself changed" in r for r in v.reasons)
+    assert v.summary["estimated_accuracy_calibration_only"] > v.summary["estimated_accuracy"] + 0.1
     assert v.level == "retrain"
     assert "accuracy: estimated" in render_markdown(v)
 

@@ -64,6 +64,8 @@ class PerformanceEstimate(BaseModel):
     macro_f1_high: float
     level: float  # interval confidence, e.g. 0.95
     joint: bool  # False: the sketch had no class x confidence histogram (older agent); classes assumed alike
+    class_prior: bool = False  # raked to the training class mix (no label shift assumed)
+    accuracy_calibration_only: float | None = None  # with the prior: what calibration alone estimates (label shift)
     reference_accuracy: float | None = None
     reference_macro_f1: float | None = None
 
@@ -184,6 +186,7 @@ def estimate(cal: Calibration, joint_counts: Sequence[Sequence[int]] | None,
     prior_counts = np.asarray(cal.class_counts, np.float64) + 0.5
     use_prior = class_prior and len(prior_counts) == n_classes
     cm = _expected_confusion(nj[None], (a / (a + b))[None], (err / err.sum(axis=1, keepdims=True))[None])
+    plain_acc = float(_batch_metrics(cm)[0][0])
     if use_prior:
         cm = rake(cm, prior_target(cm, (prior_counts / prior_counts.sum())[None], n))
     acc, f1 = _batch_metrics(cm)
@@ -210,7 +213,8 @@ def estimate(cal: Calibration, joint_counts: Sequence[Sequence[int]] | None,
         n=int(round(n)), accuracy=acc0, accuracy_low=float(min(np.quantile(accs, lo), acc0)),
         accuracy_high=float(max(np.quantile(accs, hi), acc0)), macro_f1=f10,
         macro_f1_low=float(min(np.quantile(f1s, lo), f10)), macro_f1_high=float(max(np.quantile(f1s, hi), f10)),
-        level=level, joint=joint, reference_accuracy=ref.get("accuracy"), reference_macro_f1=ref.get("macro_f1"))
+        level=level, joint=joint, class_prior=use_prior, accuracy_calibration_only=plain_acc if use_prior else None,
+        reference_accuracy=ref.get("accuracy"), reference_macro_f1=ref.get("macro_f1"))
 
 
 def _expected_confusion(nj: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:

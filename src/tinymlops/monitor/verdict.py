@@ -274,7 +274,8 @@ def _judge_outputs(figures: DriftFigures, th: Thresholds, alpha: float,
     if e is not None:
         summary.update({"estimated_accuracy": e.accuracy, "estimated_accuracy_low": e.accuracy_low,
                         "estimated_accuracy_high": e.accuracy_high, "estimated_macro_f1": e.macro_f1,
-                        "estimated_macro_f1_low": e.macro_f1_low, "estimated_macro_f1_high": e.macro_f1_high})
+                        "estimated_macro_f1_low": e.macro_f1_low, "estimated_macro_f1_high": e.macro_f1_high,
+                        "estimated_accuracy_calibration_only": e.accuracy_calibration_only})
         labelled = figures.performance.n if figures.performance is not None else 0
         if labelled < th.performance.min_feedback:
             out.append(judge_estimate(e, labelled, th))
@@ -291,8 +292,14 @@ def judge_estimate(e: PerformanceEstimate, labelled: int, th: Thresholds) -> Che
         "n": e.n, "labelled": labelled, "accuracy": e.accuracy, "accuracy_low": e.accuracy_low,
         "accuracy_high": e.accuracy_high, "macro_f1": e.macro_f1, "macro_f1_low": e.macro_f1_low,
         "macro_f1_high": e.macro_f1_high, "reference_accuracy": e.reference_accuracy,
-        "reference_macro_f1": e.reference_macro_f1}
+        "reference_macro_f1": e.reference_macro_f1, "accuracy_calibration_only": e.accuracy_calibration_only}
     why = f"estimated without labels (CBPE; {labelled} labelled < {pt.min_feedback})"
+    plain = e.accuracy_calibration_only
+    if e.class_prior and plain is not None and e.reference_accuracy is not None and (
+            e.reference_accuracy - plain < pt.accuracy_drop_warn <= e.reference_accuracy - e.accuracy):
+        # the drop rests on the class-prior assumption: say what a changed class mix would mean instead
+        why += (f"; assumes the training class mix: if the class mix itself changed (label shift), calibration "
+                f"alone estimates {plain:.3f} (set estimate.class_prior: false)")
     levels: list[Level] = []
     reasons = []
     for name, value, low, high, ref, warn, retrain in (
