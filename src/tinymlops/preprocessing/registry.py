@@ -36,7 +36,7 @@ def parse_block(entry: Any, fitted: bool) -> Block:
         raise ValueError(f"unknown pre-processing block {name[:80]!r}; this tinymlops has "
                          f"{', '.join(BLOCKS)} and custom 'module:function' blocks")
     if not fitted:
-        given = [f for f in cls.fitted_fields if f in entry]
+        given = [f for f in cls.fitted_fields if entry.get(f) is not None]  # null: a dumped config
         if given:
             raise ValueError(f"block {name!r}: {', '.join(given)} are set by fitting, not in the config")
     return cls.model_validate(entry)
