@@ -28,11 +28,14 @@ def package(model: Annotated[str, typer.Argument(help="registered model name")],
             server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None,
             targets_dir: Annotated[Path | None, typer.Option(help="target catalogue directory")] = None,
             encrypt: Annotated[bool, typer.Option(help="encrypt the model per device (needs --upload)")] = False,
+            licensed: Annotated[bool, typer.Option(help="devices run it only under a licence (`tinymlops license "
+                                                        "issue`), metered offline")] = False,
             json_out: JsonOpt = False) -> None:
     """Build a signed package (manifest + model, Ed25519) for a target from a registered MLflow version.
 
     The signing key lives in <home>/keys/ (generated on first use); devices trust package_signing.pub.
     --encrypt: the model is uploaded encrypted; only devices it is deployed to get its key (wrapped for each).
+    --licensed: devices serve it only under a licence for the model, counted offline (docs/ip.md, Licensing).
     """
     from tinymlops.errors import UsageError
     from tinymlops.fleet import packages
@@ -41,10 +44,10 @@ def package(model: Annotated[str, typer.Argument(help="registered model name")],
         raise UsageError("give --out DIR and/or --upload")
     if encrypt and not upload:
         raise UsageError("--encrypt needs --upload (the content key is kept here, the ciphertext on the server)")
-    bundle = packages.build_package(model, version, target, targets=targets_dir, encrypt=encrypt)
+    bundle = packages.build_package(model, version, target, targets=targets_dir, encrypt=encrypt, licensed=licensed)
     info = {"package_id": bundle.id, "model": model, "version": str(version), "target": target,
             "sha256": bundle.manifest["sha256"], "size_bytes": bundle.manifest["size_bytes"],
-            "key_id": bundle.manifest["key_id"]}
+            "key_id": bundle.manifest["key_id"], "licensed": licensed}
     if out is not None:
         info["path"] = str(bundle.write(out))
     if upload:

@@ -400,8 +400,9 @@ def _profiled_expectation(run_id: str, target: str) -> dict[str, float]:
 
 
 def build_package(model_name: str, version: str | int, target: str, key: Ed25519PrivateKey | None = None,
-                  targets: Path | None = None, encrypt: bool = False) -> Bundle:
-    """Build and sign a package for a target from a registered MLflow version."""
+                  targets: Path | None = None, encrypt: bool = False, licensed: bool = False) -> Bundle:
+    """Build and sign a package for a target from a registered MLflow version (``licensed``: runs only under a
+    licence, :mod:`tinymlops.licensing`)."""
     from tinymlops import registry
     from tinymlops.profile.targets import get_target
 
@@ -442,5 +443,6 @@ def build_package(model_name: str, version: str | int, target: str, key: Ed25519
                    "dataset_digest": mv.tags.get("dataset_digest", "")},
         "created_unix_s": time.time(),
         "sequence": default_sequence(version),
+        **({"licence_required": True} if licensed else {}),
     }
     return sign(manifest, artifact, key, encrypt=encrypt)
