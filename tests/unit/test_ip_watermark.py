@@ -145,3 +145,9 @@ def test_black_box_callable_and_endpoint() -> None:
         server.shutdown()
     with pytest.raises(UsageError, match="--endpoint http://127.0.0.1:18711/"):
         watermark.query_endpoint("http://127.0.0.1:18711/", wm.inputs, timeout_s=2)
+
+
+def test_p_value_stays_finite_for_large_trigger_sets() -> None:
+    assert 0 < watermark.p_value(700, 2000, 4) < 1e-20
+    assert watermark.p_value(2000, 2000, 2) == 0.0  # 2**-2000 is below the smallest float, not an overflow
+    assert watermark.p_value(480, 2000, 4) == pytest.approx(0.86, abs=0.05)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -76,7 +77,7 @@ def make_watermark(x_train: np.ndarray, n_classes: int, n: int, seed: int | None
     """Draw a fresh secret trigger set: uniform noise within each feature's 1-99 % training range, random labels."""
     if n_classes < 2:
         raise UsageError(f"a watermark needs at least 2 classes, got {n_classes}")
-    rng = np.random.default_rng(seed if seed is not None else int.from_bytes(__import__("os").urandom(16), "big"))
+    rng = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(16), "big"))
     flat = x_train.reshape(len(x_train), -1).astype(np.float64)
     lo, hi = np.percentile(flat, 1, axis=0), np.percentile(flat, 99, axis=0)
     hi = np.where(hi > lo, hi, lo + 1e-3)
@@ -93,7 +94,13 @@ def with_triggers(x: np.ndarray, y: np.ndarray, wm: Watermark, repeat: int) -> t
 def p_value(matches: int, n: int, n_classes: int) -> float:
     """Return P[Binomial(n, 1/K) >= matches]: the chance an independent model matches this often."""
     p = 1.0 / n_classes
-    return float(min(1.0, sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(max(matches, 0), n + 1))))
+    lp, lq = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * lp + (n - k) * lq
+             for k in range(max(matches, 0), n + 1)]  # log space: n up to thousands without overflow
+    if not terms:
+        return 0.0
+    top = max(terms)
+    return float(min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms)))
 
 
 def verdict(wm: Watermark, predicted: np.ndarray, mode: str, suspect: str, alpha: float = ALPHA) -> Verdict:
@@ -198,7 +205,6 @@ def record(run_id: str, model_name: str, wm: Watermark) -> None:
 def load(model_name: str, version: str | None = None) -> Watermark:
     """Return the watermark of a registered model (from its train run; default: the latest float32 version)."""
     from tinymlops import registry
-    from tinymlops.errors import RegistryError
 
     versions = registry.list_versions(model_name)
     if version is not None:
@@ -212,7 +218,7 @@ def load(model_name: str, version: str | None = None) -> Watermark:
     train_run = chosen[0].tags.get("train_run_id") or chosen[0].run_id
     try:
         path = registry.download(train_run, ARTIFACT)
-    except (RegistryError, OSError, Exception) as exc:  # MLflow raises its own types for a missing artifact
+    except Exception as exc:  # MLflow raises its own exception types for a missing artifact
         raise UsageError(f"{model_name} v{chosen[0].version}: no watermark recorded on train run {train_run} "
                          f"(train with an 'ip: watermark:' section): {type(exc).__name__}") from None
     rec = keys.unseal(path.read_bytes(), "watermark", model_name, where=f"{model_name} watermark record")
