@@ -246,3 +246,49 @@ def host_preprocess(spec: FittedPreprocessing, X_raw: np.ndarray, cc: str | None
     buf = np.frombuffer(run.stdout, dtype=np.uint8).reshape(len(X), row)
     feats = buf[:, :f_bytes].copy().view(np.float32)
     return feats, (buf[:, f_bytes:].copy().view(np.int8) if quant else None)
+
+
+def emulated_preprocess(spec: FittedPreprocessing, X_raw: np.ndarray, core: str = "cortex-m4",
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Build the C blocks into a firmware for the core's QEMU board and run them there on raw inputs.
+
+    Returns float32 features (N, F) computed on the emulated Cortex-M (its FPU, newlib's libm) and the instructions
+    each input's pre-processing took (SysTick under ``-icount shift=0``; resolution 1e9 / SysTick Hz).
+    Needs ``arm-none-eabi-gcc`` (with newlib) and ``qemu-system-arm`` (ConfigError naming what is missing).
+    """
+    from tinymlops.export.firmware import LINK_FLAGS, arch_flags, write_board_files
+    from tinymlops.export.toolchain import emulated
+
+    missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(t) is None]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}: apt-get install -y gcc-arm-none-eabi "
+                          "libnewlib-arm-none-eabi qemu-system-arm")
+    emu = emulated(core)
+    _, work_n = buffer_floats(spec)
+    raw_len = int(np.prod(spec.raw_shape))
+    X = np.ascontiguousarray(X_raw, dtype="<f4").reshape(len(X_raw), raw_len)
+    with tempfile.TemporaryDirectory(prefix="tinymlops-pp-fw-") as d:
+        tmp = Path(d)
+        startup, link = write_board_files(tmp, emu)
+        for name in (*PP_SOURCES, "fw_pp_main.c"):
+            (tmp / name).write_text(c_source(name))
+        (tmp / "tm_pp_config.c").write_text(render_config(spec))
+        sizes = [f"-DTM_PP_RAW_LEN={raw_len}", f"-DTM_PP_FEATURES={spec.n_features}",
+                 f"-DTM_PP_WORK_FLOATS={work_n}"]
+        cmd = ["arm-none-eabi-gcc", *arch_flags(emu), "-O2", "-std=c99", "-Wall", "-Wextra", "-Werror", *sizes,
+               *LINK_FLAGS, "-T", str(link), str(startup), *(str(tmp / f) for f in ("fw_pp_main.c", "tm_preprocess.c",
+                                                                                      "tm_pp_config.c")),
+               "-lm", "-o", str(tmp / "pp.elf")]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise ConfigError(f"firmware build of the C pre-processing failed: {res.stderr.strip()[-500:]}")
+        (tmp / "tm_inputs.bin").write_bytes(np.int32(len(X)).astype("<i4").tobytes() + X.tobytes())
+        run = subprocess.run(["qemu-system-arm", "-machine", emu.machine, "-nographic", "-monitor", "none",
+                              "-serial", "none", "-semihosting", "-icount", "shift=0", "-kernel", str(tmp / "pp.elf")],
+                             cwd=tmp, capture_output=True, text=True, timeout=600, check=False)
+        if run.returncode != 0 or "DONE" not in run.stdout:
+            raise ConfigError(f"pre-processing firmware on {emu.machine} exited with {run.returncode}: "
+                              f"{(run.stdout + run.stderr).strip()[-300:]}")
+        feats = np.frombuffer((tmp / "tm_features.bin").read_bytes(), "<f4").reshape(len(X), spec.n_features)
+    ticks = np.array([int(line.split()[2]) for line in run.stdout.splitlines() if line.startswith("PP ")])
+    return feats.astype(np.float32), ticks * (1e9 / emu.systick_hz)
