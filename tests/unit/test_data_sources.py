@@ -150,6 +150,8 @@ def test_constant_column_is_a_logged_warning_not_an_error(tmp_path: Path, caplog
      "needs a column, and source audio_folder has none"),
     ({"name": "x", "source": "image_folder", "path": "a", "features": ["a"]}, "features: not used by source"),
     ({"name": "vibration", "seed": 1, "split": {"seed": 2}}, "seed is given twice"),
+    ({"name": "x", "source": "csv", "path": "a", "label": "y", "features": ["a", "y"]},
+     "features: the label column 'y' cannot also be an input"),
     ({"name": "x", "source": "csv", "path": "a", "split": {"strategy": "stratified", "by": "g"}},
      "split.by: only used by the group and time strategies"),
 ])

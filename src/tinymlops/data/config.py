@@ -119,6 +119,8 @@ class DatasetSection(Strict):
             raise ValueError(f"{'path' if self.path else 'classes'}: not used by the built-in source {src}")
         if self.features is not None and src not in TABULAR_SOURCES:
             raise ValueError(f"features: not used by source {src} (only csv, parquet, npz)")
+        if self.features is not None and self.label in self.features:
+            raise ValueError(f"features: the label column {self.label!r} cannot also be an input")
         if self.windows is not None and src not in TABULAR_SOURCES:
             raise ValueError(f"windows: not used by source {src} (only csv, parquet, npz rows)")
         s = self.split

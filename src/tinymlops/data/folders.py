@@ -124,7 +124,7 @@ def load_image_folder(section: DatasetSection, root: Path) -> Dataset:
             if size is not None:
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             a = np.asarray(im, dtype=np.float32)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
             raise DataError(f"{f}: not a readable image: {exc}") from None
         hw = (a.shape[0], a.shape[1])
         if first is None:
