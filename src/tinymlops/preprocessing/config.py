@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tinymlops.config_base import Strict
 from tinymlops.preprocessing.base import Block
@@ -44,6 +51,14 @@ class PreprocessingSection(Strict):
         if self.blocks and legacy:
             raise ValueError(f"use either blocks or {'/'.join(legacy)} (the original form), not both")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self.blocks and isinstance(data, dict):  # the original-form keys beside blocks: left out, so a dump
+            for k in _LEGACY:                       # (logged config, compress cache) validates again
+                data.pop(k, None)
+        return data
 
     def effective_blocks(self) -> list[Block]:
         """The blocks to fit, the original form translated."""
