@@ -6,7 +6,9 @@ spotting MFCC and log-mel on 1 s of 16 kHz audio, a camera frame to a 96x96 gray
 - the C code's time per sample on this host (compiled -O2, single precision) and its ratio to NumPy one at a time,
 - max abs difference C vs NumPy,
 - with ``arm-none-eabi-gcc``: code (text) of ``tm_preprocess.o`` and the generated tables (rodata of
-  ``tm_pp_config.o``) compiled -Os for Cortex-M4F, and the RAM buffers the device needs (work + feature floats).
+  ``tm_pp_config.o``) compiled -Os for Cortex-M4F, and the RAM buffers the device needs (work + feature floats),
+- with ``qemu-system-arm`` too: instructions per input on an emulated Cortex-M4 (mps2-an386, ``-icount``; 40
+  instructions resolution) and the max abs difference of the device's features.
 
     .venv/bin/python benchmarks/preprocessing.py [--samples 200]
 """
@@ -22,7 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tinymlops.export.preprocess_c import PP_SOURCES, buffer_floats, c_source, render_config
+from tinymlops.export.preprocess_c import (
+    PP_SOURCES,
+    buffer_floats,
+    c_source,
+    emulated_preprocess,
+    render_config,
+)
 from tinymlops.preprocessing import FittedPreprocessing, PreprocessingSection, fit, transform
 
 _TIMING_MAIN = r"""#include <stdio.h>
@@ -60,8 +68,8 @@ def _cases(rng: np.random.Generator, n: int) -> dict[str, tuple[PreprocessingSec
         "spectral 256x3, 8 bands + standardize": (PreprocessingSection(features="spectral", bands=8), vib, 1600.0),
         "window_stats 128x6 + standardize": (PreprocessingSection(blocks=["window_stats", "standardize"]),
                                              rng.normal(size=(n, 128, 6)), 100.0),
-        "mfcc 1 s 16 kHz, 640/320, 40 mels -> 49x10": (PreprocessingSection(blocks=[
-            {"block": "mfcc", "frame_length": 640, "frame_step": 320, "n_mels": 40, "n_mfcc": 10,
+        "mfcc 1 s 16 kHz, 480/320/512, 40 mels -> 49x10": (PreprocessingSection(blocks=[
+            {"block": "mfcc", "frame_length": 480, "frame_step": 320, "n_mels": 40, "n_mfcc": 10,
              "fmin_hz": 20.0, "fmax_hz": 4000.0}, "standardize"]), audio, 16000.0),
         "log_mel 1 s 16 kHz, 480/320/512, 40 mels": (PreprocessingSection(blocks=[
             {"block": "log_mel", "frame_length": 480, "frame_step": 320, "n_mels": 40},
@@ -123,7 +131,8 @@ def main() -> None:
         raise SystemExit("needs a host C compiler (cc)")
     rng = np.random.default_rng(0)
     print(f"{'block':44} {'features':>8} {'numpy 1x ms':>11} {'numpy/100 ms':>12} {'C ms':>8} {'C speed-up':>10} "
-          f"{'max|C-py|':>9} {'M4 code B':>9} {'M4 tables B':>11} {'M4 RAM B':>8}")
+          f"{'max|C-py|':>9} {'M4 code B':>9} {'M4 tables B':>11} {'M4 RAM B':>8} {'M4 insn':>9} {'M4 |d|':>7}")
+    emulate = bool(shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm"))
     for name, (section, X, rate) in _cases(rng, n).items():
         spec = fit(section, X, rate or None)
         single, batch = _numpy_ms(spec, X)
@@ -133,8 +142,12 @@ def main() -> None:
         diff = float(np.abs(got - transform(spec, X)).max())
         feats, work = buffer_floats(spec)
         code, tables = sizes if sizes else ("-", "-")
+        insn, m4_diff = "-", "-"
+        if emulate:
+            dev, counts = emulated_preprocess(spec, X[:5], "cortex-m4")
+            insn, m4_diff = f"{int(np.median(counts))}", f"{float(np.abs(dev - transform(spec, X[:5])).max()):.2g}"
         print(f"{name:44} {spec.n_features:>8} {single:>11.3f} {batch:>12.4f} {c_ms:>8.4f} {single / c_ms:>9.1f}x "
-              f"{diff:>9.2g} {code:>9} {tables:>11} {4 * (feats + work):>8}")
+              f"{diff:>9.2g} {code:>9} {tables:>11} {4 * (feats + work):>8} {insn:>9} {m4_diff:>7}")
 
 
 if __name__ == "__main__":
