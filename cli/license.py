@@ -76,8 +76,10 @@ def issue(device: Annotated[str, typer.Option(help="device id the licence is for
         for attempt in range(3):  # another operator may take the next sequence meanwhile
             try:
                 info = op._call("GET", f"/v1/licence-devices/{device}")
-            except FleetError as exc:
-                raise UsageError(str(exc)) from None
+            except FleetError as exc:  # 404: no such device, or it never came online (exit 2); else the service
+                if "-> 404" in str(exc):
+                    raise UsageError(str(exc)) from None
+                raise
             try:
                 tok = tokens.issue(key, device_id=device, device_key_id=info["key_id"], model_name=model, kind=kind,
                                    sequence=info["next_sequence"], count=count, grace_count=grace,

@@ -68,6 +68,7 @@ class LicenceHook:
         self._meter: Meter | None = None
         self.damaged: str | None = None
         self._said: str | None = None
+        self._registered = self._unsupported = False
         self.refused = 0
 
     def meter(self) -> Meter | None:
@@ -120,12 +121,19 @@ class LicenceHook:
         base, headers = agent.device_path, agent._headers()
         key = public_b64(meter.chain.key)
         marker = self.dir / REGISTERED_FILE
-        if not marker.is_file() or marker.read_text() != key:
+        runs_licensed = licence_required(getattr(agent.installed, "manifest", None))
+        if not self._registered and (not marker.is_file() or marker.read_text() != key):
+            if self._unsupported and not runs_licensed:
+                return
             r = await agent.client.put(agent._url(f"{base}/licence-key"), headers=headers, json={"public_b64": key})
+            if r.status_code == 404 and not runs_licensed:  # a fleet service without licensing: say so once
+                log.info("%s: the fleet service has no licence routes; licensing stays idle", self.device_id)
+                self._unsupported = True
+                return
             if r.status_code not in (200, 201):
                 raise BadAnswer(f"receipt key not registered ({r.status_code}): {r.text[:200]}")
             marker.write_text(key)
-        runs_licensed = licence_required(getattr(agent.installed, "manifest", None))
+        self._registered = True
         if not (runs_licensed or meter.licences or meter.chain.pending):
             return
         answer = await agent._get_json(f"{base}/licences", 1 << 20)
