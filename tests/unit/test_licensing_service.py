@@ -119,6 +119,15 @@ def test_receipts_reconcile_and_hostile_uploads_are_refused(fleet) -> None:
                                                   "s": wires[-1]["s"]}], "now_unix_s": time.time() - 86400},
                          headers=h).json()
     assert forged["accepted"] == 0 and {f["kind"] for f in forged["findings"]} == {"forged", "clock_skew"}
+    # a branch from an old state, signed by the device's real key, sent at every sync: one finding per receipt
+    other = chain.sign(m.chain.key, {"device_id": "dev-a", "seq": 1, "prev": m.chain.pending[0].hash,
+                                     "ts": time.time(), "kind": "accept", "licence_id": "f" * 32, "lseq": 9})
+    for _ in range(3):
+        fork = client.post(url, json={"receipts": [other.wire()]}, headers=h).json()
+        assert fork["accepted"] == 0 and [f["kind"] for f in fork["findings"]] == ["fork"]
+    kinds = [f["kind"] for f in client.get("/v1/licence-findings", params={"device_id": "dev-a"},
+                                           headers=_h(op)).json()]
+    assert kinds.count("fork") == 1
     report = client.get("/v1/licence-report", headers=_h(op)).json()
     dev = report["customers"][0]["devices"][0]
     assert report["customers"][0]["used"] == 37 and dev["tampered"] is True and dev["findings"]["forged"] == 1

@@ -194,7 +194,11 @@ def ingest(st: Store, device_id: str, wires: list[Any], device_now: float | None
         s.add_all([LicenceReceipt(device_id=device_id, seq=r.seq, hash=r.hash, kind=r.kind,
                                   licence_id=r.payload.get("licence_id"), ts_unix_s=float(r.payload["ts"]),
                                   received_unix_s=now, receipt_json=json.dumps(r.wire())) for r in out.accepted])
-        kept = out.findings[:MAX_FINDINGS_PER_UPLOAD]
+        # a tampered device re-sends its forked branch at every sync: record each finding once per receipt
+        seqs = {f.seq for f in out.findings if f.seq is not None}
+        known = set(s.execute(select(LicenceFinding.kind, LicenceFinding.seq).where(
+            LicenceFinding.device_id == device_id, LicenceFinding.seq.in_(seqs))).all()) if seqs else set()
+        kept = [f for f in out.findings if f.seq is None or (f.kind, f.seq) not in known][:MAX_FINDINGS_PER_UPLOAD]
         s.add_all([LicenceFinding(device_id=device_id, kind=f.kind, seq=f.seq, detail=f.detail[:2000], at_unix_s=now)
                    for f in kept])
         moved = s.execute(update(LicenceDevice).where(LicenceDevice.device_id == device_id,
@@ -204,7 +208,7 @@ def ingest(st: Store, device_id: str, wires: list[Any], device_now: float | None
         if moved != 1:  # raising rolls the whole upload back
             raise LicenceConflict("another upload of this device moved its chain meanwhile; retry")
     return {"acked_seq": out.state.seq, "accepted": len(out.accepted), "duplicates": out.duplicates,
-            "findings": [f.as_dict() for f in kept]}
+            "findings": [f.as_dict() for f in out.findings[:MAX_FINDINGS_PER_UPLOAD]]}
 
 
 # ---- reading -------------------------------------------------------------------------------------------------
