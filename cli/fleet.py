@@ -145,7 +145,9 @@ def serve(db: DbOpt = None,
                            "TINYMLOPS_FLEET_BIND_CERTS": "1" if tls_client_ca is not None else "0"})
         config = uvicorn.Config("tinymlops.fleet.service:create_app_from_env", factory=True, workers=workers,
                                 host=host, port=port, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=5, **ssl_kwargs)
+                                # a worker starting on a busy host may not answer the supervisor's first pings
+                                # within uvicorn's default 5 s, and would be killed and restarted in a loop
+                                timeout_graceful_shutdown=5, timeout_worker_healthcheck=30, **ssl_kwargs)
         code = _serve_until_signal(lambda: _run_workers(config))
     if code:
         err_console.print(f"fleet service stopped by signal (exit {code}); pending telemetry committed")

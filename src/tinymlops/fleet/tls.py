@@ -2,7 +2,7 @@
 
 ``fleet serve --tls-cert C --tls-key K`` serves HTTPS; ``--tls-client-ca CA`` additionally requires every client
 to present a certificate signed by that CA (mutual TLS) whose subject CN (or a DNS/URI SAN) is the device id it
-acts as (:mod:`tinymlops.fleet.service.certbind`). The agent's ``--ca-cert`` pins the CA it trusts for the
+acts as (:mod:`tinymlops.fleet.certbind`). The agent's ``--ca-cert`` pins the CA it trusts for the
 server (instead of the system store), and ``--client-cert/--client-key`` present its own certificate. Plain HTTP
 is refused for anything but a loopback address unless ``--insecure`` is given.
 """
@@ -48,7 +48,7 @@ def server_ssl_kwargs(cert: Path | None, key: Path | None, client_ca: Path | Non
             raise UsageError(f"{p}: TLS file not found")
     kwargs: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     if client_ca is not None:
-        from tinymlops.fleet.service.certbind import CertBindingProtocol
+        from tinymlops.fleet.certbind import CertBindingProtocol
 
         # the protocol puts the certificate's names into each request, to bind them to the device id
         kwargs.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED, http=CertBindingProtocol)

@@ -24,8 +24,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
 from tinymlops.fleet import store
+from tinymlops.fleet.certbind import scope_identities
 from tinymlops.fleet.service import routes_device, routes_health, routes_licence, routes_operator
-from tinymlops.fleet.service.certbind import scope_identities
 from tinymlops.fleet.service.deps import Service
 from tinymlops.fleet.service.routes_device import ACCEPTED_BODY
 from tinymlops.fleet.service.routes_health import API_VERSION
@@ -185,8 +185,8 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
     """Build the service over a store (opened from ``url`` if not given; default :func:`settings.fleet_db_url`).
 
     Outside ``dev_mode`` there is no ``/docs`` page and ``/openapi.json`` needs an operator token.
-    ``bind_client_certs`` (mutual TLS, served with :class:`~.certbind.CertBindingProtocol`): a device's client
-    certificate must name its device id.
+    ``bind_client_certs`` (mutual TLS, served with :class:`~tinymlops.fleet.certbind.CertBindingProtocol`): a
+    device's client certificate must name its device id.
     """
     svc = Service(st or store.open_store(url), poll_interval_s, known_targets, bind_client_certs)
 
@@ -272,7 +272,7 @@ class BackgroundServer:
         self.app = create_app(st=st, **app_kwargs)
         extra: dict[str, Any] = {}
         if app_kwargs.get("bind_client_certs") and "http" not in (ssl or {}):
-            from tinymlops.fleet.service.certbind import CertBindingProtocol
+            from tinymlops.fleet.certbind import CertBindingProtocol
 
             extra["http"] = CertBindingProtocol
         self._server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",

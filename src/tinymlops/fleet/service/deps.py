@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from tinymlops.fleet import api, auth, credentials, keyupdates, revocation
-from tinymlops.fleet.service.certbind import scope_identities
+from tinymlops.fleet.certbind import scope_identities
 from tinymlops.fleet.service.context import DeviceCtx, PackageCtx, check_sketch
 from tinymlops.fleet.service.limits import FailureLimiter
 from tinymlops.fleet.service.writer import TelemetryWriter

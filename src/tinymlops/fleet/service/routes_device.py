@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from starlette.requests import ClientDisconnect
 
 from tinymlops.fleet import api, auth, credentials, grants, keyupdates, store
-from tinymlops.fleet.service.certbind import scope_identities
+from tinymlops.fleet.certbind import scope_identities
 from tinymlops.fleet.service.deps import DeviceDep, ServiceDep
 from tinymlops.fleet.store import (
     CohortDesiredState,

@@ -5,6 +5,7 @@ selected with ``uvicorn.Config(http=...)`` when ``fleet serve --tls-client-ca`` 
 connection from the TLS socket and adds the identities it names (subject CN and DNS/URI SANs) to every request's
 ``scope["state"]``. The device routes then require the device id in the URL (or the enrolment request) to be one
 of them: a device holding device A's certificate cannot act as device B, even with B's bearer credential.
+Kept out of the ``service`` package: worker processes unpickle this class first, before the app is imported.
 """
 
 from __future__ import annotations
