@@ -76,10 +76,10 @@ def test_leak_is_traced_to_the_right_device_among_100(base: bytes) -> None:
     for d in devices:
         leak = fp._aligned_pool(fp.apply(base, key, d, 48), ts, "leak")
         assert leak is not None
-        scores = fp.score_devices(leak, pool, key, sha, devices, 48)
+        scores = fp.score_devices(leak, pool, key, sha, dict.fromkeys(devices, 0), 48)
         ranked = sorted(scores, key=scores.__getitem__, reverse=True)
         assert ranked[0] == d and scores[d] == 1.0 and scores[ranked[1]] < 0.3
-    untouched = fp.score_devices(pool, pool, key, sha, devices, 48)
+    untouched = fp.score_devices(pool, pool, key, sha, dict.fromkeys(devices, 0), 48)
     assert max(untouched.values()) == 0.0
 
 
@@ -99,7 +99,8 @@ def test_trace_survives_reserialisation_but_not_another_graph(base: bytes) -> No
     ts = fp.int8_tensors(base)
     leak = fp._aligned_pool(repacked, ts, "leak")
     assert leak is not None
-    scores = fp.score_devices(leak, fp._pool(base, ts), key, hashlib.sha256(base).hexdigest(), ["dev-6", "dev-7"], 48)
+    scores = fp.score_devices(leak, fp._pool(base, ts), key, hashlib.sha256(base).hexdigest(),
+                              {"dev-6": 0, "dev-7": 0}, 48)
     assert scores == {"dev-6": pytest.approx(scores["dev-6"]), "dev-7": 1.0} and scores["dev-6"] < 0.3
     other = _tflite({"conv": np.zeros((16, 3, 3, 4), np.int8), "dense": np.zeros(2050, np.int8)})
     assert fp._aligned_pool(other, ts, "leak") is None
@@ -112,3 +113,24 @@ def test_not_a_fingerprintable_model_is_a_clear_error(tmp_path) -> None:
         fp.int8_tensors(_tflite({"w": np.zeros(200, np.float32).view(np.int32)}), "float.tflite")
     with pytest.raises(ModelFormatError, match="leaked model file not found"):
         fp.trace(tmp_path / "nope.tflite", "m")
+
+
+def test_redraws_are_distinct_and_the_check_picks_the_first_clean_one(base: bytes) -> None:
+    key = os.urandom(32)
+    copies = [fp.apply(base, key, "dev-1", 48, a) for a in range(3)]
+    assert len(set(copies)) == 3
+    labels = np.array([0, 1])
+    calls: list[int] = []
+
+    def predict(model: bytes) -> np.ndarray:  # a copy "flips a label" unless it is the third redraw
+        calls.append(1)
+        return labels if model == copies[2] else labels[::-1]
+
+    assert fp.choose_attempt(base, key, "dev-1", 48, predict, labels) == 2 and len(calls) == 3
+    assert fp.choose_attempt(base, key, "dev-1", 48, None, None) == 0
+    ts = fp.int8_tensors(base)
+    leak = fp._aligned_pool(copies[2], ts, "leak")
+    assert leak is not None
+    scores = fp.score_devices(leak, fp._pool(base, ts), key, hashlib.sha256(base).hexdigest(),
+                              {"dev-1": 2, "dev-2": 0}, 48)
+    assert scores["dev-1"] == 1.0 and scores["dev-2"] < 0.3

@@ -19,6 +19,7 @@ import json
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ LEDGER_DIR = "ip/fingerprints"
 MIN_TENSOR_WEIGHTS = 64
 #: a device is named when at least this fraction of its pattern is in the leak and no other device comes close
 MATCH_MIN = 0.8
+#: redraws of a device's pattern tried until its copy answers the check inputs exactly like the base
+MAX_ATTEMPTS = 16
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,9 @@ def _pool(model: bytes, tensors: list[Int8Tensor]) -> np.ndarray:
 
 
 def device_pattern(fp_key: bytes, base_sha256: str, device_id: str, pool: np.ndarray,
-                   weights: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return (positions in the pool, signed +-1 deltas) of a device's fingerprint."""
-    seed = hmac.new(fp_key, f"{base_sha256}/{device_id}".encode(), hashlib.sha256).digest()
+                   weights: int, attempt: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return (positions in the pool, signed +-1 deltas) of a device's fingerprint (``attempt``: redraw index)."""
+    seed = hmac.new(fp_key, f"{base_sha256}/{device_id}/{attempt}".encode(), hashlib.sha256).digest()
     rng = np.random.default_rng(int.from_bytes(seed, "big"))
     pos = np.sort(rng.choice(len(pool), size=min(weights, len(pool)), replace=False))
     delta = rng.choice(np.array([-1, 1], dtype=np.int16), size=len(pos))
@@ -91,11 +94,11 @@ def device_pattern(fp_key: bytes, base_sha256: str, device_id: str, pool: np.nda
     return pos, delta
 
 
-def apply(model: bytes, fp_key: bytes, device_id: str, weights: int) -> bytes:
+def apply(model: bytes, fp_key: bytes, device_id: str, weights: int, attempt: int = 0) -> bytes:
     """Return the device's fingerprinted copy of an int8 TFLite model (same size, graph and arena)."""
     tensors = int8_tensors(model)
     pool = _pool(model, tensors)
-    pos, delta = device_pattern(fp_key, hashlib.sha256(model).hexdigest(), device_id, pool, weights)
+    pos, delta = device_pattern(fp_key, hashlib.sha256(model).hexdigest(), device_id, pool, weights, attempt)
     marked = (pool.astype(np.int16))
     marked[pos] += delta
     out = bytearray(model)
@@ -145,12 +148,12 @@ class Trace:
 
 
 def score_devices(leaked_pool: np.ndarray, base_pool: np.ndarray, fp_key: bytes, base_sha256: str,
-                  device_ids: list[str], weights: int) -> dict[str, float]:
-    """Return, per device, the fraction of its fingerprint present in the leaked weights."""
+                  devices: dict[str, int], weights: int) -> dict[str, float]:
+    """Return, per device (id -> the attempt its pattern was drawn at), the share of its pattern in the leak."""
     diff = leaked_pool.astype(np.int16) - base_pool.astype(np.int16)
     scores = {}
-    for did in device_ids:
-        pos, delta = device_pattern(fp_key, base_sha256, did, base_pool, weights)
+    for did, attempt in devices.items():
+        pos, delta = device_pattern(fp_key, base_sha256, did, base_pool, weights, attempt)
         scores[did] = float(np.mean(diff[pos] == delta))
     return scores
 
@@ -163,9 +166,28 @@ def fingerprint_key(model_name: str, secret: bytes | None = None) -> bytes:
     return keys.derive(secret if secret is not None else keys.owner_secret(), f"fingerprint/{model_name}")
 
 
-def fingerprint_bundles(bundle: Any, device_ids: list[str], weights: int, secret: bytes | None = None
-                        ) -> dict[str, Any]:
-    """Return a signed, device-fingerprinted copy of a package bundle per device (same manifest otherwise)."""
+def choose_attempt(base: bytes, fp_key: bytes, device_id: str, weights: int,
+                   predict: Callable[[bytes], np.ndarray] | None, base_labels: np.ndarray | None) -> int:
+    """Return the first redraw whose copy predicts exactly the base's labels on the check inputs (else the best)."""
+    if predict is None or base_labels is None:
+        return 0
+    best, best_flips = 0, None
+    for attempt in range(MAX_ATTEMPTS):
+        flips = int(np.count_nonzero(predict(apply(base, fp_key, device_id, weights, attempt)) != base_labels))
+        if flips == 0:
+            return attempt
+        if best_flips is None or flips < best_flips:
+            best, best_flips = attempt, flips
+    return best
+
+
+def fingerprint_bundles(bundle: Any, device_ids: list[str], weights: int, secret: bytes | None = None,
+                        check_inputs: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, int]]:
+    """Return a signed, device-fingerprinted copy of a package bundle per device, and each device's redraw.
+
+    With ``check_inputs`` (model inputs), each device's pattern is redrawn until its copy predicts every check
+    input exactly as the base does (accuracy unchanged on them).
+    """
     from tinymlops.fleet import packages
 
     manifest = bundle.manifest
@@ -175,17 +197,50 @@ def fingerprint_bundles(bundle: Any, device_ids: list[str], weights: int, secret
         raise UsageError(f"{manifest.get('model_name')} v{manifest.get('model_version')}: fingerprints need an int8 "
                          f".tflite package, got format {manifest.get('format')!r}")
     key = fingerprint_key(manifest["model_name"], secret)
+    predict = None if check_inputs is None else _predictor(check_inputs)
+    base_labels = None if predict is None else predict(bundle.artifact)
+    attempts = {d: choose_attempt(bundle.artifact, key, d, weights, predict, base_labels) for d in device_ids}
     base = {k: v for k, v in manifest.items() if k not in ("key_id", "sha256", "size_bytes")}
-    return {d: packages.sign(base, apply(bundle.artifact, key, d, weights)) for d in device_ids}
+    return ({d: packages.sign(base, apply(bundle.artifact, key, d, weights, attempts[d])) for d in device_ids},
+            attempts)
 
 
-def record_ledger(model_name: str, version: str, target: str, base: bytes, device_ids: list[str],
+def _predictor(inputs: np.ndarray) -> Callable[[bytes], np.ndarray]:
+    """Return model bytes -> top-1 labels on ``inputs`` (the TFLite runtime, through a temporary file)."""
+    from tinymlops.runtimes import open_runner
+
+    def predict(model: bytes) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="tinymlops-fp-") as tmp:
+            path = Path(tmp) / "model.tflite"
+            path.write_bytes(model)
+            with open_runner(path) as runner:
+                return np.asarray(runner.predict(inputs)).argmax(axis=1)
+
+    return predict
+
+
+def check_inputs_of(model_name: str, version: str, rows: int = 2000) -> np.ndarray | None:
+    """Return the model inputs of the version's reference sample (logged by the train stage), if any."""
+    import pandas as pd
+
+    from tinymlops import registry
+
+    mv = registry.get_version(model_name, version)
+    try:
+        path = registry.download(mv.tags.get("train_run_id") or mv.run_id, "reference/sample.csv")
+    except Exception:  # a version without a reference sample is fingerprinted without the check
+        return None
+    df = pd.read_csv(path).drop(columns=["label"], errors="ignore")
+    return df.to_numpy(dtype=np.float32)[:rows]
+
+
+def record_ledger(model_name: str, version: str, target: str, base: bytes, devices: dict[str, int],
                   weights: int) -> None:
     """Seal which devices got fingerprinted copies of which base file; log it on the version's run."""
     from tinymlops import registry
 
     ledger = {"scheme": SCHEME, "model_name": model_name, "version": str(version), "target": target,
-              "base_sha256": hashlib.sha256(base).hexdigest(), "weights": weights, "devices": device_ids,
+              "base_sha256": hashlib.sha256(base).hexdigest(), "weights": weights, "devices": devices,
               "created_unix_s": time.time()}
     mv = registry.get_version(model_name, version)
     with tempfile.TemporaryDirectory(prefix="tinymlops-ip-") as tmp:
@@ -237,8 +292,8 @@ def trace(leaked_path: str | Path, model_name: str, secret: bytes | None = None)
         if leak_pool is None:
             continue
         base_pool = _pool(base, base_tensors)
-        scores = score_devices(leak_pool, base_pool, key, ledger["base_sha256"], ledger["devices"],
-                               int(ledger["weights"]))
+        scores = score_devices(leak_pool, base_pool, key, ledger["base_sha256"],
+                               {str(d): int(a) for d, a in dict(ledger["devices"]).items()}, int(ledger["weights"]))
         ranked = sorted(scores.items(), key=lambda kv: -kv[1])
         top, top_score = ranked[0]
         if top_score < best.score and best.version is not None:
@@ -267,8 +322,8 @@ def publish_fingerprinted(st: Any, model_name: str, version: str, target: str, c
     if not devices:
         raise UsageError(f"cohort {cohort!r} has no {target} devices to fingerprint packages for")
     base = packages.build_package(model_name, version, target, targets=targets_dir)
-    bundles = fingerprint_bundles(base, devices, weights)
-    record_ledger(model_name, version, target, base.artifact, devices, weights)
+    bundles, attempts = fingerprint_bundles(base, devices, weights, check_inputs=check_inputs_of(model_name, version))
+    record_ledger(model_name, version, target, base.artifact, attempts, weights)
     now = time.time()
     with st.session() as s:
         for b in bundles.values():
