@@ -73,14 +73,14 @@ def reconcile(state: ChainState, wires: list[Any], public_key: Ed25519PublicKey,
                 out.duplicates += 1
             else:
                 out.findings.append(Finding("fork", r.seq, f"receipt {r.seq} differs from the one held: the device "
-                                            "restored an old counter state or replays another branch"))
+                                            f"restored an old counter state or replays another branch{_claim(p)}"))
             continue
         if r.seq > st.seq + 1:
             out.findings.append(Finding("gap", r.seq, f"receipts {st.seq + 1}..{r.seq - 1} missing (deleted?)"))
             break
         if p["prev"] != st.hash:
             out.findings.append(Finding("fork", r.seq, f"receipt {r.seq} does not link to receipt {st.seq}: a "
-                                        "restored or rewritten chain"))
+                                        f"restored or rewritten chain{_claim(p)}"))
             continue
         lic = licences.get(p.get("licence_id") or "")
         if r.kind != "genesis" and lic is None:
@@ -112,6 +112,13 @@ def reconcile(state: ChainState, wires: list[Any], public_key: Ed25519PublicKey,
                                             f"{ts:.0f}, after it ended at {ends:.0f}"))
         out.accepted.append(r)
     return out
+
+
+def _claim(p: dict[str, Any]) -> str:
+    """Return what a refused receipt claims (the vendor's evidence of usage the chain does not count)."""
+    if p["kind"] == "use":
+        return f"; it reserves inferences {p['start']}..{p['used']} of licence {p['licence_id'][:12]}"
+    return f"; a {p['kind']} receipt"
 
 
 def usage_row(lic: Licence, use: LicenceUse | None, accepted: bool) -> dict[str, Any]:
