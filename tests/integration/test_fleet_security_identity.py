@@ -124,3 +124,53 @@ def test_under_mutual_tls_a_device_certificate_only_acts_as_its_own_device(fleet
         a = agent.Agent(cfg, SyntheticStream(seed=SEED))
         asyncio.run(a.run())
         assert a.credential is not None and a.installed is not None and a.reports_sent >= 1
+
+
+def test_certificate_binding_holds_on_every_worker_of_fleet_serve(tmp_path: Path) -> None:
+    """`fleet serve --workers 2 --tls-client-ca`: workers start (and stay up) and each one binds certificates."""
+    import os
+    import subprocess
+
+    from tinymlops.fleet import store
+    from tinymlops.sim.command import product_command
+    from tinymlops.sim.demo import free_port
+
+    ca = make_ca(tmp_path, "w-ca")
+    cert, key = issue(tmp_path, ca, "w-server", server=True)
+    a_cert, a_key = issue(tmp_path, ca, "w-dev-a", server=False)
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    token = service.create_operator_token(store.open_store(db))
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(product_command("fleet", "serve", "--db", db, "--port", str(port), "--workers", "2",
+                                            "--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca",
+                                            str(ca[2])), stdout=log, stderr=log,
+                            env={**os.environ, "TINYMLOPS_HOME": str(tmp_path / "home")})
+    url = f"https://127.0.0.1:{port}"
+    as_a = tls.client_verify(url, ca[2], a_cert, a_key)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", verify=as_a, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(0.5)
+        op = {"Authorization": f"Bearer {token}"}
+        codes = {}
+        for did in ("w-dev-a", "w-dev-b"):
+            tok = httpx.post(f"{url}/v1/enrolment-tokens", json={"cohort": "w"}, headers=op, verify=as_a).json()
+            r = httpx.post(f"{url}/v1/enrol", verify=as_a, json={"enrolment_token": tok["tokens"][0],
+                                                                  "device_id": did, "target": "host-onnxruntime"})
+            codes[did] = r.status_code
+        assert codes == {"w-dev-a": 201, "w-dev-b": 403}
+        # a new connection each: the kernel spreads them over both workers; every one refuses B with A's certificate
+        refused = [httpx.get(f"{url}/v1/devices/w-dev-b/desired-state", verify=as_a,
+                             headers={"Authorization": "Bearer tmo_dev_x"}).status_code for _ in range(10)]
+        assert refused == [403] * 10
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
