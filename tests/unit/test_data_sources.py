@@ -62,6 +62,9 @@ def test_npz_with_one_sample_array_keeps_its_shape(tmp_path: Path) -> None:
     ds = load_dataset(section(source="npz", path="img.npz", label="labels"), tmp_path)
     assert ds.X.shape == (20, 4, 4, 1) and ds.class_names == ["0", "1"] and ds.feature_names is None
     assert ds.schema()["tensor"]["shape"] == [-1, 4, 4, 1]
+    np.savez(tmp_path / "xy.npz", X=rng.random((20, 3)), y=np.repeat(["a", "b"], 10))
+    flat = load_dataset(section(source="npz", path="xy.npz", label="y"), tmp_path)
+    assert flat.X.shape == (20, 3) and flat.feature_names == ["X_0", "X_1", "X_2"]
 
 
 def test_relative_path_resolves_against_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,6 +124,12 @@ def test_one_line_errors_name_the_file_and_column(tmp_path: Path) -> None:
 
     (tmp_path / "empty.csv").write_text("a,b,target\n")
     assert err(tmp_path, source="csv", path="empty.csv", label="target").endswith("empty.csv: no rows")
+
+    inf = table()
+    inf.loc[4, "a"] = 1e300  # beyond float32
+    inf.to_parquet(tmp_path / "inf.parquet")
+    assert "column 'a' has infinite values or values beyond float32 (first at row 4)" in err(
+        tmp_path, source="parquet", path="inf.parquet", label="target")
 
     text = table()
     text["c"] = "x"

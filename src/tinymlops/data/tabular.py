@@ -126,10 +126,16 @@ def _check_missing(cols: _Columns, name: str) -> None:
                         f"{cols.where(first)}); fill or drop them before training")
 
 
-def _features(cols: _Columns, section: DatasetSection, names: list[str], warnings: list[str]) -> np.ndarray:
-    """Return the inputs: (rows, n_features) float32, or one npz array as is (float32)."""
-    if cols.fmt == "npz" and len(names) == 1 and cols.get(names[0]).ndim > 2:
-        X = np.ascontiguousarray(cols.get(names[0]), dtype=np.float32)
+def _features(cols: _Columns, names: list[str], warnings: list[str]) -> tuple[np.ndarray, list[str] | None]:
+    """Return the inputs, (rows, n_features) float32 or one npz array as is (float32), and their column names."""
+    columns: list[str] | None = names
+    if cols.fmt == "npz" and len(names) == 1 and cols.get(names[0]).ndim > 1:
+        a = cols.get(names[0])
+        if a.dtype.kind not in "fiub":
+            raise DataError(f"{cols.path}: array {names[0]!r} is not numeric ({a.dtype})")
+        with np.errstate(over="ignore", invalid="ignore"):
+            X = np.ascontiguousarray(a, dtype=np.float32)
+        columns = [f"{names[0]}_{j}" for j in range(X.shape[1])] if X.ndim == 2 else None
     else:
         X = np.empty((cols.n_rows, len(names)), dtype=np.float32)
         for j, name in enumerate(names):
@@ -141,19 +147,21 @@ def _features(cols: _Columns, section: DatasetSection, names: list[str], warning
             if a.ndim != 1:
                 raise DataError(f"{cols.path}: array {name!r} has shape {list(a.shape)}: one (N, ...) array as "
                                 "features, or several (N,) arrays")
-            X[:, j] = a
-    if not np.isfinite(X).all():
-        j = int(np.flatnonzero(~np.isfinite(X.reshape(len(X), -1)).all(axis=0))[0]) if X.ndim == 2 else 0
-        col = names[j] if X.ndim == 2 else names[0]
-        i = int(np.flatnonzero(~np.isfinite(X.reshape(len(X), -1)).all(axis=1))[0])
-        raise DataError(f"{cols.path}: column {col!r} has infinite values (first at {cols.where(i)})")
+            with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: reported below
+                X[:, j] = a
     flat = X.reshape(len(X), -1)
+    bad = ~np.isfinite(flat)
+    if bad.any():  # inf in the file, or beyond float32's range (~3.4e38)
+        j, i = int(np.flatnonzero(bad.any(axis=0))[0]), int(np.flatnonzero(bad.any(axis=1))[0])
+        col = columns[j] if columns else names[0]
+        raise DataError(f"{cols.path}: column {col!r} has infinite values or values beyond float32 (first at "
+                        f"{cols.where(i)})")
     const = np.flatnonzero(flat.min(axis=0) == flat.max(axis=0)) if len(X) else np.zeros(0, np.int64)
-    if len(const) and X.ndim == 2:
-        shown = ", ".join(repr(names[j]) for j in const[:8]) + (" ..." if len(const) > 8 else "")
+    if len(const) and columns:
+        shown = ", ".join(repr(columns[j]) for j in const[:8]) + (" ..." if len(const) > 8 else "")
         warn(warnings, f"{cols.path}: constant column{'s' if len(const) > 1 else ''} {shown} (same value in every "
                        "row): no information for the model; consider leaving them out of dataset.features")
-    return X
+    return X, columns
 
 
 def _times(cols: _Columns, name: str) -> np.ndarray:
@@ -246,17 +254,17 @@ def load_rows(section: DatasetSection, path: Path) -> Dataset:
     for c in [section.label, *extra, *names]:
         _check_missing(cols, c)
     warnings: list[str] = []
-    X = _features(cols, section, names, warnings)
+    X, columns = _features(cols, names, warnings)
     uniq, inverse = cols.codes(section.label)
     y, class_names = encode_labels(uniq, inverse, section.classes, f"{path}: column {section.label!r}", cols.where)
     parts: dict[str, Any] = {"X": X, "y": y}
     by = section.split_column()
-    columnar = X.ndim == 2
+    columnar = columns is not None
     if section.windows is not None:
         w = section.windows
         if not columnar:
-            raise DataError(f"{path}: windows: need rows of columns; array {names[0]!r} is already "
-                            f"{list(X.shape)} samples")
+            raise DataError(f"{path}: windows: need rows of columns; array {names[0]!r} holds "
+                            f"{list(X.shape[1:])} samples")
         if by and by not in (w.time, w.group):
             raise DataError(f"{path}: split.by: {by!r} must be windows.group or windows.time when windows are cut "
                             "(a window spans several rows)")
@@ -279,6 +287,6 @@ def load_rows(section: DatasetSection, path: Path) -> Dataset:
     if section.windows is not None:
         meta["windows"] = section.windows.model_dump()
     return Dataset(section.name, parts["X"], parts["y"], class_names, f"{fmt} {path} (sha256 {sha[:12]})",
-                   meta=meta, feature_names=names if columnar else None, source_format=fmt,
+                   meta=meta, feature_names=columns, source_format=fmt,
                    path=str(path), content_sha256=sha, groups=parts.get("groups"), t_start=parts.get("t_start"),
                    t_end=parts.get("t_end"), warnings=tuple(warnings))
