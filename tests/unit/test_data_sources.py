@@ -43,7 +43,6 @@ def test_csv_parquet_and_npz_give_the_same_dataset(tmp_path: Path) -> None:
         assert ds.digest() == ref.digest(), fmt
         assert ds.path == str((tmp_path / f"d.{fmt}").resolve()) and len(ds.content_sha256 or "") == 64
         assert ds.source.startswith(f"{fmt} ") and ds.source_format == fmt
-    assert ref.schema()["columns"][0] == {"name": "a", "dtype": "float32"}
 
 
 def test_features_subset_numeric_labels_sort_as_numbers_and_classes_fix_the_order(tmp_path: Path) -> None:
@@ -61,7 +60,6 @@ def test_npz_with_one_sample_array_keeps_its_shape(tmp_path: Path) -> None:
     np.savez(tmp_path / "img.npz", images=rng.random((20, 4, 4, 1)), labels=np.repeat([0, 1], 10))
     ds = load_dataset(section(source="npz", path="img.npz", label="labels"), tmp_path)
     assert ds.X.shape == (20, 4, 4, 1) and ds.class_names == ["0", "1"] and ds.feature_names is None
-    assert ds.schema()["tensor"]["shape"] == [-1, 4, 4, 1]
     np.savez(tmp_path / "xy.npz", X=rng.random((20, 3)), y=np.repeat(["a", "b"], 10))
     flat = load_dataset(section(source="npz", path="xy.npz", label="y"), tmp_path)
     assert flat.X.shape == (20, 3) and flat.feature_names == ["X_0", "X_1", "X_2"]

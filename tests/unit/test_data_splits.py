@@ -47,7 +47,7 @@ def test_windows_are_time_ordered_within_one_group(tmp_path: Path) -> None:
     assert set(np.unique(rows[:, 0] % 1000)) == set(range(0, 49, 8))  # stride 8
     session = rows[:, 0] // 1000
     np.testing.assert_array_equal(ds.y, session % 2)                # label of its rows: idle=0, run=1
-    assert ds.schema()["tensor"]["channels"] == ["row", "ax"]
+    assert ds.feature_names == ["row", "ax"]  # the channels
 
 
 def test_mixed_label_windows_are_skipped_with_a_count_or_take_the_majority(tmp_path: Path,

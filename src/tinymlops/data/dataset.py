@@ -55,16 +55,6 @@ class Dataset:
         return dataclasses.replace(self, name=name, X=self.X[idx], y=self.y[idx], groups=take(self.groups),
                                    t_start=take(self.t_start), t_end=take(self.t_end))
 
-    def schema(self) -> dict[str, Any]:
-        """Return the input schema: named float32 columns, or one tensor of the sample shape."""
-        if self.feature_names and self.X.ndim == 2:
-            return {"columns": [{"name": n, "dtype": "float32"} for n in self.feature_names],
-                    "label": {"dtype": "int64", "classes": self.class_names}}
-        tensor: dict[str, Any] = {"dtype": str(self.X.dtype), "shape": [-1, *self.X.shape[1:]]}
-        if self.feature_names:
-            tensor["channels"] = self.feature_names
-        return {"tensor": tensor, "label": {"dtype": "int64", "classes": self.class_names}}
-
 
 def warn(warnings: list[str], message: str) -> None:
     """Log a data warning and keep it (it is logged on the train run too)."""
