@@ -58,6 +58,9 @@ def register(app: typer.Typer) -> None:
         measure: bool = typer.Option(True, "--measure/--no-measure",
                                      help="run TFLite Micro, host timing and device runners (else static only)"),
         layers: bool = typer.Option(False, "--layers", help="include the per-layer breakdown in the JSON"),
+        dask: str | None = typer.Option(None, "--dask", metavar="local|tcp://HOST:PORT",
+                                        help="run the version x target cells as tasks on Dask: 'local' starts a "
+                                             "LocalCluster here, an address uses an existing scheduler"),
         no_prefect: NoPrefectOpt = False,
     ) -> None:
         from tinymlops.errors import UsageError
@@ -66,8 +69,10 @@ def register(app: typer.Typer) -> None:
             raise UsageError("give a registered MODEL_NAME (the profile stage) or --model FILE (one file), not "
                              + ("both" if name else "neither"))
         if name is not None:
-            _profile_stage(name, target or ["all"], targets_dir, no_prefect, as_json)
+            _profile_stage(name, target or ["all"], targets_dir, no_prefect, as_json, dask)
             return
+        if dask:
+            raise UsageError("--dask fans out the profile stage of a registered MODEL_NAME, not one --model file")
         if not target:
             raise UsageError("--model needs at least one --target (a catalogue name, a YAML path or 'all')")
         assert model is not None
@@ -92,10 +97,21 @@ def register(app: typer.Typer) -> None:
                       f"{t.active_power_mw:g}", t.latency_slo_ms or ""] for t in cat.values()])
 
 
-def _profile_stage(name: str, target: list[str], targets_dir: Path | None, no_prefect: bool, as_json: bool) -> None:
+def _profile_stage(name: str, target: list[str], targets_dir: Path | None, no_prefect: bool, as_json: bool,
+                   dask: str | None = None) -> None:
     """Run the profile stage on a registered model: its flow, or with ``no_prefect`` the library entry point."""
     from tinymlops import registry
+    from tinymlops.config import validate_data
+    from tinymlops.errors import UsageError
+    from tinymlops.execution import ExecutionSection
     from tinymlops.profile.targets import resolve_targets
+
+    execution = None
+    if dask:
+        if no_prefect:
+            raise UsageError("--dask runs the cells as Prefect tasks on Dask: drop --no-prefect")
+        execution = validate_data({"task_runner": "dask", **({} if dask == "local" else {"address": dask})},
+                                  ExecutionSection, "--dask").model_dump()
 
     targets: list[str] | str = "all" if target == ["all"] else target
     dir_arg = str(targets_dir) if targets_dir else None
@@ -106,7 +122,7 @@ def _profile_stage(name: str, target: list[str], targets_dir: Path | None, no_pr
 
         out = run_profile(name, dir_arg, targets).to_dict(rows=False)
     else:
-        out = start_flow("flows.profile:profile_flow", name, dir_arg, targets, quiet=as_json)
+        out = start_flow("flows.profile:profile_flow", name, dir_arg, targets, quiet=as_json, execution=execution)
     if as_json:
         print_json(out)
         return

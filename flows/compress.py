@@ -3,7 +3,8 @@
 The library's entry point is :func:`tinymlops.compress.stage.run_compress` (what ``--no-prefect`` calls): it
 chains ``open_stage`` → ``run_variant`` per variant → ``close_stage`` serially. This flow composes exactly those
 three blocks instead of wrapping ``run_compress`` in one task, because mapping ``run_variant`` over tasks is what
-lets Prefect run variants in parallel threads, retry/observe each one and show one task run per variant.
+lets Prefect run variants in parallel threads, retry/observe each one and show one task run per variant. With
+``execution: {task_runner: dask}`` in the config the variant tasks run in a subflow on a Dask cluster instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import dask_runner
 from tinymlops.compress import stage
 from tinymlops.config import load_pipeline
 
@@ -40,6 +42,12 @@ def variant_task(config_path: str, ref: dict[str, Any], name: str) -> dict[str, 
     return stage.run_variant(load_pipeline(config_path), stage.StageRef(**ref), name, progress=logger.info)
 
 
+@flow(name="compress-variants")
+def variants_flow(config_path: str, ref: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    """Run the variant tasks on this flow's task runner (a DaskTaskRunner: see flows/runners.py)."""
+    return [f.result() for f in variant_task.map(config_path, unmapped(ref), names)]
+
+
 @flow(name="compress", log_prints=True,
       task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))  # type: ignore[arg-type]
 def compress_flow(config_path: str = "configs/pipeline.yaml", version: str = "1",
@@ -49,8 +57,12 @@ def compress_flow(config_path: str = "configs/pipeline.yaml", version: str = "1"
     cfg = load_pipeline(config_path)
     ref = open_task(config_path, str(version), parent_run_id)
     names = [stage.variant_name(s) for s in cfg.compress.variants]
+    dask = dask_runner(cfg.execution)
     try:
-        results = [f.result() for f in variant_task.map(config_path, unmapped(ref), names)]
+        if dask is None:
+            results = [f.result() for f in variant_task.map(config_path, unmapped(ref), names)]
+        else:  # execution: {task_runner: dask}: the same tasks in a subflow on the Dask cluster
+            results = variants_flow.with_options(task_runner=dask)(config_path, ref, names)
     except BaseException as exc:
         stage.fail_stage(stage.StageRef(**ref), exc)
         raise

@@ -57,7 +57,8 @@ def pipeline_flow(config_path: str = "configs/pipeline.yaml", tracking_uri: str 
             from flows.profile import profile_flow
 
             summary["profile"] = profile_flow(cfg.mlflow.registered_model, targets_dir, cfg.profile.targets,
-                                              cfg.mlflow.experiment, parent.run_id)
+                                              cfg.mlflow.experiment, parent.run_id,
+                                              execution=cfg.execution.model_dump())
 
         fleet_db = None
         if "rollout" in cfg.stages and cfg.rollout:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_valid
 from tinymlops.config_base import Strict
 from tinymlops.data.config import DatasetSection
 from tinymlops.errors import ConfigError
+from tinymlops.execution import ExecutionSection
 from tinymlops.ip.config import IpSection
 from tinymlops.models.config import ModelSection
 from tinymlops.preprocessing.config import PreprocessingSection
@@ -172,6 +173,8 @@ class PipelineConfig(Strict):
     train: TrainSection = Field(default_factory=TrainSection)
     compress: CompressSection = Field(default_factory=CompressSection)
     profile: ProfileSection = Field(default_factory=ProfileSection)
+    execution: ExecutionSection = Field(default_factory=ExecutionSection,
+                                        description="where compress variants and profile cells run (threads | dask)")
     drift: str | None = Field(None, description="path of a drift config, relative to this file")
     rollout: str | None = Field(None, description="path of a rollout config, relative to this file")
     demo_fleet: DemoFleetSection = Field(default_factory=DemoFleetSection)
@@ -203,8 +206,11 @@ class PipelineConfig(Strict):
         return p if p.is_absolute() else self._config_dir / p
 
     def config_hash(self) -> str:
-        """Return a short stable hash of the validated config (tags runs and versions)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Return a short stable hash of the validated config (tags runs and versions).
+
+        ``execution`` is left out: where tasks run does not change what they produce.
+        """
+        blob = json.dumps(self.model_dump(mode="json", exclude={"execution"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -319,9 +325,10 @@ def check_references(cfg: PipelineConfig, path: str | Path) -> None:
     ``validate`` and ``run``/``train`` call this before any work starts, so a typo in a board name fails in a second
     instead of after training. Raises ConfigError with one ``file: key: reason`` line per problem.
     """
+    from tinymlops.models.own import check_source
     from tinymlops.profile.targets import resolve_target, targets_dir
 
-    problems: list[str] = []
+    problems: list[str] = [f"{path}: {p}" for p in check_source(cfg.model, Path(path).resolve().parent)]
     directory: Path | None = None
     try:
         explicit = cfg.profile.targets_dir

@@ -73,18 +73,92 @@ def profile_matrix(versions: list[dict[str, Any]], targets: list[TargetConfig],
     host_items = [(v["path"], HOST_RUNTIME[t.runtime]) for t in targets if t.host and t.runtime in HOST_RUNTIME
                   for v in versions if v["path"].suffix.lstrip(".") in RUNTIME_FORMATS[t.runtime]]
     cache.prefetch_host(list(dict.fromkeys(host_items)))
-    rows = []
-    for v in versions:
-        for t in targets:
-            try:
-                r = profile_model(v["path"], t, cache)
-            except TinyMLOpsError as exc:
-                r = {"target": t.name, "fits": False, "reasons": [str(exc)], "latency_ms": float("nan"),
-                     "energy_uj": float("nan"), "peak_ram_bytes": 0, "flash_bytes": 0, "macs": 0, "params": 0,
-                     "sources": {}}
-            rows.append({**r, "version": v["version"], "variant": v["variant"], "run_id": v["run_id"],
-                         "accuracy": v["accuracy"], "format": v["format"] or r.get("format", "")})
-    return rows
+    return [_profile_row(v, v["path"], t, cache) for v in versions for t in targets]
+
+
+def _profile_row(v: dict[str, Any], path: Path, t: TargetConfig, cache: ProfileCache) -> dict[str, Any]:
+    """Profile one version on one target; a failure is a row that does not fit, with the reason."""
+    try:
+        r = profile_model(path, t, cache)
+    except TinyMLOpsError as exc:
+        r = {"target": t.name, "fits": False, "reasons": [str(exc)], "latency_ms": float("nan"),
+             "energy_uj": float("nan"), "peak_ram_bytes": 0, "flash_bytes": 0, "macs": 0, "params": 0,
+             "sources": {}}
+    return {**r, "version": v["version"], "variant": v["variant"], "run_id": v["run_id"],
+            "accuracy": v["accuracy"], "format": v["format"] or r.get("format", "")}
+
+
+# --- the same stage as fan-out steps (flows/profile.py maps profile_cell on a Dask cluster) -----------------------
+_cell_state: dict[str, Any] = {}  # per worker process: one package directory and one profile cache
+
+
+@dataclass(frozen=True)
+class ProfilePlan:
+    """What the cells of one profile run need: data and identifiers only (any worker can run any cell)."""
+
+    model: str
+    versions: list[dict[str, Any]]  # version, run_id, variant, format, accuracy (no local paths)
+    targets: list[dict[str, Any]]  # the resolved target configs
+    skipped: list[str]
+    started: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def target_configs(self) -> list[TargetConfig]:
+        return [TargetConfig.model_validate(t) for t in self.targets]
+
+
+def _open(model_name: str, targets_dir: str | Path | None, targets: list[str] | str, work_dir: Path,
+          ) -> tuple[ProfilePlan, list[dict[str, Any]]]:
+    t0 = time.time()
+    tlist = resolve_targets(targets, targets_dir) if targets_dir else resolve_targets(targets)
+    versions, skipped = fetch_versions(model_name, work_dir)
+    if not versions:
+        raise RegistryError(f"registered model {model_name!r} has no version with a package to profile"
+                            + (f" ({'; '.join(skipped)})" if skipped else ""))
+    plan = ProfilePlan(model_name, [{k: v for k, v in x.items() if k != "path"} for x in versions],
+                       [t.model_dump(mode="json") for t in tlist], skipped, t0)
+    return plan, versions
+
+
+def open_profile(model_name: str, targets_dir: str | Path | None = None, targets: list[str] | str = "all",
+                 ) -> ProfilePlan:
+    """Resolve the targets and list the versions with a usable package (raises like :func:`run_profile`)."""
+    with tempfile.TemporaryDirectory(prefix="tinymlops-profile-") as tmp:
+        return _open(model_name, targets_dir, targets, Path(tmp))[0]
+
+
+def profile_cell(plan: ProfilePlan | dict[str, Any], version: dict[str, Any], target: str) -> dict[str, Any]:
+    """Profile one (version, target) cell in this process: download the package once per process, profile it."""
+    plan = plan if isinstance(plan, ProfilePlan) else ProfilePlan(**plan)
+    if "dir" not in _cell_state:
+        _cell_state["dir"] = Path(tempfile.mkdtemp(prefix="tinymlops-profile-cells-"))
+        _cell_state["cache"] = ProfileCache()
+    packages: dict[tuple[str, str], Path] = _cell_state.setdefault("packages", {})
+    key = (plan.model, str(version["version"]))
+    if key not in packages:
+        packages[key] = registry.download_package(*key, _cell_state["dir"] / plan.model / f"v{key[1]}")
+    path = packages[key] / registry.read_manifest(packages[key])["file"]
+    t = next(t for t in plan.target_configs() if t.name == target)
+    return _profile_row(version, path, t, _cell_state["cache"])
+
+
+def close_profile(plan: ProfilePlan | dict[str, Any], rows: list[dict[str, Any]], experiment: str | None = None,
+                  parent_run_id: str | None = None) -> ProfileResult:
+    """Select per target, log to MLflow, move candidate aliases: the end of the stage, whoever ran the cells."""
+    plan = plan if isinstance(plan, ProfilePlan) else ProfilePlan(**plan)
+    tlist = plan.target_configs()
+    per_target = select_per_target(rows, tlist)
+    summary: dict[str, Any] = {
+        "model": plan.model, "versions": [v["version"] for v in plan.versions], "skipped": plan.skipped,
+        "targets": per_target, "seconds": round(time.time() - plan.started, 2),
+    }
+    run_id = log_results(plan.model, rows, per_target, tlist, experiment or f"{plan.model}/profile", summary,
+                         parent_run_id)
+    return ProfileResult(plan.model, summary["versions"], plan.skipped, per_target,
+                         round(time.time() - plan.started, 2), run_id,
+                         [{k: r.get(k) for k in CSV_COLUMNS} for r in rows])
 
 
 def select_per_target(rows: list[dict[str, Any]], targets: list[TargetConfig]) -> dict[str, dict[str, Any]]:
@@ -229,26 +303,11 @@ def run_profile(model_name: str, targets_dir: str | Path | None = None, targets:
         experiment: MLflow experiment of the profile run (default ``<model>/profile``).
         parent_run_id: nest the profile run under this run of ``experiment`` (the pipeline run).
     """
-    t0 = time.perf_counter()
-    tlist = resolve_targets(targets, targets_dir) if targets_dir else resolve_targets(targets)
     tmp = tempfile.TemporaryDirectory(prefix="tinymlops-profile-") if work_dir is None else None
     wdir = Path(tmp.name) if tmp else Path(str(work_dir))
     try:
-        versions, skipped = fetch_versions(model_name, wdir)
-        if not versions:
-            raise RegistryError(f"registered model {model_name!r} has no version with a package to profile"
-                                + (f" ({'; '.join(skipped)})" if skipped else ""))
-        rows = profile_matrix(versions, tlist)
-        per_target = select_per_target(rows, tlist)
-        summary: dict[str, Any] = {
-            "model": model_name, "versions": [v["version"] for v in versions], "skipped": skipped,
-            "targets": per_target, "seconds": round(time.perf_counter() - t0, 2),
-        }
-        run_id = log_results(model_name, rows, per_target, tlist, experiment or f"{model_name}/profile", summary,
-                             parent_run_id)
-        return ProfileResult(model_name, summary["versions"], skipped, per_target,
-                             round(time.perf_counter() - t0, 2), run_id,
-                             [{k: r.get(k) for k in CSV_COLUMNS} for r in rows])
+        plan, versions = _open(model_name, targets_dir, targets, wdir)
+        return close_profile(plan, profile_matrix(versions, plan.target_configs()), experiment, parent_run_id)
     finally:
         if tmp is not None:
             tmp.cleanup()
