@@ -117,7 +117,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         procs.append(subprocess.Popen([str(BIN / "tinymlops"), "ui", "--port", str(m_port)], env=env,
                                       stdout=ulog.open("wb"), stderr=subprocess.STDOUT))
         mlflow_url = f"http://127.0.0.1:{m_port}"
-        _wait_http(f"{mlflow_url}/health", procs[1], 120, ulog)
+        _wait_http(f"{mlflow_url}/health", procs[1], 300, ulog)
         exp = _get_json(f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}")
         # the link `tinymlops ui` prints for the experiment (what a reviewer clicks)
         links = [line.split(": ", 1)[1].strip() for line in ulog.read_text().splitlines()
@@ -242,3 +242,32 @@ def test_prefect_ui_shows_the_pipeline_artifacts(served: dict[str, Any], page: A
         page.get_by_text(key, exact=True).first.wait_for()
     assert "Can't connect to Server API" not in page.inner_text("body")
     _shot(served, page, "prefect-artifacts")
+
+
+def test_packed_evidently_report_renders_in_the_artifact_viewer(served: dict[str, Any], page: Any,
+                                                                 tmp_path: Path) -> None:
+    """A drift report as the drift check logs it: packed (tinymlops.htmlpack), unpacked by the viewer's iframe."""
+    import mlflow
+    import numpy as np
+
+    from tinymlops.monitor.evidently_report import data_drift
+
+    rng = np.random.default_rng(0)
+    names = [f"x_band{i}_log_energy" for i in range(12)]
+    res = data_drift(rng.normal(size=(1000, 12)), rng.normal(0.4, 1.2, size=(500, 12)), names)
+    report = tmp_path / "data_drift.html"
+    report.write_text(res.html, encoding="utf-8")
+    size = report.stat().st_size
+    assert size < 1_500_000, size
+    run_id = served["out"]["pipeline_run_id"]
+    mlflow.MlflowClient(served["mlflow"]).log_artifact(run_id, str(report), "evidently")
+    page.goto(f"{served['mlflow']}/#/experiments/{served['experiment_id']}/runs/{run_id}/artifacts/"
+              "evidently/data_drift.html?workflowType=machine_learning")
+    frame_el = page.locator("iframe").first
+    frame_el.wait_for()
+    frame = frame_el.content_frame
+    frame.get_by_text(names[7]).first.wait_for()  # drawn by Evidently's own script, after unpacking
+    text = frame.locator("body").inner_text()
+    assert "Unpacking the report" not in text and "could not be unpacked" not in text
+    assert "Drift" in text
+    _shot(served, page, "evidently-report")

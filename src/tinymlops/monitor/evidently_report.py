@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,13 @@ def _frame(values: np.ndarray, columns: Sequence[str]):  # -> pandas.DataFrame
     return pd.DataFrame(arr, columns=list(columns))
 
 
+def _packed(snap: Any) -> str:
+    """Return the snapshot's standalone HTML, packed: one offline file, ~4x smaller (see tinymlops.htmlpack)."""
+    from tinymlops.htmlpack import pack
+
+    return pack(snap.get_html_str(as_iframe=False))
+
+
 def data_drift(reference: np.ndarray, current: np.ndarray, feature_names: Sequence[str], method: str = "ks",
                threshold: float | None = None, html: bool = True) -> DataDriftResult:
     """Run Evidently's DataDriftPreset on current vs reference samples of the model-input features."""
@@ -82,7 +90,7 @@ def data_drift(reference: np.ndarray, current: np.ndarray, feature_names: Sequen
     drifted = sum(bool(v["drifted"]) for v in columns.values())
     return DataDriftResult(method=method, threshold=threshold, columns=columns,
                            drifted_share=drifted / max(len(columns), 1), n_reference=len(ref), n_current=len(cur),
-                           html=snap.get_html_str(as_iframe=False) if html else "")
+                           html=_packed(snap) if html else "")
 
 
 def classification(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str],
@@ -100,4 +108,4 @@ def classification(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence
     snap = Report([ClassificationPreset()]).run(Dataset.from_pandas(df, data_definition=definition), None)
     values = {m["metric_name"].split("(")[0]: m["value"] for m in snap.dict()["metrics"]}
     return ClassificationResult(n=len(df), accuracy=float(values["Accuracy"]), macro_f1=float(values["F1Score"]),
-                                html=snap.get_html_str(as_iframe=False) if html else "")
+                                html=_packed(snap) if html else "")
