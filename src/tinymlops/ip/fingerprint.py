@@ -3,7 +3,9 @@
 For a device, HMAC-SHA256(owner fingerprint key, base sha256 / device id) seeds the choice of ``weights`` int8
 weights (out of every constant int8 tensor of the TFLite file) and the direction of a one-LSB nudge. The file keeps
 its size, graph, operators and tensor arena, so the profile figures do not change; the nudge moves a handful of
-weights by one quantisation step, so accuracy barely does. Every device's package is signed as usual.
+weights by one quantisation step, so accuracy barely does. At package time a device's pattern is redrawn (the redraw
+index joins the HMAC message) until its copy answers the version's reference sample exactly like the base. Every
+device's package is signed as usual.
 
 Tracing a leaked file compares its int8 weights with the base file tensor by tensor (by name and shape, so a
 re-serialised flatbuffer still traces) and scores each device of the sealed ledger by the fraction of its pattern
