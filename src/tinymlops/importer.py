@@ -22,6 +22,7 @@ from tinymlops import registry
 from tinymlops.config import PipelineConfig
 from tinymlops.errors import ConfigError, ModelFormatError, RuntimeCrash
 from tinymlops.models.config import file_kind
+from tinymlops.runtimes import open_runner
 
 IMPORTED_VARIANT = "imported"
 #: ONNX operators that mean a model is already quantised (onnx-int8 has nothing left to do)
@@ -54,8 +55,6 @@ def onnx_quantized(path: Path) -> bool:
 
 def inspect_file(path: Path, key: str = "model.file") -> ModelFile:
     """Open a model file in its runtime and describe it (ConfigError naming ``key`` if it cannot be used)."""
-    from tinymlops.runtimes import open_runner
-
     try:
         kind = file_kind(str(path))
     except ValueError as exc:
@@ -77,8 +76,6 @@ def inspect_file(path: Path, key: str = "model.file") -> ModelFile:
 
 def check_fits(mf: ModelFile, n_features: int, n_classes: int, sample: np.ndarray, key: str) -> None:
     """Check that the model takes the data's features and returns one value per class (one-line ConfigError)."""
-    from tinymlops.runtimes import open_runner
-
     wanted = int(np.prod(mf.input_shape[1:])) if len(mf.input_shape) > 1 else int(mf.input_shape[0])
     if wanted != n_features:
         raise ConfigError(f"{key}: {mf.path.name} takes inputs of shape {mf.input_shape} ({wanted} values per "
@@ -94,7 +91,6 @@ def _tflm_figures(mf: ModelFile, x_test: np.ndarray, y_test: np.ndarray, n_class
                   say: Callable[[str], None]) -> dict[str, float]:
     """Evaluate a full-int8 TFLite model in TFLite Micro too; a model TFLM cannot run gets one line, not a failure."""
     from tinymlops.metrics import agreement, classification_metrics
-    from tinymlops.runtimes import open_runner
 
     if not mf.full_int8:
         return {}
@@ -120,7 +116,7 @@ def run_import(cfg: PipelineConfig, file: str | Path | None = None, parent_run_i
     Returns:
         a :class:`tinymlops.train.TrainResult` (metrics of the file on the test split; no training).
     """
-    from tinymlops.compress.evaluate import evaluate_artifact
+    from tinymlops.compress.evaluate import gzip_bytes, weight_stats
     from tinymlops.compress.export import sha256_file, write_package
     from tinymlops.monitor.reference import compute_reference
     from tinymlops.train import (
@@ -151,13 +147,13 @@ def run_import(cfg: PipelineConfig, file: str | Path | None = None, parent_run_i
     with registry.run(cfg.mlflow.experiment, f"import {path.name}", parent_run_id, tags) as r:
         _log_inputs(r.run_id, cfg, prep)
         say(f"evaluating {path.name} on {len(y_test)} test samples in {mf.fmt} runtime")
-        from tinymlops.runtimes import open_runner
-
         with open_runner(path) as runner:
             probs = runner.predict(x_test)
         metrics = log_evaluation(r.run_id, cfg, prep, probs, 0.0, 0)
-        fig = evaluate_artifact(path, x_test, y_test, n_classes, probs)
-        fig.update(_tflm_figures(mf, x_test, y_test, n_classes, probs, say))
+        fig: dict[str, Any] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                               "size_bytes": path.stat().st_size, "gzip_bytes": gzip_bytes(path),
+                               "runtime": runner.runtime, **weight_stats(path),
+                               **_tflm_figures(mf, x_test, y_test, n_classes, probs, say)}
         measured = {k: float(v) for k, v in fig.items() if k in ("accuracy", "macro_f1", "size_bytes", "gzip_bytes",
                     "sparsity", "tflm_accuracy", "tflm_tflite_agreement", "tflm_arena_bytes")}
         registry.log_metrics(r.run_id, {**{k: v for k, v in measured.items() if k not in metrics},
@@ -193,8 +189,6 @@ def run_import(cfg: PipelineConfig, file: str | Path | None = None, parent_run_i
 
 def runner_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     """Return a model file's outputs on rows, in its runtime."""
-    from tinymlops.runtimes import open_runner
-
     with open_runner(path) as runner:
         return runner.predict(x)
 

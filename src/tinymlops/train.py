@@ -332,7 +332,12 @@ def _export_and_log(run_id: str, cfg: PipelineConfig, prep: Prepared, model: Any
                             prior_labels=prep.splits["train"].y)
     with tempfile.TemporaryDirectory(prefix="tinymlops-train-") as tmp:
         tmpd = Path(tmp)
-        model.save(tmpd / "model.h5")
+        try:
+            model.save(tmpd / "model.h5")
+        except (TypeError, ValueError, NotImplementedError) as exc:  # e.g. a Lambda closing over a module
+            raise RuntimeError(f"saving the trained {cfg.model.label} model failed ({type(exc).__name__}: "
+                               f"{str(exc).strip().splitlines()[0][:200]}); every layer must be serialisable: a "
+                               "Lambda must not capture modules or objects, a custom layer needs get_config()") from None
         registry.log_artifact(run_id, tmpd / "model.h5", "keras")
         (tmpd / "model_fp32.tflite").write_bytes(to_tflite_float(model))
         to_onnx(model, tmpd / "model_fp32.onnx")

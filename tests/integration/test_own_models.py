@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 pytestmark = pytest.mark.integration
 
 BUILDER = '''
+import tensorflow as tf
 import tf_keras as keras
 
 
@@ -46,6 +47,16 @@ def not_a_model(input_shape, n_classes):
 
 def raises(input_shape, n_classes):
     raise RuntimeError("no GPU here")
+
+
+def unusual(input_shape, n_classes):
+    """Conv1D (which TFMOT's QAT cannot quantise and pruning here leaves dense) and a reversal TFLM lacks."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Reshape((16, input_shape[0] // 16))(inputs)
+    x = keras.layers.Conv1D(16, 3, activation="relu", name="c1d")(x)
+    x = keras.layers.Lambda(lambda t: tf.reverse(t, [1]), name="flip")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x))
 '''
 
 
@@ -230,3 +241,29 @@ def test_imported_file_that_does_not_fit_the_data(project: Path, pretrained: dic
     assert str(err.value) == ("model.file: other.onnx takes inputs of shape (1, 10) (10 values per sample) but the "
                               "data's features (after pre-processing) have 64 values")
     assert np.prod(pretrained["prep"].features("test").shape[1:]) == 64
+
+
+def test_layers_a_technique_cannot_handle_get_one_line_and_the_others_register(project: Path):
+    from tinymlops import registry
+    from tinymlops.compress.stage import run_compress
+    from tinymlops.train import run_train
+
+    variants = [{"technique": "ptq-int8", "representative_samples": 50},
+                {"technique": "qat-int8", "epochs": 1, "representative_samples": 50},
+                {"technique": "prune", "epochs": 1, "target_sparsity": 0.5, "min_layer_weights": 100,
+                 "representative_samples": 50}]
+    cfg = _config(project, "own-unusual", {"builder": "own_models_it:unusual"}, epochs=1, variants=variants)
+    res = run_compress(cfg, run_train(cfg).version)
+    by_name = {v["variant"]: v for v in res.variants}
+    assert by_name["qat-int8"]["status"] == "failed"
+    assert by_name["qat-int8"]["error"] == ("qat-int8: layer 'c1d' (Conv1D) is not supported by quantisation-aware "
+                                            "training (TFMOT)")
+    tflm_line = ("op REVERSE_V2 (layer 'flip') is not supported by TFLite Micro; the variant is registered for "
+                 "Linux-class runtimes and will not fit microcontrollers")
+    assert by_name["ptq-int8"]["status"] == "registered" and by_name["ptq-int8"]["notes"] == [f"ptq-int8: {tflm_line}"]
+    assert "tflm_tflite_agreement" not in by_name["ptq-int8"]  # not run in TFLite Micro, which would fail on it
+    assert by_name["prune"]["status"] == "registered" and by_name["prune"]["notes"] == [
+        "prune: layer 'c1d' (Conv1D, 208 weights) is left dense: pruning handles Dense and Conv2D layers",
+        f"prune: {tflm_line}"]
+    assert registry.get_run(by_name["prune"]["run_id"]).tags["note.0"].startswith("prune: layer 'c1d'")
+    assert registry.get_run(res.ref.compress_run_id).tags["failed_variants"] == "qat-int8"

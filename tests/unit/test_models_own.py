@@ -225,3 +225,17 @@ def test_pipeline_config_in_code_resolves_against_the_working_directory():
                                          "mlflow": {"experiment": "e", "registered_model": "m"},
                                          "model": {"file": "m.onnx"}})
     assert cfg.resolve("m.onnx") == Path.cwd() / "m.onnx"
+
+
+def test_validate_finds_a_missing_builder_module_or_model_file_in_a_second(tmp_path: Path):
+    """`tinymlops validate` (and `run` before Prefect starts) checks what model: points at, without running it."""
+    cfg = _pipeline(tmp_path, {"builder": "absent_models_xyz:build"})
+    res = runner.invoke(app, ["validate", str(cfg)])
+    assert res.exit_code == 2
+    assert (f"{cfg}: model.builder: module 'absent_models_xyz' not found (looked in {tmp_path} and the Python "
+            "path)") in res.output.replace("\n", "")
+    (tmp_path / "absent_models_xyz.py").write_text("raise SystemExit('validate must not run project code')\n")
+    assert runner.invoke(app, ["validate", str(cfg)]).exit_code == 0
+    cfg = _pipeline(tmp_path, {"file": "models/net.onnx"})
+    res = runner.invoke(app, ["validate", str(cfg)])
+    assert res.exit_code == 2 and f"model.file: {tmp_path / 'models' / 'net.onnx'}: file not found" in res.output

@@ -83,16 +83,18 @@ def find_spec(cfg: PipelineConfig, name: str) -> Any:
 
 
 @lru_cache(maxsize=4)
-def _prepared(cfg_json: str) -> Any:
+def _prepared(cfg_json: str, config_dir: str) -> Any:
     from tinymlops.train import prepare
 
-    return prepare(PipelineConfig.model_validate_json(cfg_json))
+    cfg = PipelineConfig.model_validate_json(cfg_json)
+    cfg._config_dir = Path(config_dir)  # relative data paths resolve against the config file, not the cwd
+    return prepare(cfg)
 
 
 def prepared(cfg: PipelineConfig) -> Any:
     """Return the deterministic splits and fitted pre-processing of the config (cached per config)."""
     with _lock:
-        return _prepared(cfg.model_dump_json())
+        return _prepared(cfg.model_dump_json(), str(cfg.config_dir))
 
 
 def check_parent(model_name: str, version: str) -> Any:
@@ -109,13 +111,13 @@ def check_parent(model_name: str, version: str) -> Any:
 
 
 @lru_cache(maxsize=4)
-def _parent_cached(uri: str, model_name: str, version: str, cfg_json: str) -> _Parent:
+def _parent_cached(uri: str, model_name: str, version: str, cfg_json: str, config_dir: str) -> _Parent:
     mv = check_parent(model_name, version)
     root = Path(tempfile.mkdtemp(prefix=f"tinymlops-parent-{version}-"))
     atexit.register(shutil.rmtree, root, True)
     pkg = registry.download_package(model_name, version, root / "pkg")
     manifest = registry.read_manifest(pkg)
-    prep = _prepared(cfg_json)
+    prep = _prepared(cfg_json, config_dir)
     from tinymlops.runtimes import open_runner
 
     # the float reference for agreement and deltas is the registered artifact in its runtime, like every variant
@@ -135,7 +137,7 @@ def parent(cfg: PipelineConfig, version: str) -> _Parent:
     """Return (downloaded once per process) the parent's artifacts and its test-split predictions."""
     with _lock:
         return _parent_cached(registry.tracking_uri(), cfg.mlflow.registered_model, str(version),
-                              cfg.model_dump_json())
+                              cfg.model_dump_json(), str(cfg.config_dir))
 
 
 def open_stage(cfg: PipelineConfig, version: str, parent_run_id: str | None = None) -> StageRef:
@@ -232,7 +234,11 @@ def run_variant(cfg: PipelineConfig, ref: StageRef, name: str,
             out["run_id"] = r.run_id
             out.update(_build_and_register(cfg, ref, spec, r.run_id, say))
     except Exception as exc:  # any failure of one variant is recorded on its run; the others go on
-        out["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+        from tinymlops.compress.techniques import TechniqueUnsupported
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        # a layer the technique cannot handle: the line names technique and layer already
+        out["error"] = (first if isinstance(exc, TechniqueUnsupported) else f"{type(exc).__name__}: {first}")[:500]
         say(f"variant {name} failed: {out['error']}")
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -257,6 +263,11 @@ def _build_and_register(cfg: PipelineConfig, ref: StageRef, spec: Any, run_id: s
         tmpd = Path(tmp)
         say(f"building {name}")
         built = build(spec, _float_source(cfg, par, prep), tmpd)
+        for note in built.notes:  # layers left as they were, ops TFLite Micro lacks: the variant still registers
+            say(note)
+        if built.notes:
+            registry.log_text(run_id, "\n".join(built.notes) + "\n", "notes.txt")
+            registry.set_tags(run_id, {f"note.{i}": n[:4900] for i, n in enumerate(built.notes)})
         say(f"evaluating {name} ({built.path.name}) in its runtime")
         fig = evaluate_artifact(built.path, x_test, y_test, n_classes, par.float_probs, built.mcu_int8)
         fig["format"] = built.fmt
@@ -302,6 +313,7 @@ def _build_and_register(cfg: PipelineConfig, ref: StageRef, spec: Any, run_id: s
     say(f"registered {ref.model_name}/{version} ({name}): accuracy {fig['accuracy']:.2%}, {fig['size_bytes']} bytes")
     keep = {k: v for k, v in fig.items() if k != "unique_values"}
     return {**keep, "status": "registered", "version": version, "unique_values": fig["unique_values"],
+            "notes": built.notes,
             **{k: v for k, v in built.figures.items() if k == "build_seconds"}}
 
 

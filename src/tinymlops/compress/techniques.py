@@ -6,6 +6,7 @@ variant's spec, and writes one model file. Heavy imports stay inside the functio
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,11 @@ from tinymlops.config import (
     PtqInt8,
     QatInt8,
 )
+
+
+class TechniqueUnsupported(ValueError):
+    """A technique cannot handle the model (a layer TFMOT does not support): one line naming layer and technique."""
+
 
 #: default fine-tuning learning rate as a fraction of the training one: pruning must move weights to recover
 #: from removed connections; clustering and QAT only nudge a converged model
@@ -69,6 +75,8 @@ class Built:
     mcu_int8: bool
     params: dict[str, Any]
     figures: dict[str, float] = field(default_factory=dict)
+    #: one line per layer the technique left as it was, or op TFLite Micro cannot run (the variant still registers)
+    notes: list[str] = field(default_factory=list)
 
 
 def representative_rows(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -184,6 +192,17 @@ def pruned_model(model: Any, src: FloatSource, target_sparsity: float, epochs: i
     return tfmot.sparsity.keras.strip_pruning(wrapped), figs
 
 
+def left_dense(model: Any, min_layer_weights: int, technique: str = "prune") -> list[str]:
+    """Return one line per layer with at least ``min_layer_weights`` weights that pruning leaves dense (its kind)."""
+    from tinymlops.tf import keras
+
+    return [f"{technique}: layer {layer.name!r} ({type(layer).__name__}, {layer.count_params()} weights) is left "
+            "dense: pruning handles Dense and Conv2D layers"
+            for layer in model.layers
+            if layer.count_params() >= max(min_layer_weights, 1) and layer.trainable_weights
+            and not isinstance(layer, keras.layers.Dense | keras.layers.Conv2D)]
+
+
 def clustered_model(model: Any, src: FloatSource, clusters: int, epochs: int, preserve_sparsity: bool = False,
                     learning_rate: float | None = None) -> tuple[Any, dict[str, float]]:
     """Cluster each layer's weights to ``clusters`` centroids (k-means++), fine-tune and strip the wrappers."""
@@ -205,22 +224,59 @@ def clustered_model(model: Any, src: FloatSource, clusters: int, epochs: int, pr
 
 
 def qat_model(model: Any, src: FloatSource, epochs: int, scheme: str = "default",
-              learning_rate: float | None = None) -> tuple[Any, dict[str, float]]:
-    """Quantisation-aware training (8-bit); ``scheme`` preserves clusters (and sparsity) of an optimised model."""
+              learning_rate: float | None = None, technique: str = "qat-int8") -> tuple[Any, dict[str, float]]:
+    """Quantisation-aware training (8-bit); ``scheme`` preserves clusters (and sparsity) of an optimised model.
+
+    Raises:
+        TechniqueUnsupported: a layer TFMOT cannot quantise (named, with its kind), or a nested model.
+    """
     import tensorflow_model_optimization as tfmot
 
-    q = tfmot.quantization.keras
-    if scheme == "default":
-        wrapped = q.quantize_model(model)
-    else:
-        from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
-            default_8bit_cluster_preserve_quantize_scheme as cqat,
-        )
+    from tinymlops.tf import keras
 
-        annotated = q.quantize_annotate_model(model)
-        wrapped = q.quantize_apply(annotated, cqat.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True))
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            raise TechniqueUnsupported(f"{technique}: layer {layer.name!r} is a nested model; quantisation-aware "
+                                       "training (TFMOT) needs its layers in one functional or Sequential model")
+    q = tfmot.quantization.keras
+    try:
+        if scheme == "default":
+            wrapped = q.quantize_model(model)
+        else:
+            from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+                default_8bit_cluster_preserve_quantize_scheme as cqat,
+            )
+
+            annotated = q.quantize_annotate_model(model)
+            wrapped = q.quantize_apply(annotated,
+                                       cqat.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True))
+    except (RuntimeError, ValueError) as exc:
+        # TFMOT says "Layer c1d:<class '...Conv1D'> is not supported", or fails earlier cloning the model (a Lambda
+        # in safe mode): name the first layer its 8-bit registry does not know, else its own message's layer
+        layer = _first_unquantizable(model)
+        m = re.search(r"Layer (\S+?):<class '([\w.]+)'> is not supported", str(exc))
+        if layer is None and m is None:
+            raise
+        name, kind = (m[1], m[2].rsplit(".", 1)[-1]) if m is not None else (layer.name, type(layer).__name__)
+        raise TechniqueUnsupported(f"{technique}: layer {name!r} ({kind}) is not supported by quantisation-aware "
+                                   "training (TFMOT)") from None
     figs = _fine_tune(wrapped, src, epochs, _lr(src, "qat", learning_rate))
     return wrapped, figs
+
+
+def _first_unquantizable(model: Any) -> Any:
+    """Return the first layer TFMOT's default 8-bit quantisation registry does not support, or None."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry as reg,
+    )
+
+    from tinymlops.tf import keras
+
+    registry = reg.Default8BitQuantizeRegistry()
+    # batch normalisation is folded into the preceding convolution by TFMOT's transforms, not quantised itself
+    folded = keras.layers.InputLayer | keras.layers.BatchNormalization
+    return next((layer for layer in model.layers if not isinstance(layer, folded) and not registry.supports(layer)),
+                None)
 
 
 def _write(dst: Path, data: bytes) -> Path:
@@ -248,6 +304,9 @@ def build(spec: Any, src: FloatSource, out_dir: Path) -> Built:
 
     model = src.load_model()
     mcu = True
+    notes: list[str] = []
+    if isinstance(spec, Prune | PruneClusterQat):
+        notes = left_dense(model, spec.min_layer_weights, spec.technique)
     if isinstance(spec, PtqInt8):
         data = convert_int8(model, representative_rows(src.x_train, spec.representative_samples, src.seed))
     elif isinstance(spec, PtqDynamic):
@@ -269,14 +328,41 @@ def build(spec: Any, src: FloatSource, out_dir: Path) -> Built:
         lr = spec.learning_rate
         pruned, f1 = pruned_model(model, src, spec.target_sparsity, spec.epochs, lr, spec.min_layer_weights)
         clustered, f2 = clustered_model(pruned, src, spec.clusters, spec.epochs, True, lr)
-        pcqat, f3 = qat_model(clustered, src, spec.epochs, "cluster-preserve", lr)
+        pcqat, f3 = qat_model(clustered, src, spec.epochs, "cluster-preserve", lr, spec.technique)
         figs = {**{f"prune_{k}": v for k, v in f1.items()}, **{f"cluster_{k}": v for k, v in f2.items()},
                 **{f"qat_{k}": v for k, v in f3.items()}}
         data = convert_int8(pcqat, representative_rows(src.x_train, spec.representative_samples, src.seed))
     else:  # the config's discriminated union makes this unreachable for validated specs
         raise ValueError(f"unknown technique {getattr(spec, 'technique', spec)!r}")
     figs["build_seconds"] = time.perf_counter() - t0
-    return Built(_write(tfl, data), "tflite", mcu, params, figs)
+    path = _write(tfl, data)
+    if mcu:
+        tflm = tflm_unsupported(path, {layer.name for layer in model.layers}, spec.technique)
+        mcu, notes = not tflm, notes + tflm
+    return Built(path, "tflite", mcu, params, figs, notes)
+
+
+def tflm_unsupported(path: Path, layer_names: set[str], technique: str) -> list[str]:
+    """Return one line per op kind of a TFLite model that TFLite Micro lacks, naming the Keras layer it comes from.
+
+    The layer is read from the op's output tensor name (``model/<layer>/...``), as the converter writes it.
+    """
+    from tinymlops.profile.graph import load_graph
+    from tinymlops.profile.profiler import TFLM_OPS
+
+    graph = load_graph(path)
+    lines: dict[str, str] = {}
+    for op in graph.ops:
+        if op.op_type in TFLM_OPS or op.op_type in lines:
+            continue
+        names = [graph.tensors[i].name for i in op.outputs]
+        # QAT wraps layers as quant_<name>
+        layer = next((part.removeprefix("quant_") for n in names for part in re.split(r"[/;:]", n)
+                      if part.removeprefix("quant_") in layer_names), None)
+        where = f"layer {layer!r}" if layer else f"tensor {names[0]!r}" if names else "the graph"
+        lines[op.op_type] = (f"{technique}: op {op.op_type} ({where}) is not supported by TFLite Micro; the variant "
+                             "is registered for Linux-class runtimes and will not fit microcontrollers")
+    return list(lines.values())
 
 
 def quantize_onnx_int8(src: Path, dst: Path, rows: np.ndarray) -> Path:

@@ -62,6 +62,31 @@ def load_builder(ref: str, project_dir: Path) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
+def check_source(section: ModelSection, project_dir: Path) -> list[str]:
+    """Return problems found without running any model code: builder module missing, model file missing.
+
+    ``tinymlops validate`` and ``run`` call this (through ``check_references``) so such a typo fails in a second.
+    """
+    import importlib.util
+
+    if section.builder is not None:
+        module = section.builder.split(":")[0]
+        top = module.split(".")[0]
+        local = (project_dir / f"{top}.py").is_file() or (project_dir / top / "__init__.py").is_file()
+        try:
+            found = local or importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return [f"model.builder: module {module!r} not found (looked in {project_dir} and the Python path)"]
+    if section.file is not None:
+        path = Path(section.file)
+        path = path if path.is_absolute() else project_dir / path
+        if not path.exists():
+            return [f"model.file: {path}: file not found"]
+    return []
+
+
 def _keras_version_of(path: Path) -> str | None:
     """Return the Keras version a ``.keras`` archive was saved with (None when it does not say)."""
     try:
