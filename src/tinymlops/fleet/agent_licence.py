@@ -173,11 +173,4 @@ class LicenceHook:
             before = len(meter.chain.pending)
             meter.chain.acknowledge(min(acked, batch[-1].seq))
             if len(meter.chain.pending) == before:
-                break  # nothing acknowledged (a forked chain): keep the receipts, try at the next sync
-
-    def status(self) -> dict[str, Any] | None:
-        """Return the meter's view (None if the device never used licensing)."""
-        meter = self.meter() if (self.dir / "checkpoint.json").exists() or (self.dir / "chain.jsonl").exists() \
-            else None
-        return meter.status() if meter else None
-
+                break  # nothing acknowledged (the service misses earlier receipts): keep them, retry later
