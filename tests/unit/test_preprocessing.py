@@ -241,3 +241,19 @@ def test_registry_package_with_an_unknown_block_is_not_written(tmp_path) -> None
         write_package(tmp_path / "pkg", model, {"preprocessing": {**spec, "blocks": ["denoise"]}})
     assert not (tmp_path / "pkg").exists()
     assert (write_package(tmp_path / "pkg", model, {"preprocessing": spec}) / "manifest.json").is_file()
+
+
+def test_agent_refuses_a_custom_block_whose_code_does_not_load_here(tmp_path, monkeypatch) -> None:
+    from tinymlops.fleet.answers import checked_specs
+    from tinymlops.fleet.packages import PackageRejected
+
+    (tmp_path / "my_blocks_t5.py").write_text("def f(X):\n    return X\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = fit(PreprocessingSection(blocks=["my_blocks_t5:f"]), np.ones((2, 3))).model_dump()
+    src = "import package_not_on_this_device\n\ndef f(X):\n    return X\n"
+    import hashlib
+
+    spec["blocks"][0].update(source=src, sha256=hashlib.sha256(src.encode()).hexdigest())
+    with pytest.raises(PackageRejected, match="'my_blocks_t5:f': its code does not load here: "
+                                              "ModuleNotFoundError: No module named 'package_not_on_this_device'"):
+        checked_specs({"preprocessing": spec, "reference": {}})

@@ -63,6 +63,8 @@ def checked_specs(manifest: dict[str, Any]) -> tuple[Any, Any]:
     from tinymlops.preprocessing import FittedPreprocessing
 
     try:
-        return FittedPreprocessing(**manifest["preprocessing"]), ReferenceProfile.model_validate(manifest["reference"])
+        spec = FittedPreprocessing(**manifest["preprocessing"])
+        spec.load_code()  # a custom block whose code cannot load here is refused before install, not while serving
+        return spec, ReferenceProfile.model_validate(manifest["reference"])
     except (TypeError, ValueError, KeyError, ValidationError) as exc:
         raise PackageRejected(f"manifest pre-processing or reference is malformed: {brief(exc)}") from None

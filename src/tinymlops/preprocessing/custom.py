@@ -79,9 +79,15 @@ class Custom(Block):
         return fitted
 
     def function(self) -> Any:
+        """Return the function, compiling the recorded source once (ValueError naming the block if it fails)."""
         self.check_fitted()
         assert self.source is not None and self.sha256 is not None
-        fn = getattr(_load(self.source, self.sha256), self.block.split(":")[1], None)
+        try:
+            mod = _load(self.source, self.sha256)
+        except Exception as exc:  # e.g. it imports a package this machine does not have
+            raise ValueError(f"custom block {self.block!r}: its code does not load here: {type(exc).__name__}: "
+                             f"{str(exc)[:200]}") from None
+        fn = getattr(mod, self.block.split(":")[1], None)
         if not callable(fn):
             raise ValueError(f"custom block {self.block!r}: module has no function {self.block.split(':')[1]!r}")
         return fn

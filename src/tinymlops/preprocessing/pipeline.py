@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validat
 
 from tinymlops.preprocessing.base import Block, FitContext
 from tinymlops.preprocessing.config import PreprocessingSection
+from tinymlops.preprocessing.custom import Custom
 from tinymlops.preprocessing.registry import parse_blocks
 
 
@@ -57,6 +58,12 @@ class FittedPreprocessing(BaseModel):
 
     def block_names(self) -> list[str]:
         return [b.block for b in self.blocks]
+
+    def load_code(self) -> None:
+        """Compile every custom block's recorded source now (ValueError naming the block if one does not load)."""
+        for b in self.blocks:
+            if isinstance(b, Custom):
+                b.function()
 
 
 def fit(section: PreprocessingSection, X_train_raw: np.ndarray, sample_rate_hz: float | None = None,
