@@ -25,7 +25,7 @@ TEMPLATES: dict[str, str] = {
     "tabular": "classify the condition of an air-conditioning unit from one CSV row of readings (MLP)",
     "timeseries": "recognise an activity from windows of a wrist accelerometer's CSV log (window stats + MLP)",
     "audio": "tell background, beeps, chirps and knocks apart in 1 s WAV clips (log-mel + CNN)",
-    "image": "recognise the shape in small PNG pictures (CNN)",
+    "image": "recognise the shape of a part on a conveyor belt in small PNG pictures (CNN)",
 }
 
 _DATA_LAYOUT = {
