@@ -133,6 +133,19 @@ def test_non_empty_directory_is_refused_unless_force(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*init-*"))
 
 
+def test_force_refuses_a_conflicting_entry_before_moving_anything(tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    (proj / "README.md").mkdir(parents=True)
+    (proj / "data").write_text("a file where the template needs a folder")
+    res = invoke(str(proj), "-t", "tabular", "--force")
+    assert res.exit_code == 2 and "is a directory; the template writes a file there" in res.output
+    assert sorted(p.name for p in proj.iterdir()) == ["README.md", "data"] and not list(tmp_path.glob(".*init-*"))
+    (proj / "README.md").rmdir()
+    res = invoke(str(proj), "-t", "tabular", "--force")
+    assert res.exit_code == 2 and "data: is a file; the template writes a directory there" in res.output
+    assert sorted(p.name for p in proj.iterdir()) == ["data"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--template", "video"], "unknown template 'video'; expected one of tabular, timeseries, audio, image"),
     (["--template", "tabular", "--name", "Bad Name"], "--name 'Bad Name': expected lowercase letters"),

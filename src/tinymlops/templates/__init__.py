@@ -116,10 +116,16 @@ def _move_into(staging: Path, directory: Path) -> None:
     if not directory.exists():
         staging.rename(directory)
         return
-    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
-        dst = directory / src.relative_to(staging)
-        if dst.is_dir() and not dst.is_symlink():
+    moves = [(src, directory / src.relative_to(staging)) for src in sorted(staging.rglob("*")) if src.is_file()]
+    for _, dst in moves:  # every conflict first: nothing is moved unless everything can be
+        if dst.is_dir():
             raise UsageError(f"{dst}: is a directory; the template writes a file there")
+        for up in dst.parents:
+            if up == directory:
+                break
+            if up.exists() and not up.is_dir():
+                raise UsageError(f"{up}: is a file; the template writes a directory there")
+    for src, dst in moves:
         dst.parent.mkdir(parents=True, exist_ok=True)
         src.replace(dst)
 
