@@ -64,12 +64,12 @@ def test_attacks_flagged_and_natural_devices_not(victim) -> None:  # type: ignor
     natural, flagged = [], {"random": [], "jacobian": [], "boundary": []}
     for s in range(5):
         rng = np.random.default_rng(s)
-        natural.append(ex.assess(f"n{s}", _figures(attacks.natural(x, 1000, rng), predict)))
+        natural.append(ex.assess(f"n{s}", _figures(attacks.natural(x, 600, rng), predict)))
         seed = x[rng.choice(len(x), 30, replace=False)]
-        flagged["random"].append(ex.assess("r", _figures(attacks.random_probe(lo, hi, 1000, rng), predict)))
+        flagged["random"].append(ex.assess("r", _figures(attacks.random_probe(lo, hi, 600, rng), predict)))
         flagged["jacobian"].append(ex.assess("j", _figures(
-            attacks.jacobian_augmented(seed, predict, 10, 1000, rng), predict)))
-        flagged["boundary"].append(ex.assess("b", _figures(attacks.boundary_seeking(seed, predict, 1000, rng),
+            attacks.jacobian_augmented(seed, predict, 10, 600, rng), predict)))
+        flagged["boundary"].append(ex.assess("b", _figures(attacks.boundary_seeking(seed, predict, 600, rng),
                                                            predict)))
     assert not any(v.suspected for v in natural), [v.reasons for v in natural if v.suspected]
     for kind, verdicts in flagged.items():

@@ -101,7 +101,7 @@ class ExtractionThresholds:
     """When a device's query pattern counts as synthetic probing (defaults calibrated in benchmarks/ip.py)."""
 
     min_distances: int = 200
-    w_below: float = 0.965
+    w_below: float = 0.93
     repeat_above: float = 0.02
     low_margin_above: float = 0.12
 
