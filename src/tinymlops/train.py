@@ -289,8 +289,8 @@ def _log_inputs(run_id: str, cfg: PipelineConfig, prep: Prepared) -> None:
                                  "dataset": {k: v for k, v in dataset.items() if v is not None},
                                  "preprocessing": cfg.preprocessing.model_dump()})
     config = cfg.model_dump(mode="json")
-    if train.path:  # stages that rebuild the splits from this logged config find the file from anywhere
-        config["dataset"]["path"] = train.path
+    if train.path:  # stages that rebuild the splits from this logged config find the same file from anywhere
+        config["dataset"].update(path=train.path, sha256=train.content_sha256)
     registry.log_dict(run_id, config, "config/pipeline.json")
 
 

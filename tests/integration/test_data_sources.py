@@ -117,6 +117,7 @@ def test_stages_rebuild_the_same_splits_from_the_logged_config(trained: dict[str
     res = trained["res"]
     logged = json.loads(Path(registry.download(res.run_id, "config/pipeline.json")).read_text())
     monkeypatch.chdir(tmp_path)
+    assert logged["dataset"]["sha256"] == hashlib.sha256(Path(logged["dataset"]["path"]).read_bytes()).hexdigest()
     cfg = PipelineConfig.model_validate(logged)
     rebuilt = load_splits(cfg.dataset)
     assert {k: v.digest() for k, v in rebuilt.items()} == res.dataset_digests

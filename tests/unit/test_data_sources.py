@@ -65,6 +65,17 @@ def test_npz_with_one_sample_array_keeps_its_shape(tmp_path: Path) -> None:
     assert flat.X.shape == (20, 3) and flat.feature_names == ["X_0", "X_1", "X_2"]
 
 
+def test_a_pinned_sha256_refuses_changed_data(tmp_path: Path) -> None:
+    import hashlib
+
+    table().to_csv(tmp_path / "d.csv", index=False)
+    sha = hashlib.sha256((tmp_path / "d.csv").read_bytes()).hexdigest()
+    assert load_dataset(section(source="csv", path="d.csv", label="target", sha256=sha), tmp_path).content_sha256 == sha
+    table(seed=1).to_csv(tmp_path / "d.csv", index=False)
+    msg = err(tmp_path, source="csv", path="d.csv", label="target", sha256=sha)
+    assert f"differs from dataset.sha256 {sha}: the data changed since it was pinned" in msg
+
+
 def test_relative_path_resolves_against_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tinymlops.config import load_pipeline
 
@@ -152,6 +163,7 @@ def test_constant_column_is_a_logged_warning_not_an_error(tmp_path: Path, caplog
     ({"name": "my-data"}, "source: required"),
     ({"name": "x", "source": "csv"}, "path: required for source csv"),
     ({"name": "digits", "path": "a.csv"}, "path: not used by the built-in source digits"),
+    ({"name": "digits", "sha256": "0" * 64}, "sha256: not used by the built-in source digits"),
     ({"name": "x", "source": "csv", "path": "a", "split": {"strategy": "group"}}, "split.by: the group strategy"),
     ({"name": "x", "source": "audio_folder", "path": "a", "split": {"strategy": "time", "by": "t"}},
      "needs a column, and source audio_folder has none"),

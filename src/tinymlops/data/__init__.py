@@ -32,19 +32,11 @@ def load_dataset(section: DatasetSection, base_dir: str | Path | None = None) ->
         path = path.resolve()
         if not path.exists():
             raise DataError(f"{path}: dataset.path: file not found")
-        if section.source == "audio_folder":
-            from tinymlops.data.folders import load_audio_folder
-
-            return load_audio_folder(section, path)
-        if section.source == "image_folder":
-            from tinymlops.data.folders import load_image_folder
-
-            return load_image_folder(section, path)
-        if not path.is_file():
-            raise DataError(f"{path}: dataset.path: expected a {section.source} file, found a folder")
-        from tinymlops.data.tabular import load_rows
-
-        return load_rows(section, path)
+        ds = _load_path(section, path)
+        if section.sha256 and ds.content_sha256 != section.sha256:
+            raise DataError(f"{path}: content sha256 {ds.content_sha256} differs from dataset.sha256 "
+                            f"{section.sha256}: the data changed since it was pinned (or since the model was trained)")
+        return ds
     if section.source == "digits":
         from sklearn.datasets import load_digits
 
@@ -57,6 +49,22 @@ def load_dataset(section: DatasetSection, base_dir: str | Path | None = None) ->
     X, y = generate(p, p.windows_per_class, seed=section.split.seed)
     return Dataset(section.name, X, y, list(CLASSES), f"tinymlops.data.vibration.generate(seed={section.split.seed})",
                    sample_rate_hz=p.sample_rate_hz, meta=p.model_dump(), feature_names=["x", "y", "z"])
+
+
+def _load_path(section: DatasetSection, path: Path) -> Dataset:
+    if section.source == "audio_folder":
+        from tinymlops.data.folders import load_audio_folder
+
+        return load_audio_folder(section, path)
+    if section.source == "image_folder":
+        from tinymlops.data.folders import load_image_folder
+
+        return load_image_folder(section, path)
+    if not path.is_file():
+        raise DataError(f"{path}: dataset.path: expected a {section.source} file, found a folder")
+    from tinymlops.data.tabular import load_rows
+
+    return load_rows(section, path)
 
 
 def load_splits(section: DatasetSection, base_dir: str | Path | None = None) -> dict[str, Dataset]:

@@ -82,6 +82,8 @@ class DatasetSection(Strict):
     classes: list[str] | None = Field(None, min_length=2, description="the class names in model-output order; a "
                                                                       "label outside it is an error; default: the "
                                                                       "sorted labels found in the data")
+    sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$", description="pin the content: loading fails if the "
+                               "file's (folder's) sha256 differs; the train run logs its config with it set")
     windows: WindowsSection | None = None
     split: SplitSection = Field(default_factory=SplitSection)
     audio: AudioSection = Field(default_factory=AudioSection)
@@ -115,8 +117,9 @@ class DatasetSection(Strict):
         src = self.source
         if src in FILE_SOURCES and not self.path:
             raise ValueError(f"path: required for source {src} (a file or folder, relative to the config file)")
-        if src in BUILTIN_SOURCES and (self.path or self.classes):
-            raise ValueError(f"{'path' if self.path else 'classes'}: not used by the built-in source {src}")
+        unused = [k for k in ("path", "classes", "sha256") if getattr(self, k)]
+        if src in BUILTIN_SOURCES and unused:
+            raise ValueError(f"{unused[0]}: not used by the built-in source {src}")
         if self.features is not None and src not in TABULAR_SOURCES:
             raise ValueError(f"features: not used by source {src} (only csv, parquet, npz)")
         if self.features is not None and self.label in self.features:
