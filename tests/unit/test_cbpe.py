@@ -202,3 +202,20 @@ def test_estimate_options_from_the_drift_config(tmp_path) -> None:  # type: igno
     narrow = est(EstimateSection(interval=0.6))
     assert narrow is not None and narrow.accuracy_high - narrow.accuracy_low < with_prior.accuracy_high - \
         with_prior.accuracy_low
+
+
+def test_many_classes_estimate_in_bounded_memory() -> None:
+    """A 150-class model: the bootstrap runs in chunks of draws (memory bounded by DRAW_CELLS)."""
+    rng = np.random.default_rng(6)
+    k = 150
+    logits = rng.normal(0, 3, size=(3000, k))
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    y = np.where(rng.random(3000) < 0.7, p.argmax(axis=1), rng.integers(0, k, 3000))
+    cal = fit_calibration(p, y, CONFIDENCE_EDGES)
+    b = np.searchsorted(CONFIDENCE_EDGES, p.max(axis=1), side="right")
+    joint = np.zeros((k, len(CONFIDENCE_EDGES) + 1), np.int64)
+    np.add.at(joint, (p.argmax(axis=1), b), 1)
+    e = estimate(cal, joint.tolist(), joint.sum(axis=1).tolist(), joint.sum(axis=0).tolist(), class_prior=False)
+    assert e is not None and e.accuracy_low <= e.accuracy <= e.accuracy_high
+    assert abs(e.accuracy - cal.accuracy) < 0.05

@@ -31,6 +31,7 @@ BIN_PRIOR = 2.0
 #: pseudo-count spread over the other classes when distributing a predicted class's errors.
 ERROR_PRIOR = 1.0
 BOOTSTRAP_DRAWS = 400
+DRAW_CELLS = 4_000_000  # bootstrap draws x classes x max(classes, bins) held in memory at once
 
 
 class Calibration(BaseModel):
@@ -103,7 +104,7 @@ def fit_calibration(probabilities: np.ndarray, y_true: np.ndarray, edges: Sequen
     conf = p.max(axis=1)
     mids = _bin_midpoints(edges)
     mean_conf = [float(conf[b == i].mean()) if (b == i).any() else mids[i] for i in range(n_bins)]
-    acc, f1 = _metrics(confusion.astype(np.float64))
+    acc, f1 = (float(v[0]) for v in _batch_metrics(confusion[None].astype(np.float64)))
     prior = np.asarray(y if prior_labels is None else prior_labels, dtype=np.int64).reshape(-1)
     prior = prior[(prior >= 0) & (prior < n_classes)]
     return Calibration(n=len(y), confidence_inner_edges=list(map(float, edges)), counts=counts.tolist(),
@@ -116,18 +117,8 @@ def _bin_midpoints(edges: Sequence[float]) -> list[float]:
     return [(a + b) / 2 for a, b in zip(e[:-1], e[1:], strict=True)]
 
 
-def _metrics(cm: np.ndarray) -> tuple[float, float]:  # one matrix; _batch_metrics for a stack
-    """Return accuracy and macro-F1 of a [pred, true] confusion matrix (classes absent from both skipped)."""
-    n = cm.sum()
-    tp = np.diag(cm)
-    predicted, support = cm.sum(axis=1), cm.sum(axis=0)
-    present = (predicted + support) > 0
-    f1 = np.where(present, 2 * tp / np.maximum(predicted + support, 1e-12), 0.0)
-    return float(tp.sum() / max(n, 1e-12)), float(f1[present].mean()) if present.any() else 0.0
-
-
 def _batch_metrics(cms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised :func:`_metrics` over a stack of confusion matrices (D, C, C)."""
+    """Return accuracy and macro-F1 of [pred, true] confusion matrices (D, C, C); absent classes skipped."""
     tp = np.diagonal(cms, axis1=1, axis2=2)
     denom = cms.sum(axis=2) + cms.sum(axis=1)
     present = denom > 0
@@ -191,21 +182,13 @@ def estimate(cal: Calibration, joint_counts: Sequence[Sequence[int]] | None,
         cm = rake(cm, prior_target(cm, (prior_counts / prior_counts.sum())[None], n))
     acc, f1 = _batch_metrics(cm)
 
-    # parametric bootstrap: calibration uncertainty (posterior draws), which predictions happen to be right,
-    # and (with the prior) which classes happen to occur in this window
+    # parametric bootstrap in chunks (memory stays ~ DRAW_CELLS floats however many classes)
     rng = np.random.default_rng(seed)
-    d = BOOTSTRAP_DRAWS
-    p = rng.beta(np.broadcast_to(a, (d, *a.shape)), np.broadcast_to(b, (d, *b.shape)))
-    q = np.where(off, rng.gamma(np.broadcast_to(np.where(off, err, 1.0), (d, *err.shape))), 0.0)
-    q /= np.maximum(q.sum(axis=2, keepdims=True), 1e-12)
     cells = np.rint(nj).astype(np.int64)
-    right = rng.binomial(np.broadcast_to(cells, p.shape), p) / np.maximum(cells, 1)  # realised share per cell
-    cms = _expected_confusion(np.broadcast_to(cells, p.shape).astype(np.float64), right, q)
-    if use_prior:
-        prior = rng.dirichlet(prior_counts, size=d)
-        realised = rng.multinomial(int(round(n)), prior) + 1e-9
-        cms = rake(cms, prior_target(cms, realised / realised.sum(axis=1, keepdims=True), n, noise=2.0))
-    accs, f1s = _batch_metrics(cms)
+    chunk = max(1, min(BOOTSTRAP_DRAWS, DRAW_CELLS // (n_classes * max(n_classes, n_bins))))
+    parts = [_draw(rng, min(chunk, BOOTSTRAP_DRAWS - i), a, b, err, off, cells,
+                   prior_counts if use_prior else None, n) for i in range(0, BOOTSTRAP_DRAWS, chunk)]
+    accs, f1s = np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
     ref = reference or {}
     acc0, f10 = float(acc[0]), float(f1[0])
@@ -215,6 +198,25 @@ def estimate(cal: Calibration, joint_counts: Sequence[Sequence[int]] | None,
         macro_f1_low=float(min(np.quantile(f1s, lo), f10)), macro_f1_high=float(max(np.quantile(f1s, hi), f10)),
         level=level, joint=joint, class_prior=use_prior, accuracy_calibration_only=plain_acc if use_prior else None,
         reference_accuracy=ref.get("accuracy"), reference_macro_f1=ref.get("macro_f1"))
+
+
+def _draw(rng: np.random.Generator, d: int, a: np.ndarray, b: np.ndarray, err: np.ndarray, off: np.ndarray,
+          cells: np.ndarray, prior_counts: np.ndarray | None, n: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``d`` bootstrap draws of (accuracy, macro-F1).
+
+    Each draw takes the calibration from its posterior (Beta per cell, Dirichlet for where errors go), lets the
+    window's predictions be right by chance (binomial per cell) and, with a prior, lets the window's classes occur
+    by chance (multinomial on a Dirichlet draw of the training mix) before raking.
+    """
+    p = rng.beta(np.broadcast_to(a, (d, *a.shape)), np.broadcast_to(b, (d, *b.shape)))
+    q = np.where(off, rng.gamma(np.broadcast_to(np.where(off, err, 1.0), (d, *err.shape))), 0.0)
+    q /= np.maximum(q.sum(axis=2, keepdims=True), 1e-12)
+    right = rng.binomial(np.broadcast_to(cells, p.shape), p) / np.maximum(cells, 1)  # realised share per cell
+    cms = _expected_confusion(np.broadcast_to(cells, p.shape).astype(np.float64), right, q)
+    if prior_counts is not None:
+        realised = rng.multinomial(int(round(n)), rng.dirichlet(prior_counts, size=d)) + 1e-9
+        cms = rake(cms, prior_target(cms, realised / realised.sum(axis=1, keepdims=True), n, noise=2.0))
+    return _batch_metrics(cms)
 
 
 def _expected_confusion(nj: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
