@@ -221,6 +221,14 @@ def test_package_time_refusal_names_the_block(tmp_path, monkeypatch: pytest.Monk
         check_deployable(custom.model_dump(), "nano33", "tflm-cmsis-nn")
 
 
+def test_a_manifest_with_an_unfitted_block_does_not_load() -> None:
+    base = fit(PreprocessingSection(), np.ones((3, 4))).model_dump()
+    for block, what in (({"block": "standardize"}, "mean, std"), ({"block": "log_mel"}, "sample_rate_hz"),
+                        ({"block": "x_mod:f"}, "source, sha256")):
+        with pytest.raises(ValidationError, match=f"block '{block['block']}' is not fitted \\(no {what}"):
+            FittedPreprocessing.model_validate({**base, "blocks": [block]})
+
+
 def test_agent_refuses_a_manifest_with_an_unknown_block_before_install() -> None:
     from tinymlops.fleet.answers import checked_specs
     from tinymlops.fleet.packages import PackageRejected

@@ -85,9 +85,13 @@ class LogMel(Block):
             raise ValueError(f"{self.block}: {X.shape[1]} samples are fewer than frame_length {self.frame_length}")
         return np.lib.stride_tricks.sliding_window_view(X, self.frame_length, axis=1)[:, :: self.frame_step]
 
-    def log_mel(self, X: np.ndarray) -> np.ndarray:
+    def check_fitted(self) -> None:
         if self.sample_rate_hz is None or self.fmax_hz is None:
-            raise ValueError(f"pre-processing block {self.block!r} is not fitted (no sample_rate_hz)")
+            raise ValueError(f"pre-processing block {self.block!r} is not fitted (no sample_rate_hz/fmax_hz)")
+
+    def log_mel(self, X: np.ndarray) -> np.ndarray:
+        self.check_fitted()
+        assert self.sample_rate_hz is not None and self.fmax_hz is not None
         spec = np.abs(np.fft.rfft(self.frames(X) * hann_periodic(self.frame_length), n=self.n_fft, axis=-1))
         w = mel_weights(self.n_mels, self.n_fft // 2 + 1, self.sample_rate_hz, self.fmin_hz, self.fmax_hz)
         # einsum, not BLAS matmul: these small products are 5-10x faster without BLAS threads on a busy device

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -64,7 +64,3 @@ def channels_last(X: np.ndarray, block: str, what: str = "(samples,) or (samples
 
 def axis_names(n: int) -> list[str]:
     return ["x", "y", "z"][:n] if n <= 3 else [f"a{i}" for i in range(n)]
-
-
-def dump(block: Block) -> dict[str, Any]:
-    return block.model_dump(mode="json")

@@ -50,7 +50,10 @@ class FittedPreprocessing(BaseModel):
     @field_validator("blocks", mode="before")
     @classmethod
     def _parse(cls, v: Any) -> list[Block]:
-        return parse_blocks(v, fitted=True)
+        blocks = parse_blocks(v, fitted=True)
+        for b in blocks:  # an unfitted block is refused when the manifest loads, not on the first window
+            b.check_fitted()
+        return blocks
 
     @property
     def n_features(self) -> int:
