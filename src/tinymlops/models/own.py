@@ -157,10 +157,10 @@ def make_model(section: ModelSection, project_dir: Path, input_shape: tuple[int,
 
         return build(section.arch, input_shape, n_classes, **section.params), False
     if section.builder is not None:
-        fn = load_builder(section.builder, project_dir)
-        call = f"{section.builder}(input_shape={input_shape}, n_classes={n_classes}, **params)"
         from tinymlops.tf import keras  # noqa: F401  (the legacy-Keras environment before the project's code runs)
 
+        fn = load_builder(section.builder, project_dir)
+        call = f"{section.builder}(input_shape={input_shape}, n_classes={n_classes}, **params)"
         try:
             model = fn(input_shape, n_classes, **section.params)
         except Exception as exc:  # the project's code: name it and its error in one line
