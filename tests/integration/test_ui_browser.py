@@ -258,7 +258,10 @@ def test_packed_evidently_report_renders_in_the_artifact_viewer(served: dict[str
     report = tmp_path / "data_drift.html"
     report.write_text(res.html, encoding="utf-8")
     size = report.stat().st_size
-    assert size < 1_500_000, size
+    from tinymlops.htmlpack import unpack
+
+    # Evidently's own JavaScript bundle alone packs to 1.33 MB: the report is a quarter of the page it carries
+    assert size < 0.3 * len(unpack(res.html).encode()) and size < 1_700_000, size
     run_id = served["out"]["pipeline_run_id"]
     mlflow.MlflowClient(served["mlflow"]).log_artifact(run_id, str(report), "evidently")
     page.goto(f"{served['mlflow']}/#/experiments/{served['experiment_id']}/runs/{run_id}/artifacts/"
@@ -266,8 +269,8 @@ def test_packed_evidently_report_renders_in_the_artifact_viewer(served: dict[str
     frame_el = page.locator("iframe").first
     frame_el.wait_for()
     frame = frame_el.content_frame
-    frame.get_by_text(names[7]).first.wait_for()  # drawn by Evidently's own script, after unpacking
+    frame.get_by_text("Share of Drifted Columns").first.wait_for()  # drawn by Evidently's script, after unpacking
     text = frame.locator("body").inner_text()
     assert "Unpacking the report" not in text and "could not be unpacked" not in text
-    assert "Drift" in text
+    assert "12\nColumns" in text.replace("\n\n", "\n") and any(n in text for n in names)  # its table, paged
     _shot(served, page, "evidently-report")
