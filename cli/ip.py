@@ -51,7 +51,11 @@ def verify(
         v = watermark.verdict(wm, watermark.query_endpoint(endpoint, wm.inputs), "black-box", endpoint, alpha)
     else:
         fn = watermark.load_callable(str(callable_))
-        v = watermark.verdict(wm, fn(wm.inputs), "black-box", str(callable_), alpha)
+        try:
+            answers = fn(wm.inputs)
+        except Exception as exc:  # the suspect's code failing is bad input, not our crash
+            raise UsageError(f"--callable {callable_}: raised {type(exc).__name__}: {exc}") from None
+        v = watermark.verdict(wm, answers, "black-box", str(callable_), alpha)
     if json_out:
         print_json(v.to_dict())
         return

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import struct
 import tempfile
 import time
 import uuid
@@ -72,7 +73,7 @@ def int8_tensors(model: bytes, where: str = "model") -> list[Int8Tensor]:
                 start = buf._tab.Vector(buf._tab.Offset(4))
                 name = (t.Name() or b"").decode("utf-8", "replace")
                 out[t.Buffer()] = Int8Tensor(name, tuple(int(d) for d in t.ShapeAsNumpy()), start, buf.DataLength())
-    except (IndexError, ValueError, TypeError, AttributeError) as exc:
+    except (IndexError, ValueError, TypeError, AttributeError, struct.error) as exc:
         raise ModelFormatError(f"{where}: unreadable TFLite flatbuffer: {exc}") from None
     if not out:
         raise ModelFormatError(f"{where}: no int8 weight tensors (fingerprints need a full-integer int8 model)")
@@ -101,7 +102,7 @@ def apply(model: bytes, fp_key: bytes, device_id: str, weights: int, attempt: in
     tensors = int8_tensors(model)
     pool = _pool(model, tensors)
     pos, delta = device_pattern(fp_key, hashlib.sha256(model).hexdigest(), device_id, pool, weights, attempt)
-    marked = (pool.astype(np.int16))
+    marked = pool.astype(np.int16)
     marked[pos] += delta
     out = bytearray(model)
     i = 0
