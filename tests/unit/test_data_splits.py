@@ -64,6 +64,12 @@ def test_mixed_label_windows_are_skipped_with_a_count_or_take_the_majority(tmp_p
     assert len(majority.y) == 28 and majority.y[last][0] == 0
 
 
+def test_windows_with_a_stratified_split_warn_about_leakage(tmp_path: Path) -> None:
+    sessions(tmp_path, n_sessions=4)
+    splits = load_splits(section(windows=WINDOWS), tmp_path)
+    assert any("windows with a stratified split" in w for w in splits["train"].warnings)
+
+
 def test_group_split_never_puts_a_session_in_two_splits(tmp_path: Path) -> None:
     sessions(tmp_path, n_sessions=12)
     for seed in range(5):

@@ -6,12 +6,13 @@ against ``base_dir``, the config file's directory) and splits it with the config
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from tinymlops.data.config import FILE_SOURCES, DatasetSection
-from tinymlops.data.dataset import Dataset
+from tinymlops.data.dataset import Dataset, warn
 from tinymlops.data.splits import split
 from tinymlops.errors import DataError
 
@@ -70,8 +71,14 @@ def _load_path(section: DatasetSection, path: Path) -> Dataset:
 def load_splits(section: DatasetSection, base_dir: str | Path | None = None) -> dict[str, Dataset]:
     """Load the configured dataset and split it into train / val / test with the configured strategy."""
     s = section.split
-    return split(load_dataset(section, base_dir), s.seed, s.val_fraction, s.test_fraction, s.strategy,
-                 section.split_column() or "")
+    ds = load_dataset(section, base_dir)
+    if section.windows is not None and s.strategy == "stratified":
+        notes = list(ds.warnings)
+        warn(notes, f"{ds.path}: windows with a stratified split: windows of one recording (overlapping when stride "
+                    "< size) land in train and test, so the test figures are optimistic; split.strategy: group or "
+                    "time keeps recordings apart")
+        ds = dataclasses.replace(ds, warnings=tuple(notes))
+    return split(ds, s.seed, s.val_fraction, s.test_fraction, s.strategy, section.split_column() or "")
 
 
 def shift_augment(X: np.ndarray, y: np.ndarray, pixels: int = 1) -> tuple[np.ndarray, np.ndarray]:
