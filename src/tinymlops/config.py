@@ -11,21 +11,24 @@ import hashlib
 import importlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from tinymlops.config_base import Strict
+from tinymlops.config_base import (  # noqa: F401 (re-exported)
+    M,
+    Strict,
+    format_validation_error,
+    load_kind,
+    read_yaml,
+    validate_data,
+)
 from tinymlops.data.config import DatasetSection
 from tinymlops.errors import ConfigError
 from tinymlops.execution import ExecutionSection
 from tinymlops.ip.config import IpSection
 from tinymlops.models.config import ModelSection
 from tinymlops.preprocessing.config import PreprocessingSection
-
-M = TypeVar("M", bound=BaseModel)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # pipeline.yaml
@@ -243,22 +246,6 @@ def model_for_kind(kind: str) -> type[BaseModel]:
     return getattr(importlib.import_module(module), cls)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, raising ConfigError for a missing file, bad YAML or a non-mapping top level."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of keys at the top level, got {type(data).__name__}")
-    return data
-
-
 def detect_kind(data: dict[str, Any], path: str | Path = "<config>") -> str:
     """Return the config kind from ``kind:`` or from the keys present."""
     if "kind" in data:
@@ -269,38 +256,11 @@ def detect_kind(data: dict[str, Any], path: str | Path = "<config>") -> str:
     raise ConfigError(f"{path}: cannot tell what kind of config this is; add 'kind:' ({', '.join(KINDS)})")
 
 
-def format_validation_error(path: str | Path, exc: ValidationError) -> str:
-    """Render pydantic errors as 'file: key.path: reason' lines."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after")) or "<top>"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"{path}: {loc}: {msg}")
-    return "\n".join(lines)
-
-
-def validate_data(data: dict[str, Any], model: type[M], path: str | Path = "<config>") -> M:
-    """Validate a mapping against a model, raising ConfigError with file and key paths."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(path, exc)) from None
-
-
 def load(path: str | Path, kind: str | None = None) -> BaseModel:
     """Load and validate any config file; the kind comes from the argument, the file or its keys."""
     data = read_yaml(path)
     kind = kind or detect_kind(data, path)
-    model = model_for_kind(kind)
-    if "kind" in data and data["kind"] != kind:
-        raise ConfigError(f"{path}: kind: expected {kind!r}, got {data['kind']!r}")
-    if "kind" in data and "kind" not in model.model_fields:
-        data = {k: v for k, v in data.items() if k != "kind"}
-    return validate_data(data, model, path)
+    return load_kind(path, kind, model_for_kind(kind))
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:

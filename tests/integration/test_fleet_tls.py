@@ -105,6 +105,8 @@ def test_plain_http_only_on_loopback_unless_insecure(tmp_path: Path) -> None:
     tls.require_tls_off_loopback("0.0.0.0", False, True, "--host")
     with pytest.raises(UsageError, match="not loopback"):
         tls.client_verify("http://fleet.example.com:8700", None)
-    assert tls.client_verify("http://fleet.example.com:8700", None, insecure=True) is True
+    plain = tls.client_verify("http://fleet.example.com:8700", None, insecure=True)  # no CA bundle loaded: an
+    assert isinstance(plain, ssl.SSLContext) and plain.verify_mode == ssl.CERT_REQUIRED  # https:// hop fails
+    assert plain.check_hostname and plain.cert_store_stats()["x509_ca"] == 0
     with pytest.raises(UsageError, match="go together"):
         tls.server_ssl_kwargs(tmp_path / "c.pem", None, None)

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tinymlops.config import Strict, load
+from tinymlops.config_base import Strict, load_kind
 from tinymlops.errors import ConfigError
 
 Core = Literal["cortex-m0plus", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55", "xtensa-lx7", "cortex-a53",
@@ -137,9 +137,7 @@ def targets_dir(explicit: str | Path | None = None) -> Path:
 
 def load_target(path: str | Path) -> TargetConfig:
     """Load one target YAML file (ConfigError naming file and key on any problem)."""
-    cfg = load(path, "target")
-    assert isinstance(cfg, TargetConfig)
-    return cfg
+    return load_kind(path, "target", TargetConfig)
 
 
 def catalogue(directory: str | Path | None = None) -> dict[str, TargetConfig]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from tinymlops.config import Strict
+from tinymlops.config_base import Strict
 from tinymlops.fleet.install import Installed
 
 

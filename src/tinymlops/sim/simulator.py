@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import Field
 
 from tinymlops import settings
-from tinymlops.config import Strict
+from tinymlops.config_base import Strict
 from tinymlops.data.config import VibrationParams
 from tinymlops.errors import UsageError
 from tinymlops.fleet.agent import Agent, AgentConfig, AgentStopped, Installed, open_model
