@@ -4,6 +4,8 @@ fleet service (this process, SQLite) and reports telemetry; its RSS is sampled f
     .venv/bin/python benchmarks/agent_rss.py                                 # the agent from this venv
     .venv/bin/python benchmarks/agent_rss.py --agent-bin /opt/agent/bin      # the agent from a slim venv
                                                                              # (pip install ".[agent]")
+    .venv/bin/python benchmarks/agent_rss.py --image localhost/tinymlops-agent:test   # the agent image (podman,
+                                                                             # host network; root)
 
 Prints the steady RSS (median of samples after the package is installed), the peak (VmHWM), how much of it is
 file-backed (shared libraries, shareable between processes) versus anonymous (heap: Python objects, runtime
@@ -52,11 +54,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--agent-bin", type=Path, default=Path(sys.executable).parent,
                     help="bin directory of the venv whose `tinymlops` runs the agent (default: this venv)")
+    ap.add_argument("--image", help="run the agent in this image with podman instead (docker/Dockerfile --target "
+                    "agent)")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long to sample once the package is installed")
     ap.add_argument("--top", type=int, default=8, help="how many of the largest mapped files to print")
     args = ap.parse_args()
     exe = args.agent_bin / "tinymlops"
-    if not exe.is_file():
+    if not args.image and not exe.is_file():
         sys.exit(f"{exe}: no tinymlops command there (install the agent extra into that venv)")
 
     root = Path(tempfile.mkdtemp(prefix="tinymlops-agent-rss-"))
@@ -79,10 +83,20 @@ def main() -> None:
     pid = op.post("/v1/packages", json=bundle.upload_json()).raise_for_status().json()["id"]
     enrol = op.post("/v1/enrolment-tokens", json={"cohort": "rss"}).raise_for_status().json()["tokens"][0]
     op.put("/v1/desired-state", json={"package_id": pid, "cohort": "rss"}).raise_for_status()
-    cmd = [str(exe), "agent", "--server", srv.url, "--device-id", "rss-1", "--target", "host-onnxruntime",
-           "--report-interval", "1", "--inference-interval", "0.05"]
+    opts = ["--server", srv.url, "--device-id", "rss-1", "--target", "host-onnxruntime", "--report-interval", "1",
+            "--inference-interval", "0.05"]
+    pub = root / "device-keys"  # what a device is provisioned with: the public key alone, readable by the agent
+    pub.mkdir(mode=0o755)
+    (pub / "package_signing.pub").write_bytes(packages.default_public_key_path().read_bytes())
+    (pub / "package_signing.pub").chmod(0o644)
+    root.chmod(0o755)
+    cmd = [str(exe), "agent", *opts] if not args.image else [
+        "podman", "run", "--rm", "--name", "tinymlops-agent-rss", "--network", "host", "-e",
+        "TINYMLOPS_ENROLMENT_TOKEN", "-v", f"{pub}:/keys:ro", args.image, *opts,
+        "--state-dir", "/data/device/rss-1", "--trusted-key", "/keys/package_signing.pub"]
     proc = subprocess.Popen(cmd, env={**os.environ, "TINYMLOPS_ENROLMENT_TOKEN": enrol},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    agent_pid = proc.pid
     try:
         t0 = time.monotonic()
         while True:
@@ -96,17 +110,20 @@ def main() -> None:
                 sys.exit("agent did not install the package within 120 s")
             time.sleep(0.3)
         installed_s = time.monotonic() - t0
+        if args.image:  # the agent's process on the host, as the container runtime started it
+            agent_pid = int(subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", "tinymlops-agent-rss"],
+                                           capture_output=True, text=True, check=True).stdout)
         samples, end = [], time.monotonic() + args.seconds
         while time.monotonic() < end:
-            samples.append(_status(proc.pid))
+            samples.append(_status(agent_pid))
             time.sleep(0.5)
-        libs = _libraries(proc.pid, args.top)
+        libs = _libraries(agent_pid, args.top)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         srv.stop()
     med = {k: statistics.median(s[k] for s in samples) / 1024 for k in samples[-1]}
-    print(f"agent: {exe} (python {args.agent_bin.parent})")
+    print(f"agent: {'image ' + args.image if args.image else exe}")
     print(f"package installed and serving after {installed_s:.1f} s; sampled {len(samples)} times over "
           f"{args.seconds:.0f} s")
     print(f"RSS while serving (median) {med['VmRSS']:.1f} MB (goal <= 80 MB): file-backed {med['RssFile']:.1f} MB, "
