@@ -48,7 +48,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     register_demo_model(MODEL, seed=1)
     targets = home / "targets"
     targets.mkdir()
-    for name in ("ok", "bad", "offline", "stop", "lease", "abort", "driver"):
+    for name in ("ok", "bad", "offline", "stop", "lease", "abort", "driver", "slow", "old"):
         (targets / f"{name}.yaml").write_text(f"name: {name}\nruntime: onnxruntime\nlatency_slo_ms: 50\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\nflash_bytes: 32000000000\nactive_power_mw: 3000\n")
     yield home
     registry._client = None
@@ -99,7 +99,8 @@ class Fleet:
                                                                  ["reference"])
         return self.refs[pid]
 
-    def step(self, faulty: str | None = None, fault: str = "errors", online: bool = True) -> None:
+    def step(self, faulty: str | None = None, fault: str = "errors", online: bool = True, install: bool = True,
+             ) -> None:
         """Each device installs its desired package and reports one window of 20 inferences."""
         now = self.clock.now
         with self.st.session() as s:
@@ -107,7 +108,7 @@ class Fleet:
                 row = s.get(Device, d.id)
                 if not online:
                     continue  # an offline device neither polls (installs) nor reports
-                if d.desired_package_id and d.desired_package_id != d.current_package_id:
+                if install and d.desired_package_id and d.desired_package_id != d.current_package_id:
                     row.previous_package_id, row.current_package_id = row.current_package_id, d.desired_package_id
                     s.add(DeploymentEvent(device_id=d.id, kind="installed", package_id=d.desired_package_id,
                                           reason="", at_unix_s=now))
@@ -233,6 +234,40 @@ def test_faulty_canary_is_rolled_back_on_the_first_gate_with_evidence(st: Store,
     with pytest.raises(UsageError, match="--override"):
         ctl.start(MODEL, "bad", config(), version="2", package_id=candidate)
     assert ctl.start(MODEL, "bad", config(), version="2", override=True, package_id=candidate) != rid
+
+
+def test_silence_is_counted_from_the_install_not_from_the_assignment(st: Store, home: Path):
+    clock, fleet, _, candidate = setup(st, home, "slow")
+    ctl = Controller(st, clock=clock, targets_dir=home / "targets")
+    rid = ctl.start(MODEL, "slow", config(), version="2", override=True, package_id=candidate)
+    for _ in range(6):  # a slow download: the canaries keep reporting the baseline for 12 s (grace: 6 s)
+        assert ctl.tick(rid).status == "running"
+        fleet.step(install=False)
+        clock.now += 2.0
+    ctl.tick(rid)
+    fleet.step()  # installed now, reporting from the next window on
+    clock.now += 2.0
+    results = drive(ctl, rid, clock, fleet)
+    assert results[-1].status == "succeeded", [r.decision.reasons for r in results if r.decision][-1]
+
+
+def test_an_older_candidate_is_sent_with_a_signed_downgrade(st: Store, home: Path):
+    from tinymlops.fleet.store import DesiredState
+
+    tdir = home / "targets"
+    newer = publish_package(st, MODEL, "2", "old", targets_dir=tdir)
+    older = publish_package(st, MODEL, "1", "old", targets_dir=tdir)
+    clock = Clock()
+    fleet = Fleet(st, "old", newer, clock)
+    ctl = Controller(st, clock=clock, targets_dir=tdir)
+    rid = ctl.start(MODEL, "old", config(), version="1", override=True, package_id=older)
+    ctl.tick(rid)
+    with st.session() as s:
+        auths = [json.loads(json.loads(ds.authorisation_json)["payload_json"])
+                 for ds in s.query(DesiredState).all() if ds.package_id == older]
+    assert auths and all(a["package_id"] == older and a["replaces_sequence"] == 2 for a in auths)
+    results = drive(ctl, rid, clock, fleet)
+    assert results[-1].status == "succeeded"
 
 
 def test_offline_devices_hold_then_fail_past_the_final_deadline(st: Store, home: Path):

@@ -28,7 +28,13 @@ from tinymlops.fleet import store as fleet_store
 from tinymlops.fleet.store import DesiredState, Store
 from tinymlops.rollout import gates, history, plan
 from tinymlops.rollout.config import RolloutConfig
-from tinymlops.rollout.figures import PackageInfoCache, device_states, rejected_devices, window_figures
+from tinymlops.rollout.figures import (
+    PackageInfoCache,
+    device_states,
+    install_times,
+    rejected_devices,
+    window_figures,
+)
 from tinymlops.rollout.publish import expected_latency_ms, publish_package, target_slo_ms
 from tinymlops.rollout.state import ACTIVE, TERMINAL, Rollout, RolloutDecision, RolloutDevice
 
@@ -215,8 +221,17 @@ class Controller:
         # re-assert desired state for every touched device: repairs a crash between recording and applying
         stale = sorted(did for did in assigned if did in by_id and by_id[did].desired_package_id != r.package_id)
         if stale:
-            fleet_store.set_desired(self.store, r.package_id, stale,
-                                    reason=f"rollout {rid} stage {stage.label}")
+            from tinymlops.fleet.packages import rollback_authorisation_for
+
+            # a rollout of an older release (the profile may recommend a lower version) is a downgrade the
+            # operator chose: devices get it signed, as for a rollback; everything else needs no authorisation
+            by_current: dict[str | None, list[str]] = {}
+            for did in stale:
+                by_current.setdefault(by_id[did].current_package_id, []).append(did)
+            for current, ids in by_current.items():
+                auth = rollback_authorisation_for(self.store, r.package_id, current) if current else None
+                fleet_store.set_desired(self.store, r.package_id, ids, reason=f"rollout {rid} stage {stage.label}",
+                                        authorisation=auth)
             from tinymlops.fleet.grants import grant
 
             grant(self.store, r.package_id, stale)  # an encrypted package: wrap its key for these devices only
@@ -240,8 +255,10 @@ class Controller:
         installed, offline = device_states(devices, assigned, r.package_id, now, th.offline_after_s)
         rejected = rejected_devices(self.store, r.package_id, assigned, r.created_unix_s)
         by_id = {d.id: d for d in devices}
+        # the grace runs from when the device started running the candidate: a slow download is not silence
+        started = install_times(self.store, r.package_id, installed, r.created_unix_s)
         silent = {did for did in installed - offline
-                  if rows[did].assigned_unix_s <= now - th.report_grace_s
+                  if max(rows[did].assigned_unix_s, started.get(did, 0.0)) <= now - th.report_grace_s
                   and win.last_candidate_report_unix_s.get(did, 0.0) < now - th.report_grace_s
                   and (by_id[did].last_seen_unix_s or 0.0) >= now - th.report_grace_s}
         ref = self._cache.manifest(r.package_id).get("reference") or {}

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from pydantic_core import from_json
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tinymlops.fleet.store import DeploymentEvent, DeviceInfo, Package, Store, Telemetry
 from tinymlops.monitor.sketches import LATENCY_EDGES_MS
@@ -162,6 +162,15 @@ def rejected_devices(store: Store, package_id: str, device_ids: set[str], since_
                                                 DeploymentEvent.at_unix_s >= since_unix_s).distinct())
     with store.session() as s:
         return {d for d in s.scalars(q) if d in device_ids}
+
+
+def install_times(store: Store, package_id: str, device_ids: set[str], since_unix_s: float) -> dict[str, float]:
+    """Return when each device last reported installing a package since a time (device id -> unix seconds)."""
+    q = (select(DeploymentEvent.device_id, func.max(DeploymentEvent.at_unix_s))
+         .where(DeploymentEvent.package_id == package_id, DeploymentEvent.kind == "installed",
+                DeploymentEvent.at_unix_s >= since_unix_s).group_by(DeploymentEvent.device_id))
+    with store.session() as s:
+        return {d: float(t) for d, t in s.execute(q) if d in device_ids}
 
 
 def device_states(devices: list[DeviceInfo], assigned: set[str], candidate: str, now_unix_s: float,
