@@ -8,7 +8,7 @@
 On 2 cores the ceiling is 2x and TensorFlow already uses both cores inside one variant, so expect little: Dask pays
 off when the cluster has more cores than one machine (``execution: {task_runner: dask, address: tcp://...}``).
 
-    .venv/bin/python benchmarks/fanout.py [--tasks 50] [--config configs/pipeline.yaml]
+    .venv/bin/python benchmarks/fanout.py [--tasks 50] [--config configs/pipeline.yaml] [--overhead-only]
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=50)
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "pipeline.yaml")
+    ap.add_argument("--overhead-only", action="store_true", help="measure the per-task overhead only (~1 min)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tinymlops-fanout-") as tmp:
         os.environ["TINYMLOPS_HOME"] = tmp
@@ -99,6 +100,8 @@ def main() -> int:
             per_task = overhead(args.tasks)
             print(f"per-task overhead ({args.tasks} trivial tasks): thread pool {1e3 * per_task['threads']:.1f} ms, "
                   f"Dask LocalCluster (2 processes) {1e3 * per_task['dask']:.1f} ms")
+            if args.overhead_only:
+                return 0
             t: dict[str, Any] = stages(args.config, Path(tmp))
     print(f"compress stage: thread pool {t['compress_threads_s']:.1f} s, Dask {t['compress_dask_s']:.1f} s "
           f"(speed-up {t['compress_threads_s'] / t['compress_dask_s']:.2f}x)")
