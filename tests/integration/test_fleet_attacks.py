@@ -175,7 +175,7 @@ def test_d6_d7_the_agent_survives_any_server_answer_and_keeps_serving(fleet: Fle
     try:
         fleet.op.put("/v1/desired-state", json={"package_id": fleet.good_id, "cohort": "hostile"})
         tok = fleet.op.post("/v1/enrolment-tokens", json={"cohort": "hostile"}).json()["tokens"][0]
-        cfg = fleet.agent_config("hostile-1", tok, seconds=7.0)
+        cfg = fleet.agent_config("hostile-1", tok, seconds=11.0)  # room for a slow CI machine: see script()
         cfg.server = hostile.url
         a = agent.Agent(cfg, SyntheticStream(seed=SEED))
         newer = fleet.upload(fleet.bundle("8"))
@@ -189,7 +189,10 @@ def test_d6_d7_the_agent_survives_any_server_answer_and_keeps_serving(fleet: Fle
                 seen[mode] = a.inferences
             fleet.op.put("/v1/desired-state", json={"package_id": newer, "device_ids": ["hostile-1"]})
             state["mode"] = "huge"
-            time.sleep(2.0)
+            deadline = time.monotonic() + 6.0  # until the agent has asked for the 400 MiB manifest (and cut it)
+            while time.monotonic() < deadline and not state.get("sent"):
+                time.sleep(0.2)
+            time.sleep(1.0)
             seen["huge"] = a.inferences
 
         t = threading.Thread(target=script)
