@@ -260,8 +260,8 @@ def test_packed_evidently_report_renders_in_the_artifact_viewer(served: dict[str
     size = report.stat().st_size
     from tinymlops.htmlpack import unpack
 
-    # Evidently's own JavaScript bundle alone packs to 1.33 MB: the report is a quarter of the page it carries
-    assert size < 0.3 * len(unpack(res.html).encode()) and size < 1_700_000, size
+    # Evidently's own JavaScript bundle alone packs to 1.33 MB; the page inside (data already rounded) is ~2.8x larger
+    assert size < 1_700_000 and len(unpack(res.html).encode()) > 2.5 * size, size
     run_id = served["out"]["pipeline_run_id"]
     mlflow.MlflowClient(served["mlflow"]).log_artifact(run_id, str(report), "evidently")
     page.goto(f"{served['mlflow']}/#/experiments/{served['experiment_id']}/runs/{run_id}/artifacts/"
