@@ -97,19 +97,29 @@ def test_exported_package_predicts_like_the_trained_model(trained) -> None:
     np.testing.assert_allclose(tflm, tfl, atol=1e-4)
 
 
-def test_failed_training_is_marked_failed_and_registers_nothing(trained, tmp_path: Path) -> None:
-    from tinymlops import registry
+def test_failed_training_is_marked_failed_and_registers_nothing(trained, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinymlops import registry, train
     from tinymlops.config import load_pipeline
     from tinymlops.train import run_train
 
+    c = registry.client()
+    exp = c.get_experiment_by_name("it-train")
+    before = len(c.search_runs([exp.experiment_id]))
     bad = write_config(tmp_path, model={"arch": "cnn2d", "params": {}},  # 33 features: not a square image
                        preprocessing={"features": "spectral", "bands": 7})
     with pytest.raises(ValueError, match="square image"):
         run_train(load_pipeline(bad))
-    c = registry.client()
-    exp = c.get_experiment_by_name("it-train")
+    assert len(c.search_runs([exp.experiment_id])) == before  # refused before a run opens: nothing to clean up
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("the fit ran out of memory")
+
+    monkeypatch.setattr(train, "fit_model", fail)  # a failure once the run is open
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_train(load_pipeline(write_config(tmp_path)))
     failed = c.search_runs([exp.experiment_id], "attributes.status = 'FAILED'")
-    assert failed and "square image" in failed[0].data.tags["error"]
+    assert failed and "out of memory" in failed[0].data.tags["error"]
     assert [str(v.version) for v in registry.list_versions("it-vibration")] == ["1"]
 
 
