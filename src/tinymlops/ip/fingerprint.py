@@ -319,7 +319,8 @@ def publish_fingerprinted(st: Any, model_name: str, version: str, target: str, c
     The ledger is sealed and logged before any device is pointed at its package. Returns device id -> package id.
     """
     from tinymlops.fleet import packages
-    from tinymlops.fleet.store import Package, list_devices, set_desired
+    from tinymlops.fleet.store import list_devices, set_desired
+    from tinymlops.rollout.publish import store_bundles
 
     devices = [d.id for d in list_devices(st, cohort=cohort, target=target)]
     if not devices:
@@ -327,17 +328,7 @@ def publish_fingerprinted(st: Any, model_name: str, version: str, target: str, c
     base = packages.build_package(model_name, version, target, targets=targets_dir)
     bundles, attempts = fingerprint_bundles(base, devices, weights, check_inputs=check_inputs_of(model_name, version))
     record_ledger(model_name, version, target, base.artifact, attempts, weights)
-    now = time.time()
-    with st.session() as s:
-        for b in bundles.values():
-            m = b.manifest
-            if s.get(Package, b.id) is None:
-                s.add(Package(id=b.id, model_name=model_name, model_version=str(version),
-                              variant=str(m.get("variant", ""))[:64], format=m["format"], target=target,
-                              sha256=m["sha256"], size_bytes=len(b.artifact),
-                              manifest_json=b.manifest_bytes.decode("utf-8"),
-                              signature_b64=b.upload_json()["signature_b64"], key_id=m["key_id"],
-                              artifact=b.artifact, created_unix_s=now))
+    store_bundles(st, list(bundles.values()), model_name, version, target)
     for d, b in bundles.items():
         set_desired(st, b.id, device_ids=[d], reason=f"fingerprinted package of cohort {cohort}")
     return {d: b.id for d, b in bundles.items()}

@@ -27,16 +27,24 @@ def publish_package(st: Store, model_name: str, version: str, target: str, clien
     bundle = packages.build_package(model_name, version, target, targets=targets_dir)
     if client is not None:
         return str(client.upload(bundle)["id"])
-    manifest = bundle.manifest
-    with st.session() as s:
-        if s.get(Package, bundle.id) is None:
-            s.add(Package(id=bundle.id, model_name=model_name, model_version=str(version),
-                          variant=str(manifest.get("variant", ""))[:64], format=manifest["format"], target=target,
-                          sha256=manifest["sha256"], size_bytes=len(bundle.artifact),
-                          manifest_json=bundle.manifest_bytes.decode("utf-8"),
-                          signature_b64=bundle.upload_json()["signature_b64"], key_id=manifest["key_id"],
-                          artifact=bundle.artifact, created_unix_s=time.time()))
+    store_bundles(st, [bundle], model_name, version, target)
     return bundle.id
+
+
+def store_bundles(st: Store, bundles: list[Any], model_name: str, version: str, target: str) -> None:
+    """Write signed bundles to the fleet DB as package rows (the row the service's upload writes; idempotent)."""
+    now = time.time()
+    with st.session() as s:
+        for b in bundles:
+            if s.get(Package, b.id) is not None:
+                continue
+            m = b.manifest
+            s.add(Package(id=b.id, model_name=model_name, model_version=str(version),
+                          variant=str(m.get("variant", ""))[:64], format=m["format"], target=target,
+                          sha256=m["sha256"], size_bytes=len(b.artifact),
+                          manifest_json=b.manifest_bytes.decode("utf-8"),
+                          signature_b64=b.upload_json()["signature_b64"], key_id=m["key_id"],
+                          artifact=b.artifact, created_unix_s=now))
 
 
 def expected_latency_ms(model_name: str, version: str, target: str) -> float | None:
