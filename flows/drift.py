@@ -37,43 +37,51 @@ def check_task(model: str, config_path: str, version: str | None, target: str | 
                            parent_run_id=parent_run_id, experiment=experiment)
 
 
-def start_pipeline(section: RetrainSection, model: str) -> dict[str, Any]:
-    """Start the pipeline: its Prefect deployment if registered, else a flow run in a subprocess (or inline)."""
-    params = {"config_path": section.pipeline_config}
-    if section.mode in ("auto", "deployment") and section.deployment:
+def start_pipeline(section: RetrainSection, model: str, plan: retrain.RetrainPlan | None = None) -> dict[str, Any]:
+    """Start a retrain plan (default: the pipeline): its Prefect deployment if registered, else a flow run in a
+    subprocess (or inline)."""
+    plan = plan or retrain.RetrainPlan("central", section.entrypoint, {"config_path": section.pipeline_config},
+                                       section.deployment)
+    params = plan.params
+    if section.mode in ("auto", "deployment") and plan.deployment:
         from prefect.client.schemas.objects import FlowRun
         from prefect.deployments import run_deployment
         from prefect.exceptions import ObjectNotFound
 
         try:
-            fr = cast("FlowRun", run_deployment(name=section.deployment, parameters=params, timeout=0,
+            fr = cast("FlowRun", run_deployment(name=plan.deployment, parameters=params, timeout=0,
                                               tags=["tinymlops", "retrain", f"model:{model}"]))
-            return {"how": "deployment", "deployment": section.deployment, "flow_run_id": str(fr.id)}
+            return {"how": "deployment", "strategy": plan.strategy, "deployment": plan.deployment,
+                    "flow_run_id": str(fr.id)}
         except ObjectNotFound:
             if section.mode == "deployment":
                 raise
-    module, func = section.entrypoint.split(":")
+    module, func = plan.entrypoint.split(":")
     if section.mode == "inline":
         out = getattr(importlib.import_module(module), func)(**params)
-        return {"how": "inline", "entrypoint": section.entrypoint, "result": str(out)[:500]}
+        return {"how": "inline", "strategy": plan.strategy, "entrypoint": plan.entrypoint, "result": str(out)[:500]}
     logs = settings.home() / "retrain"
     logs.mkdir(parents=True, exist_ok=True)
     log_file = (logs / f"{model.replace('/', '_')}-pipeline.log").open("ab")
-    code = f"from {module} import {func} as f; f(config_path={section.pipeline_config!r})"
+    code = f"from {module} import {func} as f; f(**{params!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
                             start_new_session=True)  # outlives this flow run: retraining takes minutes
-    return {"how": "subprocess", "entrypoint": section.entrypoint, "pid": proc.pid, "log": str(log_file.name)}
+    return {"how": "subprocess", "strategy": plan.strategy, "entrypoint": plan.entrypoint, "pid": proc.pid,
+            "log": str(log_file.name)}
 
 
 # no retries: a retried trigger could start the pipeline twice (the cooldown claim is the guard)
 @task(name="retrain-trigger", cache_policy=NO_CACHE)
-def retrain_task(model: str, level: str, config_path: str, details: dict[str, Any]) -> dict[str, Any]:
-    """Start one retrain for a retrain verdict unless the model is in its cooldown."""
+def retrain_task(model: str, level: str, config_path: str, details: dict[str, Any],
+                 store_url: str | None = None) -> dict[str, Any]:
+    """Start one retrain (the config's ``retrain.strategy``) for a retrain verdict unless in the cooldown."""
     cfg = load_drift_config(config_path)
+    # a strategy that cannot run fails before the claim (no cooldown spent on it)
+    plan = retrain.plan(cfg.retrain, model, config_path, store_url) if cfg.retrain.enabled else None
     decision = retrain.claim(model, level, cfg.retrain.cooldown_s, cfg.retrain.enabled, details=details)
-    out: dict[str, Any] = {"decision": retrain.decision_dict(decision)}
-    if decision.start:
-        started = start_pipeline(cfg.retrain, model)
+    out: dict[str, Any] = {"decision": retrain.decision_dict(decision), "strategy": cfg.retrain.strategy}
+    if decision.start and plan is not None:
+        started = start_pipeline(cfg.retrain, model, plan)
         retrain.record_started(model, started)
         out["started"] = started
     return out
@@ -115,7 +123,7 @@ def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str
     if result.level == "retrain" and allow_retrain:
         details = {"groups": [(g.verdict.version, g.target, g.cohort) for g in result.groups
                               if g.verdict.level == "retrain"]}
-        summary["retrain"] = retrain_task(model, "retrain", config_path, details)
+        summary["retrain"] = retrain_task(model, "retrain", config_path, details, store_url)
         logger.info("retrain: %s", summary["retrain"]["decision"]["reason"])
     return summary
 

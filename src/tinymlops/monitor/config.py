@@ -109,16 +109,55 @@ class EstimateSection(Strict):
     interval: float = Field(0.95, gt=0.5, lt=1, description="confidence level of the estimate's interval")
 
 
+#: what a retrain verdict may start (``retrain.strategy``); see :func:`tinymlops.monitor.retrain.plan`
+RETRAIN_STRATEGIES = ("central", "federated", "personalise")
+
+
+class FieldDataSection(Strict):
+    """Consented field data in a ``central`` retrain: how much, how weighted, which share is held out."""
+
+    enabled: bool = Field(True, description="train on the configured dataset plus consented field samples")
+    weight: float = Field(2.0, gt=0, le=100, description="weight of a field sample relative to a configured one "
+                                                         "(integer part repeats it, the fraction samples a copy)")
+    test_share: float = Field(0.3, gt=0, lt=1, description="share of field samples held out as the field test split")
+    min_samples: int = Field(40, ge=2, description="fewer consented samples: retrain on the configured dataset only")
+    cohort: str | None = Field(None, description="only this cohort's samples (default: every cohort)")
+    since: str | None = Field(None, description="only samples received within this duration (e.g. 7d)")
+    min_gain: float = Field(0.0, ge=0, le=1, description="accuracy the new version must gain on the field test split")
+    candidate_alias: str = Field("candidate", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
+                                 description="alias set on the new version only when it beats the old one")
+    seed: int = 0
+
+    @field_validator("since")
+    @classmethod
+    def _since(cls, v: str | None) -> str | None:
+        if v is not None and parse_duration_s(v) <= 0:
+            raise ValueError("since must be a positive duration")
+        return v
+
+
 class RetrainSection(Strict):
     """Closing the loop: a retrain verdict starts the pipeline, at most once per cooldown."""
 
     enabled: bool = False
+    strategy: str = Field("central", description="central (pipeline + consented field data) | federated | "
+                                                 "personalise (not built yet)")
+    field_data: FieldDataSection = Field(default_factory=FieldDataSection)
     cooldown: str = Field("24h", description="minimum time between two triggered retrains of one model")
     pipeline_config: str = Field("configs/pipeline.yaml", description="config passed to the pipeline flow")
     deployment: str | None = Field("pipeline/pipeline-weekly",
                                    description="Prefect deployment (flow/deployment) to run when it exists")
     entrypoint: str = Field("flows.pipeline:pipeline_flow", description="flow started when no deployment exists")
     mode: Literal["auto", "deployment", "subprocess", "inline"] = "auto"
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        if v == "personalise":
+            raise ValueError("'personalise' (on-device personalisation) is not built yet; use central or federated")
+        if v not in RETRAIN_STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; expected one of {', '.join(RETRAIN_STRATEGIES)}")
+        return v
 
     @field_validator("cooldown")
     @classmethod

@@ -1,5 +1,9 @@
-"""Closing the loop: a ``retrain`` verdict starts the pipeline, at most once per cooldown per model.
+"""Closing the loop: a ``retrain`` verdict starts a retrain, at most once per cooldown per model.
 
+What it starts is the drift config's ``retrain.strategy`` (:func:`plan`): ``central`` runs the pipeline, or with
+``retrain.field_data.enabled`` the field-data retrain (:mod:`tinymlops.monitor.field_retrain`: configured dataset +
+consented field samples, compared with the old version on a held-out field test split); ``federated`` is
+Flower federated learning; ``personalise`` is refused when the config loads.
 The decision is pure (:func:`decide_retrain`); the state lives in a JSON file under the project home and is
 updated under an exclusive file lock, so a storm of concurrent verdicts (many cohorts, overlapping scheduled
 runs, several processes) starts exactly one retrain.
@@ -18,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tinymlops import settings
+from tinymlops.errors import ConfigError
+from tinymlops.monitor.config import RetrainSection
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,32 @@ def decide_retrain(level: str, now_unix_s: float, last_trigger_unix_s: float | N
         return RetrainDecision(False, f"cooldown: last retrain started {now_unix_s - last:.0f} s ago, "
                                       f"next allowed in {wait:.0f} s", now_unix_s, last, next_allowed)
     return RetrainDecision(True, "retrain verdict outside the cooldown", now_unix_s, last, now_unix_s + cooldown_s)
+
+
+@dataclass(frozen=True)
+class RetrainPlan:
+    """What a retrain verdict starts: a flow (``module:function``) with its parameters, or a deployment."""
+
+    strategy: str
+    entrypoint: str
+    params: dict[str, Any]
+    deployment: str | None = None  # run this Prefect deployment instead when it exists (mode auto/deployment)
+
+
+def plan(section: RetrainSection, model: str, drift_config: str, store_url: str | None = None) -> RetrainPlan:
+    """Choose what a retrain of ``model`` starts, from the drift config's ``retrain.strategy``.
+
+    Raises:
+        ConfigError: a strategy this build cannot run (named with the value).
+    """
+    if section.strategy == "central":
+        if section.field_data.enabled:
+            return RetrainPlan("central", "flows.retrain:field_retrain_flow",
+                               {"model": model, "drift_config": drift_config, "store_url": store_url})
+        return RetrainPlan("central", section.entrypoint, {"config_path": section.pipeline_config},
+                           section.deployment)
+    raise ConfigError(f"{drift_config}: retrain.strategy: {section.strategy!r} cannot run in this build "
+                      "(expected central)")
 
 
 def state_path(model_name: str) -> Path:
