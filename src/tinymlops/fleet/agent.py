@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from tinymlops.fleet import agent_licence, answers, crypto, device_state
+from tinymlops.fleet import agent_licence, agent_personal, answers, crypto, device_state
 from tinymlops.fleet.answers import AgentStopped, BadAnswer, brief
 from tinymlops.fleet.inputs import InputSource
 from tinymlops.fleet.install import Installed, InstallState, atomic_write, open_model, smoke_test
@@ -65,6 +65,7 @@ class AgentConfig:
     max_package_bytes: int = 64 * 1024 * 1024
     verify: Any = True  # httpx verify: an ssl.SSLContext pinned to the server's CA (tinymlops.fleet.tls)
     credential_max_age_s: float | None = None  # rotate the device credential when older (None: never)
+    personalise: bool = False  # adapt the model to this device's inputs and labels (tinymlops.personalise)
 
 
 class Agent:
@@ -85,10 +86,9 @@ class Agent:
         self.keyset = device_state.load_keyset(cfg.state_dir, cfg.trusted_keys)  # rotations followed so far
         self.state = InstallState(cfg.state_dir, self.keyset.trusted(), cfg.target, cfg.device_id)
         self.licence = agent_licence.LicenceHook(self.state, cfg.device_id)  # offline licences (licensed packages)
-        self._client = client
-        self._own_client = client is None
+        self.personal = agent_personal.DevicePersonaliser(cfg.state_dir, cfg.personalise)
+        self._client, self._own_client = client, client is None
         self._open = runner_factory or open_model
-        # runners from a factory are the factory's to close, unless it says they are not shared
         self._shared_runners = bool(getattr(runner_factory, "shared", runner_factory is not None))
         self.runner: Any = None
         self.installed: Installed | None = None
@@ -98,11 +98,8 @@ class Agent:
         self.rejected: set[str] = set()
         self.pending: list[dict[str, Any]] = []
         self.reservoir: list[list[float]] = []
-        self.reservoir_seen = 0
+        self.reservoir_seen = self.reports_sent = self.inferences = self.last_seq = 0
         self.feedback: list[tuple[float, dict[str, Any]]] = []
-        self.reports_sent = 0
-        self.inferences = 0
-        self.last_seq = 0
         self.poll_interval_s = 5.0
         self._backoff_s = 0.0
         self._rng = random.Random(cfg.device_id)
@@ -166,7 +163,8 @@ class Agent:
         self.runner, self.installed = None, installed
         if installed is None:
             return
-        self.runner = self.licence.wrap(self._open(installed, self.cfg.runtime), installed)
+        self.runner = self.licence.wrap(self.personal.wrap(self._open(installed, self.cfg.runtime), installed.manifest),
+                                        installed)
         self.spec, reference = answers.checked_specs(installed.manifest)
         self.builder = SketchBuilder(reference)
         self.reservoir, self.reservoir_seen, self.feedback = [], 0, []
@@ -323,6 +321,7 @@ class Agent:
         energy = latency_ms * self.cfg.energy_mw if self.cfg.energy_mw else 0.0  # mW x ms = uJ
         self.builder.add(feats, out, latency_ms=latency_ms, timestamp=now, energy_uj=energy, memory_bytes=memory)
         self.inferences += 1
+        self.personal.observe(feats, out, label)  # on-device personalisation (off unless enabled)
         if self.credential and self.credential.get("samples_opt_in"):
             self.reservoir_seen += 1  # Algorithm R: a uniform sample of the window's inputs, bounded size
             if len(self.reservoir) < self.cfg.reservoir_size:
@@ -346,6 +345,7 @@ class Agent:
         sk = self.builder.flush()
         sk.errors += self._pending_errors
         sk.rejections += self._pending_rejections
+        sk.personal = self.personal.figures()
         self._pending_errors = self._pending_rejections = 0
         if sk.n_inferences == 0 and sk.errors == 0 and sk.rejections == 0:
             return

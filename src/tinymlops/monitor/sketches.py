@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tinymlops.ip.extraction import ExtractionFigures, QueryDistanceMonitor
 from tinymlops.monitor.reference import ReferenceProfile
+from tinymlops.personalise import PersonalFigures
 
 #: latency histogram: 0.001 ms .. ~100 s, 8 bins per decade; bin 0 is below the first edge.
 LATENCY_EDGES_MS: list[float] = [float(x) for x in np.logspace(-3, 5, 65)]
@@ -55,6 +56,8 @@ class Sketch(BaseModel):
     window_end: float | None = None
     #: the device's query-distance statistic (extraction detection, tinymlops.ip); per device, not merged
     extraction: ExtractionFigures | None = None
+    #: the device's on-device personalisation: base vs personalised hits on later labelled inferences; per device
+    personal: PersonalFigures | None = None
 
     @classmethod
     def empty(cls, reference: ReferenceProfile) -> Sketch:

@@ -67,6 +67,7 @@ class CohortSpec(Strict):
     faults: FaultSpec = Field(default_factory=lambda: FaultSpec())
     samples_opt_in: bool = False
     feedback_opt_in: bool = False
+    personalise: bool = False  # the agents adapt the model on the device (tinymlops.personalise)
 
 
 class SimulationSpec(Strict):
@@ -196,7 +197,8 @@ class Simulation:
             server=self.server, device_id=device_id, target=c.target, runtime=tgt.runtime,
             state_dir=self.state_root / device_id, trusted_keys=self.trusted, enrolment_token=token,
             report_interval_s=self.report_interval_s, inference_interval_s=self.inference_interval_s,
-            energy_mw=tgt.active_power_mw, duration_s=duration_s, max_reports=max_reports)
+            energy_mw=tgt.active_power_mw, duration_s=duration_s, max_reports=max_reports,
+            personalise=c.personalise)
 
     def stream_seed(self, index: int) -> int:
         """Return the sensor-stream seed of the index-th device."""
