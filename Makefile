@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FEDERATED := flwr grpcio-health-checking iterators pycryptodome tomli tomli-w dp-accounting
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export TF_USE_LEGACY_KERAS := 1
 
@@ -14,6 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# federated learning (flwr, dp-accounting): --no-deps, their metadata caps typer/rich/fastapi/attrs below ours
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt $(FEDERATED)
 	@touch $(STAMP)
 
 # microcontroller targets get firmware figures (flash, RAM, instructions from a linked ELF run in QEMU) when the

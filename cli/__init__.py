@@ -12,6 +12,7 @@ from cli import (
     doctor,
     drift,
     export,
+    federate,
     fleet,
     init,
     ip,
@@ -33,8 +34,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for _module in (init, pipeline, model_import, compress, profile, export, fleet, keys, license, ip, drift, rollout,
-                doctor, store, server):
+for _module in (init, pipeline, model_import, compress, profile, export, federate, fleet, keys, license, ip, drift,
+                rollout, doctor, store, server):
     _module.register(app)
 
 
