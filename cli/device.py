@@ -6,18 +6,14 @@ from the simulator's synthetic stream, and stops on SIGINT/SIGTERM with exit cod
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from cli._common import console, err_console, handle_errors, print_json
+from cli._common import console, handle_errors, print_json
 from cli.fleet import DEFAULT_SERVER, JsonOpt, ServerOpt, TokenOpt, _client
-
-if TYPE_CHECKING:
-    from tinymlops.fleet.agent import Agent
-    from tinymlops.fleet.inputs import InputSource
+from tinymlops.fleet import agent_main
 
 
 def package(model: Annotated[str, typer.Argument(help="registered model name")],
@@ -61,9 +57,7 @@ def package(model: Annotated[str, typer.Argument(help="registered model name")],
                       + (f" -> {info['path']}" if out else "") + (" uploaded" if upload else ""))
 
 
-INPUT_HELP = ("where sensor windows come from: a .npy file (windows x samples x channels), a JSON-lines file or - "
-              "(stdin), unix:PATH or tcp:HOST:PORT (a sensor process writing JSON lines), or synthetic (the "
-              "simulator's vibration stream; --seed and --drift-* apply to it only)")
+INPUT_HELP = agent_main.INPUT_HELP + agent_main.SYNTHETIC_HELP
 SIM = "Simulation (--input synthetic)"
 
 
@@ -111,102 +105,19 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
     SIGINT stops it with exit code 130, SIGTERM with 143 (after the current step; an install cut short leaves
     the previous package in place). A finite --input (a file) ends the agent after its last window.
     """
-    import logging
+    from tinymlops.sim.agent import Simulation
 
-    from tinymlops import settings
-    from tinymlops.errors import UsageError
-    from tinymlops.fleet import packages
-    from tinymlops.fleet.agent import Agent, AgentConfig
-    from tinymlops.profile.targets import get_target
-
-    if not device_id or not target:
-        raise UsageError("--device-id and --target are required")
-    enrolment_token = os.environ.get("TINYMLOPS_ENROLMENT_TOKEN") or None
-    if enrolment_token_file is not None:
-        if not enrolment_token_file.is_file():
-            raise UsageError(f"{enrolment_token_file}: enrolment token file not found")
-        enrolment_token = enrolment_token_file.read_text().strip() or None
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
-    from tinymlops.fleet.tls import client_verify
-
-    tgt = get_target(target, targets_dir)
-    verify = client_verify(server, ca_cert, client_cert, client_key, insecure)
-    cfg = AgentConfig(server=server, device_id=device_id, target=target, runtime=runtime or tgt.runtime,
-                      state_dir=state_dir or settings.home() / "agents" / device_id,
-                      trusted_keys=[packages.load_public_key(trusted_key or packages.default_public_key_path())],
-                      enrolment_token=enrolment_token, report_interval_s=report_interval,
-                      inference_interval_s=inference_interval, energy_mw=tgt.active_power_mw, duration_s=duration,
-                      max_reports=max_reports, verify=verify, credential_max_age_s=credential_max_age)
-    drift = {"gain": drift_gain, "offset": drift_offset, "noise_std": drift_noise_std, "shaft_hz": drift_shaft_hz}
-    source = _agent_input(input_spec, seed, drift, drift_after)
-    factory = None
-    if emulate_target_timing:
-        from tinymlops.fleet.install import open_model
-        from tinymlops.sim.faults import DeviceRuntime
-
-        factory = DeviceRuntime(open_model, emulate_timing=True, seed=device_id)
-    a = Agent(cfg, source, runner_factory=factory)
-    try:
-        code = _run_until_signal(a)
-    finally:
-        source.close()
-    err_console.print(f"{device_id}: {a.reports_sent} reports, {a.inferences} inferences, "
-                      f"running {a.installed.package_id if a.installed else 'nothing'}"
-                      + (f"; stopped by signal (exit {code})" if code else ""), highlight=False)
+    opts = agent_main.AgentOptions(
+        server=server, device_id=device_id, target=target, input_spec=input_spec, state_dir=state_dir,
+        enrolment_token_file=enrolment_token_file, trusted_key=trusted_key, credential_max_age=credential_max_age,
+        report_interval=report_interval, inference_interval=inference_interval, duration=duration,
+        max_reports=max_reports, targets_dir=targets_dir, runtime=runtime, ca_cert=ca_cert, client_cert=client_cert,
+        client_key=client_key, insecure=insecure, verbose=verbose, seed=seed, drift_gain=drift_gain,
+        drift_offset=drift_offset, drift_noise_std=drift_noise_std, drift_shaft_hz=drift_shaft_hz,
+        drift_after=drift_after, emulate_target_timing=emulate_target_timing)
+    code = agent_main.run(opts, Simulation())  # the same agent as `tinymlops-agent` (tinymlops.fleet.agent_main)
     if code:
         raise typer.Exit(code)
-
-
-def _agent_input(spec: str, seed: int, drift: dict[str, float | None], drift_after: float) -> InputSource:
-    """Open the agent's input source: a real one from tinymlops.fleet.inputs, or the simulator's stream."""
-    from tinymlops.errors import UsageError
-    from tinymlops.fleet.inputs import open_input
-
-    if spec != "synthetic":
-        if any(v is not None for v in drift.values()) or drift_after:
-            raise UsageError(f"--drift-* apply to --input synthetic only, not --input {spec}")
-        return open_input(spec)
-    from tinymlops.data.config import VibrationParams
-    from tinymlops.sim.simulator import DriftSpec, cohort_stream
-    from tinymlops.sim.streams import SyntheticStream
-
-    err_console.print("input: the simulator's synthetic vibration stream (pass --input for a real sensor)",
-                      highlight=False)
-    base = VibrationParams()
-    return SyntheticStream(base, seed, cohort_stream(base, DriftSpec(**drift)), drift_after)
-
-
-def _run_until_signal(a: Agent) -> int:
-    """Run the agent until it ends (0) or SIGINT/SIGTERM cancels it (130/143); AgentStopped exits 3."""
-    import asyncio
-    import signal
-
-    from tinymlops.fleet.agent import AgentStopped
-
-    got: list[int] = []
-
-    async def main() -> None:
-        task = asyncio.ensure_future(a.run())
-        loop = asyncio.get_running_loop()
-
-        def stop(sig: int) -> None:  # stop after the current step; installs are atomic
-            got.append(sig)
-            task.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop, sig)
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not got:
-                raise
-
-    try:
-        asyncio.run(main())
-    except AgentStopped as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(3) from None
-    return 128 + got[0] if got else 0
 
 
 def register(app: typer.Typer) -> None:
