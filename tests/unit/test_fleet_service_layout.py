@@ -10,7 +10,13 @@ import ast
 from pathlib import Path
 
 from tinymlops.fleet import service, store
-from tinymlops.fleet.service import routes_device, routes_health, routes_licence, routes_operator
+from tinymlops.fleet.service import (
+    routes_device,
+    routes_field,
+    routes_health,
+    routes_licence,
+    routes_operator,
+)
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tinymlops"
 ROUTES = {
@@ -31,8 +37,15 @@ ROUTES = {
     ("POST", "/v1/devices/{device_id}/receipts"): "licensing", ("POST", "/v1/licences"): "licensing",
     ("GET", "/v1/licences"): "licensing", ("GET", "/v1/licence-devices/{device_id}"): "licensing",
     ("GET", "/v1/licence-findings"): "licensing", ("GET", "/v1/licence-report"): "licensing",
+    ("GET", "/v1/devices/{device_id}/field-consent"): "field data",
+    ("POST", "/v1/devices/{device_id}/field-samples"): "field data",
+    ("PUT", "/v1/field-policy"): "field data", ("GET", "/v1/field-policy"): "field data",
+    ("PUT", "/v1/devices/{device_id}/field-consent"): "field data", ("GET", "/v1/field-consents"): "field data",
+    ("DELETE", "/v1/devices/{device_id}/field-samples"): "field data", ("GET", "/v1/field-forgets"): "field data",
+    ("GET", "/v1/field-batches"): "field data",
 }
-MODULE = {"meta": routes_health, "operator": routes_operator, "device": routes_device, "licensing": routes_licence}
+MODULE = {"meta": routes_health, "operator": routes_operator, "device": routes_device, "licensing": routes_licence,
+          "field data": routes_field}
 
 
 def test_every_route_comes_from_its_router(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from tinymlops.fleet import agent_licence, agent_personal, answers, crypto, device_state
+from tinymlops.fleet import agent_field, agent_licence, agent_personal, answers, crypto, device_state
 from tinymlops.fleet.answers import AgentStopped, BadAnswer, brief
 from tinymlops.fleet.inputs import InputSource
 from tinymlops.fleet.install import Installed, InstallState, atomic_write, open_model, smoke_test
@@ -87,6 +87,7 @@ class Agent:
         self.state = InstallState(cfg.state_dir, self.keyset.trusted(), cfg.target, cfg.device_id)
         self.licence = agent_licence.LicenceHook(self.state, cfg.device_id)  # offline licences (licensed packages)
         self.personal = agent_personal.DevicePersonaliser(cfg.state_dir, cfg.personalise)
+        self.field = agent_field.FieldHook(cfg.state_dir, cfg.device_id)  # consented labelled samples, sealed
         self._client, self._own_client = client, client is None
         self._open = runner_factory or open_model
         self._shared_runners = bool(getattr(runner_factory, "shared", runner_factory is not None))
@@ -100,8 +101,7 @@ class Agent:
         self.reservoir: list[list[float]] = []
         self.reservoir_seen = self.reports_sent = self.inferences = self.last_seq = 0
         self.feedback: list[tuple[float, dict[str, Any]]] = []
-        self.poll_interval_s = 5.0
-        self._backoff_s = 0.0
+        self.poll_interval_s, self._backoff_s = 5.0, 0.0
         self._rng = random.Random(cfg.device_id)
         self._pending_rejections = self._pending_errors = 0
         self.started = time.monotonic()
@@ -277,6 +277,7 @@ class Agent:
                 self.rejected.clear()
             await self.install(pid, desired.get("rollback_authorisation"))
         await self.licence.sync(self)  # register the receipt key, fetch licences, upload usage receipts
+        await self.field.sync(self)  # learn the field-data consent, upload sealed samples
 
     # ---- inference and telemetry ----------------------------------------------------------------------------
 
@@ -305,12 +306,12 @@ class Agent:
             log.warning("%s: inference failed: %s", self.cfg.device_id, exc)
             self._pending_errors += 1
             return True
-        out = np.asarray(out, dtype=np.float64).reshape(-1)
-        # outputs that are not a probability vector are counted as errors, not sketched
+        out = np.asarray(out, dtype=np.float64).reshape(-1)  # not a probability vector: an error, not sketched
         if not np.all(np.isfinite(out)) or abs(out.sum() - 1.0) > 1e-2 or out.min() < -1e-6:
             self._pending_errors += 1
             return True
         self._record(feats, out, float(latency_ms), window.label)
+        self.field.add(window.values, window.label, int(out.argmax()))  # only with consent and a label
         return True
 
     def _record(self, feats: np.ndarray, out: np.ndarray, latency_ms: float, label: int | None) -> None:
@@ -440,8 +441,7 @@ class Agent:
                     break
                 await asyncio.sleep(cfg.inference_interval_s)
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                # at the end of the input, labels still waiting for their delay go out too
-                await self.report(final=self.source.exhausted)
+                await self.report(final=self.source.exhausted)  # at the end of the input, delayed labels too
         finally:
             if self.runner is not None and not self._shared_runners:
                 self.runner.close()

@@ -25,7 +25,13 @@ from sqlalchemy.exc import IntegrityError
 
 from tinymlops.fleet import store
 from tinymlops.fleet.certbind import scope_identities
-from tinymlops.fleet.service import routes_device, routes_health, routes_licence, routes_operator
+from tinymlops.fleet.service import (
+    routes_device,
+    routes_field,
+    routes_health,
+    routes_licence,
+    routes_operator,
+)
 from tinymlops.fleet.service.deps import Service
 from tinymlops.fleet.service.routes_device import ACCEPTED_BODY
 from tinymlops.fleet.service.routes_health import API_VERSION
@@ -210,7 +216,8 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
     app.state.service = svc
     app.state.store = svc.store
     app.state.writer = svc.writer
-    for router in (routes_health.router, routes_operator.router, routes_device.router, routes_licence.router):
+    for router in (routes_health.router, routes_operator.router, routes_device.router, routes_licence.router,
+                   routes_field.router):
         app.include_router(router)
 
     @app.exception_handler(RequestValidationError)
