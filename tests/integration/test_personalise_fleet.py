@@ -77,3 +77,17 @@ def test_personalising_devices_recover_from_drift_and_keep_what_they_learnt(flee
         stored = [json.loads(s) for (s,) in c.execute(text("SELECT sketch_json FROM telemetry"))]
     sent = [s["personal"] for s in stored if s.get("personal")]
     assert sent and all(set(p) == set(PersonalFigures.model_fields) for p in sent)
+
+
+def test_drift_check_reports_the_cohorts_personalisation(fleet: Any, tmp_path: Path) -> None:
+    from tinymlops.monitor.check import run_drift_check
+
+    cfg = tmp_path / "drift.yaml"
+    cfg.write_text("kind: drift\nwindow: 1h\nexperiment: personalise-checks\nevidently: {enabled: false}\n")
+    result = run_drift_check(MODEL, cfg, store_url=f"sqlite:///{fleet['root'] / 'fleet.db'}", log=False)
+    by = {g.cohort: g for g in result.groups}
+    own = by["own"].verdict.summary
+    assert own["personalised_devices"] == 1 and own["personal_labelled_n"] >= 30
+    assert own["personal_accuracy"] > own["personal_base_accuracy"]  # type: ignore[operator]
+    assert "On-device personalisation: 1 device(s) personalised" in by["own"].markdown
+    assert "personalised_devices" not in by["fleet"].verdict.summary

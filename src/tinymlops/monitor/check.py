@@ -287,7 +287,7 @@ def evaluate_group(ctx: ModelContext, reports: Sequence[DeviceReport], cfg: Drif
     verdict = judge_reports(verdict, reports)  # a device probing the model outranks drift (tinymlops.ip)
     ev = evidently_section(ctx, reports, cfg, reference_rows, html_dir) if verdict.level not in (
         "incompatible sketch",) else None
-    md = render_markdown(verdict)
+    md = render_markdown(verdict) + personal_summary(verdict, reports)
     if ev and "data_drift" in ev and "drifted" in ev["data_drift"]:
         d = ev["data_drift"]
         md += (f"\nEvidently ({d['method']}, threshold {d['threshold']}) on {d['n_current']} opt-in samples: "
@@ -297,6 +297,23 @@ def evaluate_group(ctx: ModelContext, reports: Sequence[DeviceReport], cfg: Drif
         md += f"\nEvidently classification on {c['n']} labelled: accuracy {c['accuracy']:.3f}, " \
               f"macro-F1 {c['macro_f1']:.3f}\n"
     return GroupResult(target=target, cohort=cohort, verdict=verdict, figures=figures, evidently=ev, markdown=md)
+
+
+def personal_summary(verdict: Verdict, reports: Sequence[DeviceReport]) -> str:
+    """Add the cohort's on-device personalisation counts to the verdict's summary; return a markdown line."""
+    figs = [(r.device, r.sketch.personal) for r in reports if r.sketch is not None and r.sketch.personal is not None]
+    if not figs:
+        return ""
+    n = sum(p.evaluated for _, p in figs)
+    devices = len({d for d, p in figs if p.kind != "none"})
+    verdict.summary["personalised_devices"] = devices
+    verdict.summary["personal_labelled_n"] = n
+    if not n:
+        return f"\nOn-device personalisation: {devices} device(s) personalised, not yet scored on later labels\n"
+    base, personal = sum(p.correct_base for _, p in figs) / n, sum(p.correct_personal for _, p in figs) / n
+    verdict.summary["personal_base_accuracy"], verdict.summary["personal_accuracy"] = base, personal
+    return (f"\nOn-device personalisation: {devices} device(s) personalised; on {n} later labelled inferences "
+            f"the fleet's model was right {base:.3f}, the personalised one {personal:.3f}\n")
 
 
 def log_group(result: GroupResult, cfg: DriftConfig, since: float, until: float,
