@@ -1,29 +1,35 @@
-"""Edge agent memory while serving: a real `tinymlops agent` process installs a signed ONNX package from a real
-fleet service (this process, SQLite) and reports telemetry; its RSS is sampled from /proc while it serves.
+"""Edge agent memory while serving: a real agent process installs a signed package from a real fleet service
+(this process, SQLite), reads sensor windows on its stdin (JSON lines written here from the vibration stream, as
+a sensor process would) and reports telemetry; its RSS is sampled from /proc while it serves.
 
-    .venv/bin/python benchmarks/agent_rss.py                                 # the agent from this venv
-    .venv/bin/python benchmarks/agent_rss.py --agent-bin /opt/agent/bin      # the agent from a slim venv
-                                                                             # (pip install ".[agent]")
+    .venv/bin/python benchmarks/agent_rss.py                                  # `tinymlops-agent` of this venv
+    .venv/bin/python benchmarks/agent_rss.py --entry cli                      # `tinymlops agent` (typer CLI)
+    .venv/bin/python benchmarks/agent_rss.py --format tflite                  # a LiteRT package (target host)
+    .venv/bin/python benchmarks/agent_rss.py --agent-bin /opt/agent/bin       # the agent from a slim venv
+                                                                              # (pip install ".[agent]")
     .venv/bin/python benchmarks/agent_rss.py --image localhost/tinymlops-agent:test   # the agent image (podman,
-                                                                             # host network; root)
+                                                                              # host network; root)
 
 Prints the steady RSS (median of samples after the package is installed), the peak (VmHWM), how much of it is
 file-backed (shared libraries, shareable between processes) versus anonymous (heap: Python objects, runtime
-arenas), and the largest mapped libraries. Goal (issue 13): <= 80 MB while serving. The agent of this venv sees
-a Python with TensorFlow etc. installed but imports only what the agent needs; a slim venv is what a device runs.
+arenas), the number of Python modules the agent loaded, which of the watched packages it loaded, the largest
+mapped libraries, and (--image) the image size. Goal (issue 13): <= 80 MB while serving.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,18 +56,53 @@ def _libraries(pid: int, top: int) -> list[tuple[str, int]]:
     return rss.most_common(top)
 
 
+#: packages a serving agent must not load (the unit test tests/unit/test_agent_main.py guards the same set)
+WATCH = ("typer", "rich", "click", "pygments", "pydantic", "yaml", "fastapi", "starlette", "sqlalchemy", "mlflow",
+         "prefect", "tensorflow", "onnxruntime", "ai_edge_litert")
+#: run the agent's entry point and, at exit, print the modules it loaded (one line on stderr)
+PROBE = ("import atexit, sys\n"
+         "def _report():\n"
+         "    top = sorted({{m.split('.')[0] for m in sys.modules}} & set({watch!r}))\n"
+         "    sys.stderr.write(f'MODULES {{len(sys.modules)}} {{\",\".join(top)}}\\n')\n"
+         "atexit.register(_report)\n"
+         "{entry}\n")
+ENTRIES = {"agent": "from tinymlops.fleet.agent_main import main; sys.argv[0] = 'tinymlops-agent'; sys.exit(main())",
+           "cli": "from cli import main; sys.argv[0] = 'tinymlops'; sys.argv.insert(1, 'agent'); sys.exit(main())"}
+
+
+def _feed(stdin: Any, stop: threading.Event, interval_s: float) -> None:
+    """Write vibration windows as JSON lines, one per interval, until stopped or the agent goes away."""
+    from tinymlops.data.config import VibrationParams
+    from tinymlops.data.vibration import stream
+
+    for values, label in stream(VibrationParams(), seed=7):
+        if stop.is_set():
+            break
+        try:
+            stdin.write(json.dumps({"values": values.round(5).tolist(), "label": label}) + "\n")
+            stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            break
+        time.sleep(interval_s)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--agent-bin", type=Path, default=Path(sys.executable).parent,
-                    help="bin directory of the venv whose `tinymlops` runs the agent (default: this venv)")
+                    help="bin directory of the venv whose python runs the agent (default: this venv)")
+    ap.add_argument("--entry", choices=sorted(ENTRIES), default="agent",
+                    help="agent: `tinymlops-agent` (what devices and the image run); cli: `tinymlops agent`")
+    ap.add_argument("--format", choices=("onnx", "tflite"), default="onnx",
+                    help="model format of the package: onnx (target host-onnxruntime) or tflite (target host, LiteRT)")
     ap.add_argument("--image", help="run the agent in this image with podman instead (docker/Dockerfile --target "
                     "agent)")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long to sample once the package is installed")
     ap.add_argument("--top", type=int, default=8, help="how many of the largest mapped files to print")
     args = ap.parse_args()
-    exe = args.agent_bin / "tinymlops"
+    exe = args.agent_bin / "python"
     if not args.image and not exe.is_file():
-        sys.exit(f"{exe}: no tinymlops command there (install the agent extra into that venv)")
+        sys.exit(f"{exe}: no python there (give the bin directory of a venv with the agent extra installed)")
+    target = "host-onnxruntime" if args.format == "onnx" else "host"
 
     root = Path(tempfile.mkdtemp(prefix="tinymlops-agent-rss-"))
     os.environ["TINYMLOPS_HOME"] = str(root / "home")
@@ -74,8 +115,8 @@ def main() -> None:
     from tinymlops.sim import demo_model
 
     registry.connect()
-    version = demo_model.register_demo_model("rss-demo")
-    bundle = packages.build_package("rss-demo", version, "host-onnxruntime")
+    version = demo_model.register_demo_model("rss-demo", fmt=args.format)
+    bundle = packages.build_package("rss-demo", version, target)
     st = store.open_store(f"sqlite:///{root / 'fleet.db'}")
     token = service.create_operator_token(st)
     srv = service.BackgroundServer(st, poll_interval_s=0.3).start()
@@ -83,20 +124,23 @@ def main() -> None:
     pid = op.post("/v1/packages", json=bundle.upload_json()).raise_for_status().json()["id"]
     enrol = op.post("/v1/enrolment-tokens", json={"cohort": "rss"}).raise_for_status().json()["tokens"][0]
     op.put("/v1/desired-state", json={"package_id": pid, "cohort": "rss"}).raise_for_status()
-    opts = ["--server", srv.url, "--device-id", "rss-1", "--target", "host-onnxruntime", "--report-interval", "1",
-            "--inference-interval", "0.05"]
+    opts = ["--server", srv.url, "--device-id", "rss-1", "--target", target, "--report-interval", "1",
+            "--inference-interval", "0.05", "--input", "-"]
+    probe = PROBE.format(watch=WATCH, entry=ENTRIES[args.entry])
     pub = root / "device-keys"  # what a device is provisioned with: the public key alone, readable by the agent
     pub.mkdir(mode=0o755)
     (pub / "package_signing.pub").write_bytes(packages.default_public_key_path().read_bytes())
     (pub / "package_signing.pub").chmod(0o644)
     root.chmod(0o755)
-    cmd = [str(exe), "agent", *opts] if not args.image else [
-        "podman", "run", "--rm", "--name", "tinymlops-agent-rss", "--network", "host", "-e",
-        "TINYMLOPS_ENROLMENT_TOKEN", "-v", f"{pub}:/keys:ro", args.image, *opts,
-        "--state-dir", "/data/device/rss-1", "--trusted-key", "/keys/package_signing.pub"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "TINYMLOPS_ENROLMENT_TOKEN": enrol},
+    cmd = [str(exe), "-c", probe, *opts] if not args.image else [
+        "podman", "run", "--rm", "-i", "--name", "tinymlops-agent-rss", "--network", "host", "-e",
+        "TINYMLOPS_ENROLMENT_TOKEN", "-v", f"{pub}:/keys:ro", "--entrypoint", "python", args.image, "-c", probe,
+        *opts, "--state-dir", "/data/device/rss-1", "--trusted-key", "/keys/package_signing.pub"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "TINYMLOPS_ENROLMENT_TOKEN": enrol}, stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     agent_pid = proc.pid
+    stop = threading.Event()
+    threading.Thread(target=_feed, args=(proc.stdin, stop, 0.05), daemon=True).start()
     try:
         t0 = time.monotonic()
         while True:
@@ -119,15 +163,25 @@ def main() -> None:
             time.sleep(0.5)
         libs = _libraries(agent_pid, args.top)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop.set()
+        proc.terminate()  # SIGTERM: the agent stops after its current step (exit 143)
+        err = proc.communicate(timeout=30)[1] or ""
         srv.stop()
+    modules = next((ln.split(" ", 2)[1:] for ln in err.splitlines() if ln.startswith("MODULES ")), None)
     med = {k: statistics.median(s[k] for s in samples) / 1024 for k in samples[-1]}
-    print(f"agent: {'image ' + args.image if args.image else exe}")
+    where = f"image {args.image}" if args.image else f"{exe} ({'tinymlops-agent' if args.entry == 'agent' else 'tinymlops agent'})"
+    print(f"agent: {where}, {args.format} package for target {target}, input: JSON lines on stdin")
+    if args.image:
+        size = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}", args.image],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        print(f"image size {int(size) / 1e6:.0f} MB (goal <= 250 MB)")
     print(f"package installed and serving after {installed_s:.1f} s; sampled {len(samples)} times over "
           f"{args.seconds:.0f} s")
     print(f"RSS while serving (median) {med['VmRSS']:.1f} MB (goal <= 80 MB): file-backed {med['RssFile']:.1f} MB, "
           f"anonymous {med['RssAnon']:.1f} MB; peak (VmHWM) {samples[-1]['VmHWM'] / 1024:.1f} MB")
+    if modules:
+        loaded = modules[1].strip() if len(modules) > 1 else ""
+        print(f"Python modules loaded {modules[0]}; of {', '.join(WATCH)}: {loaded or 'none'}")
     print("largest resident mappings (MB): " + ", ".join(f"{n} {kb / 1024:.1f}" for n, kb in libs))
 
 
