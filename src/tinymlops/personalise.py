@@ -210,3 +210,30 @@ def fit(x: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray], np.ndarray
         chosen.weight, chosen.bias = fit_head(_log(probs["calibration" if best != "head" else "none"]), y,
                                               n_classes)
     return chosen
+
+
+def fold_calibration(spec: Any, scale: np.ndarray, shift: np.ndarray) -> Any:
+    """Return a copy of a fitted pre-processing that also applies a device's feature calibration.
+
+    What survives on a microcontroller: the map ``x * scale + shift`` folds into a final ``standardize`` block's
+    constants (``mean - shift * std / scale``, ``std / scale``), or becomes one appended ``standardize`` block, so
+    a per-device export (``tinymlops export``) carries it in its C pre-processing with no new code on the device.
+    """
+    from tinymlops.preprocessing.pipeline import FittedPreprocessing
+    from tinymlops.preprocessing.standardize import Standardize
+
+    if not isinstance(spec, FittedPreprocessing):
+        spec = FittedPreprocessing.model_validate(spec)
+    scale, shift = np.asarray(scale, dtype=np.float64), np.asarray(shift, dtype=np.float64)
+    if scale.shape != (spec.n_features,) or shift.shape != scale.shape or np.any(scale <= 0):
+        raise ValueError(f"calibration for {scale.shape} features does not fit a pre-processing with "
+                         f"{spec.n_features} (scales must be positive)")
+    blocks = list(spec.blocks)
+    last = blocks[-1] if blocks else None
+    if isinstance(last, Standardize) and last.mode == "feature" and last.mean and len(last.mean) == len(scale):
+        mean, std = np.asarray(last.mean), np.asarray(last.std)
+        blocks[-1] = last.model_copy(update={"mean": (mean - shift * std / scale).tolist(),
+                                             "std": (std / scale).tolist()})
+    else:
+        blocks.append(Standardize(mean=(-shift / scale).tolist(), std=(1.0 / scale).tolist()))
+    return spec.model_copy(update={"blocks": blocks})

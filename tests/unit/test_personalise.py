@@ -161,3 +161,22 @@ def test_damaged_state_is_ignored(tmp_path: Path) -> None:
     dev = DevicePersonaliser(tmp_path, enabled=True)
     dev.wrap(Runner(), manifest())
     assert dev.current.kind == "none"
+
+
+@pytest.mark.parametrize("standardized", [True, False])
+def test_calibration_folds_into_the_preprocessing_for_microcontrollers(standardized: bool) -> None:
+    from tinymlops import preprocessing
+    from tinymlops.personalise import fold_calibration
+    from tinymlops.preprocessing.config import PreprocessingSection
+
+    raw = np.random.default_rng(3).normal(2.0, 1.5, size=(200, 16, 3))
+    section = PreprocessingSection(features="spectral", bands=4, normalize="standard" if standardized else "none")
+    spec = preprocessing.fit(section, raw, 100.0)
+    feats = preprocessing.transform(spec, raw)
+    scale = np.linspace(0.5, 2.0, spec.n_features)
+    shift = np.linspace(-1.0, 1.0, spec.n_features)
+    folded = fold_calibration(spec, scale, shift)
+    assert len(folded.blocks) == len(spec.blocks) + (0 if standardized else 1)
+    assert np.allclose(preprocessing.transform(folded, raw), feats * scale + shift, atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        fold_calibration(spec, scale[:-1], shift[:-1])
