@@ -3,7 +3,8 @@
 import importlib.util
 import sys
 
-HEAVY = ("tensorflow", "tf_keras", "mlflow", "prefect", "evidently", "pandas", "sklearn", "sqlalchemy", "fastapi")
+HEAVY = ("tensorflow", "tf_keras", "mlflow", "prefect", "evidently", "pandas", "sklearn", "sqlalchemy", "fastapi",
+         "typer", "rich", "click")
 present = [m for m in HEAVY if importlib.util.find_spec(m) is not None]
 if present:
     sys.exit(f"agent image must not contain {present}")
@@ -11,9 +12,8 @@ if present:
 import ai_edge_litert.interpreter  # noqa: E402, F401
 import onnxruntime  # noqa: E402, F401
 
-import cli  # noqa: E402, F401
-from cli import app  # noqa: E402, F401
 from tinymlops.fleet.agent import Agent  # noqa: E402, F401
+from tinymlops.fleet.agent_main import main  # noqa: E402, F401
 from tinymlops.runtimes.onnx import OnnxRunner  # noqa: E402, F401
 from tinymlops.runtimes.tflite import TFLiteRunner, litert_available  # noqa: E402, F401
 

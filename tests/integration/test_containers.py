@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 BASE = "localhost/debian-python:bookworm"
 SERVER, AGENT, POSTGRES = "localhost/tinymlops-server:test", "localhost/tinymlops-agent:test", \
     "localhost/tinymlops-postgres:15"
-HEAVY = ("tensorflow", "mlflow", "prefect", "evidently")
+HEAVY = ("tensorflow", "mlflow", "prefect", "evidently", "typer", "rich", "click", "fastapi")
 
 pytestmark = [
     pytest.mark.integration, pytest.mark.containers,
@@ -104,12 +104,14 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 
 def test_agent_image_has_no_heavy_framework_and_runs_the_agent(images: dict[str, Any]) -> None:
-    code = ("import importlib.util as u, sys; import tinymlops.fleet.agent, cli; "
+    code = ("import importlib.util as u, sys; import tinymlops.fleet.agent_main, tinymlops.fleet.agent; "
             f"print([m for m in {HEAVY!r} if u.find_spec(m) or m in sys.modules])")
     r = _run("podman", "run", "--rm", "--network", "none", "--entrypoint", "python", AGENT, "-c", code)
     assert r.stdout.strip() == "[]", r.stdout
     r = _run("podman", "run", "--rm", "--network", "none", AGENT, "--help")
-    assert "--server" in r.stdout
+    assert r.stdout.startswith("usage: tinymlops-agent") and "--input" in r.stdout
+    r = _run("podman", "run", "--rm", "--network", "none", AGENT, "--device-id", "d", check=False)
+    assert r.returncode == 2 and "required: --target, --input" in r.stderr
     print(f"\nagent image {images['sizes'][AGENT]:.0f} MB (goal <= 250 MB), server image "
           f"{images['sizes'][SERVER]:.0f} MB")
 
