@@ -133,3 +133,18 @@ def test_cli_rejects_bad_options_with_exit_2(tmp_path: Path) -> None:
     res = subprocess.run([str(exe), "federate", str(tmp_path / "missing.yaml")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 2 and "missing.yaml" in res.stderr
+
+
+def test_drift_retrain_strategy_federated_starts_the_federated_flow() -> None:
+    from pydantic import ValidationError
+
+    from tinymlops.monitor.config import RetrainSection
+    from tinymlops.monitor.retrain import plan
+
+    sec = RetrainSection(strategy="federated", federated={"rounds": 3, "strategy": "fedprox", "dp_epsilon": 8})
+    p = plan(sec, "m", "configs/drift.yaml")
+    assert (p.strategy, p.entrypoint, p.deployment) == ("federated", "flows.federated:federated_flow", None)
+    assert p.params == {"config_path": "configs/pipeline.yaml",
+                        "options": {"rounds": 3, "strategy": "fedprox", "dp_epsilon": 8}}
+    with pytest.raises(ValidationError, match="clients_per_round"):
+        RetrainSection(strategy="federated", federated={"clients": 2, "clients_per_round": 3})

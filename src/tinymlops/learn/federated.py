@@ -213,11 +213,11 @@ def federate(model: Any, fed: Federation, opts: FederatedOptions, learning_rate:
         n = sum(k for k, _ in res)
         return {"client_loss": sum(k * float(m["loss"]) for k, m in res) / max(n, 1), "round_samples": n}
 
-    common = {"fraction_fit": opts.per_round / opts.clients, "min_fit_clients": opts.per_round,
-              "min_available_clients": opts.clients, "fraction_evaluate": 0.0, "min_evaluate_clients": 0,
-              "evaluate_fn": evaluate, "on_fit_config_fn": lambda r: {"round": r},
-              "initial_parameters": ndarrays_to_parameters(model.get_weights()), "accept_failures": False,
-              "fit_metrics_aggregation_fn": fit_metrics}
+    common: dict[str, Any] = {
+        "fraction_fit": opts.per_round / opts.clients, "min_fit_clients": opts.per_round,
+        "min_available_clients": opts.clients, "fraction_evaluate": 0.0, "min_evaluate_clients": 0,
+        "evaluate_fn": evaluate, "on_fit_config_fn": lambda r: {"round": r}, "accept_failures": False,
+        "initial_parameters": ndarrays_to_parameters(model.get_weights()), "fit_metrics_aggregation_fn": fit_metrics}
     strategy: Any = (FedProx(proximal_mu=opts.proximal_mu, **common) if opts.strategy == "fedprox"
                      else FedAvg(**common))
     if dp:

@@ -143,6 +143,9 @@ class RetrainSection(Strict):
     strategy: str = Field("central", description="central (pipeline + consented field data) | federated | "
                                                  "personalise (not built yet)")
     field_data: FieldDataSection = Field(default_factory=FieldDataSection)
+    federated: dict[str, object] = Field(
+        default_factory=dict, description="federated: options of `tinymlops federate` (rounds, clients, "
+                                          "clients_per_round, strategy, proximal_mu, dp_epsilon, ...; see docs/learning.md)")
     cooldown: str = Field("24h", description="minimum time between two triggered retrains of one model")
     pipeline_config: str = Field("configs/pipeline.yaml", description="config passed to the pipeline flow")
     deployment: str | None = Field("pipeline/pipeline-weekly",
@@ -157,6 +160,14 @@ class RetrainSection(Strict):
             raise ValueError("'personalise' (on-device personalisation) is not built yet; use central or federated")
         if v not in RETRAIN_STRATEGIES:
             raise ValueError(f"unknown strategy {v!r}; expected one of {', '.join(RETRAIN_STRATEGIES)}")
+        return v
+
+    @field_validator("federated")
+    @classmethod
+    def _federated(cls, v: dict[str, object]) -> dict[str, object]:
+        from tinymlops.learn.fedplan import FederatedOptions
+
+        FederatedOptions.model_validate(v)  # a bad key or value fails when the drift config loads
         return v
 
     @field_validator("cooldown")

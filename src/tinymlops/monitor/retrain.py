@@ -2,8 +2,9 @@
 
 What it starts is the drift config's ``retrain.strategy`` (:func:`plan`): ``central`` runs the pipeline, or with
 ``retrain.field_data.enabled`` the field-data retrain (:mod:`tinymlops.monitor.field_retrain`: configured dataset +
-consented field samples, compared with the old version on a held-out field test split); ``federated`` is
-Flower federated learning; ``personalise`` is refused when the config loads.
+consented field samples, compared with the old version on a held-out field test split); ``federated`` starts
+``flows.federated:federated_flow`` (Flower; options from ``retrain.federated``); ``personalise`` is refused when
+the config loads.
 The decision is pure (:func:`decide_retrain`); the state lives in a JSON file under the project home and is
 updated under an exclusive file lock, so a storm of concurrent verdicts (many cohorts, overlapping scheduled
 runs, several processes) starts exactly one retrain.
@@ -75,8 +76,11 @@ def plan(section: RetrainSection, model: str, drift_config: str, store_url: str 
                                {"model": model, "drift_config": drift_config, "store_url": store_url})
         return RetrainPlan("central", section.entrypoint, {"config_path": section.pipeline_config},
                            section.deployment)
+    if section.strategy == "federated":  # Flower across the devices' data: flows/federated.py, then compress/profile
+        return RetrainPlan("federated", "flows.federated:federated_flow",
+                           {"config_path": section.pipeline_config, "options": dict(section.federated)})
     raise ConfigError(f"{drift_config}: retrain.strategy: {section.strategy!r} cannot run in this build "
-                      "(expected central)")
+                      "(expected central or federated)")
 
 
 def state_path(model_name: str) -> Path:
