@@ -1,20 +1,51 @@
 """Group commit of telemetry: one transaction per burst of reports, each report acknowledged once committed.
 
-A writer thread commits queued reports in groups (one transaction per batch), which is what lets one SQLite file
-ingest thousands of reports per second; last-seen updates ride along in the same transactions.
+A writer thread per server worker commits queued reports in groups (one transaction, one durable commit per
+batch), which is what lets one database ingest thousands of reports per second; last-seen updates ride along in
+the same transactions. Rows are written in (device_id, seq) order, so two workers committing copies of the same
+retried reports take their unique-key locks in the same order and cannot deadlock.
+
+On PostgreSQL the writer keeps one connection: a batch is ``COPY``-ed into a session-local staging table (psycopg
+formats the rows in C) and moved into ``telemetry`` with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``
+(about a quarter of the client CPU and half the round trips of a multi-row ``INSERT``), followed by one
+``UPDATE ... FROM unnest`` of last-seen times that skips device rows another worker has locked at that moment (``FOR NO KEY UPDATE SKIP LOCKED``: never a
+wait or a deadlock on the devices table; the other worker is writing a last-seen time of the same moment). If a
+batch fails as a whole (a device deleted meanwhile), its reports are retried one by one, so only the report at
+fault gets the error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import queue
 import threading
 import time
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, update
+from sqlalchemy.pool import PoolProxiedConnection
 
 from tinymlops.fleet.store import Device, Store, Telemetry
+
+log = logging.getLogger("tinymlops.fleet.writer")
+COLUMNS = ("device_id", "seq", "model_name", "model_version", "package_id", "target", "cohort",
+           "window_start_unix_s", "window_end_unix_s", "received_unix_s", "n_inferences", "sketch_json",
+           "samples_json", "feedback_json")
+_COLS = ", ".join(COLUMNS)
+# a session-local staging table, emptied by every commit (ON COMMIT DELETE ROWS: no cleanup statement needed)
+_PG_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS telemetry_in ON COMMIT DELETE ROWS AS "
+             f"SELECT {_COLS} FROM telemetry WITH NO DATA")
+_PG_COPY = f"COPY telemetry_in ({_COLS}) FROM STDIN"
+_PG_INSERT = (f"INSERT INTO telemetry ({_COLS}) SELECT {_COLS} FROM telemetry_in ORDER BY device_id, seq "
+              "ON CONFLICT (device_id, seq) DO NOTHING")
+_PG_SEEN = (
+    "WITH v AS (SELECT * FROM unnest(%s::text[], %s::float8[]) AS v(id, ts)), "
+    "free AS (SELECT d.id FROM devices d JOIN v ON d.id = v.id ORDER BY d.id FOR NO KEY UPDATE OF d SKIP LOCKED) "
+    "UPDATE devices SET last_seen_unix_s = v.ts FROM v, free "
+    "WHERE devices.id = v.id AND devices.id = free.id "
+    "AND (devices.last_seen_unix_s IS NULL OR devices.last_seen_unix_s < v.ts)")
 
 
 class TelemetryWriter:
@@ -24,6 +55,8 @@ class TelemetryWriter:
         self.store = st
         self.max_batch = max_batch
         self.linger_s = linger_s
+        self._postgres = st.engine.dialect.name == "postgresql"
+        self._raw: PoolProxiedConnection | None = None
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="telemetry-writer", daemon=True)
         self._thread.start()
@@ -62,35 +95,96 @@ class TelemetryWriter:
                     stop = True
                     break
                 batch.append(nxt)
-            error: BaseException | None = None
-            try:
-                self._commit(batch)
-            except Exception as exc:  # reported to every waiting request, the writer keeps going
-                error = exc
+            reports = [(p, loop, fut) for p, loop, fut in batch if fut is not None]
+            seen: dict[str, float] = {}
+            for p, _loop, fut in batch:
+                did, ts = (p["device_id"], p["received_unix_s"]) if fut is not None else p
+                seen[did] = max(ts, seen.get(did, 0.0))
+            errors = self._commit_each([p for p, _l, _f in reports], seen)
             # one wake-up per event loop and batch, not per report (each is a syscall on the loop's self-pipe)
-            by_loop: dict[Any, list[asyncio.Future[None]]] = {}
-            for _payload, loop, fut in batch:
-                if fut is not None:
-                    by_loop.setdefault(loop, []).append(fut)
-            for loop, futs in by_loop.items():
-                loop.call_soon_threadsafe(_resolve_all, futs, error)
+            by_loop: dict[Any, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
+            for (_p, loop, fut), error in zip(reports, errors, strict=True):
+                by_loop.setdefault(loop, []).append((fut, error))
+            for loop, results in by_loop.items():
+                loop.call_soon_threadsafe(_resolve_all, results)
+        self._close_connection()
 
-    def _commit(self, batch: list[Any]) -> None:
-        rows = [p for p, _l, f in batch if f is not None]
-        seen: dict[str, float] = {}
-        for p, _l, f in batch:
-            did, ts = (p["device_id"], p["received_unix_s"]) if f is not None else p
-            seen[did] = max(ts, seen.get(did, 0.0))
+    def _commit_each(self, rows: list[dict[str, Any]], seen: dict[str, float]) -> list[BaseException | None]:
+        """Commit a batch; if it fails, commit its rows one by one. Return each row's error (None: committed)."""
+        rows.sort(key=lambda r: (r["device_id"], r["seq"]))  # one lock order for every worker: no deadlocks
+        try:
+            self._commit(rows, seen)
+            return [None] * len(rows)
+        except Exception as exc:
+            if len(rows) <= 1:
+                return [exc] * len(rows)
+            log.warning("telemetry batch of %d failed (%s); committing its reports one by one", len(rows),
+                        str(exc).splitlines()[0])
+        try:
+            self._commit([], seen)
+        except Exception as exc:
+            log.warning("last-seen update failed: %s", str(exc).splitlines()[0])
+        errors: list[BaseException | None] = []
+        for row in rows:
+            try:
+                self._commit([row], {row["device_id"]: row["received_unix_s"]})
+                errors.append(None)
+            except Exception as exc:  # reported to the waiting request; the writer keeps going
+                errors.append(exc)
+        return errors
+
+    def _commit(self, rows: list[dict[str, Any]], seen: dict[str, float]) -> None:
+        if self._postgres:
+            self._commit_postgres(rows, seen)
+            return
         with self.store.engine.begin() as conn:
             if rows:
                 conn.execute(_insert_ignore(conn.dialect.name), rows)
             dev = cast("Table", Device.__table__)
-            conn.execute(update(dev).where(dev.c.id == bindparam("did")).values(
-                last_seen_unix_s=bindparam("ts")), [{"did": d, "ts": t} for d, t in seen.items()])
+            conn.execute(update(dev).where(dev.c.id == bindparam("did"), (dev.c.last_seen_unix_s.is_(None)) | (
+                dev.c.last_seen_unix_s < bindparam("ts"))).values(last_seen_unix_s=bindparam("ts")),
+                [{"did": d, "ts": t} for d, t in sorted(seen.items())])
 
 
-def _resolve_all(futs: list[asyncio.Future[None]], error: BaseException | None) -> None:
-    for fut in futs:
+    def _commit_postgres(self, rows: list[dict[str, Any]], seen: dict[str, float]) -> None:
+        """COPY a batch into the staging table and move it into telemetry, then the last-seen times; one commit."""
+        if self._raw is None:  # the writer keeps one connection (its staging table lives in that session)
+            raw = self.store.engine.raw_connection()
+            try:
+                raw.cursor().execute(_PG_STAGE)
+                raw.commit()
+            except Exception:
+                raw.invalidate()
+                raise
+            self._raw = raw
+        raw, pg = self._raw, self._raw.driver_connection
+        try:
+            with pg.cursor() as cur:  # type: ignore[union-attr]
+                if rows:
+                    with cur.copy(_PG_COPY) as copy:
+                        for r in rows:
+                            copy.write_row([r[c] for c in COLUMNS])
+                    cur.execute(_PG_INSERT)
+                if seen:
+                    ids = sorted(seen)
+                    cur.execute(_PG_SEEN, (ids, [seen[d] for d in ids]))
+            raw.commit()
+        except Exception:
+            with contextlib.suppress(Exception):
+                raw.rollback()
+            if getattr(pg, "broken", False) or getattr(pg, "closed", False):  # reconnect at the next batch
+                raw.invalidate()
+                self._raw = None
+            raise
+
+    def _close_connection(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+
+
+def _resolve_all(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for fut, error in results:
         if fut.done():
             continue
         if error is None:
@@ -106,8 +200,4 @@ def _insert_ignore(dialect: str) -> Any:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(table).on_conflict_do_nothing(index_elements=["device_id", "seq"])
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing(index_elements=["device_id", "seq"])
     return table.insert()
