@@ -151,3 +151,31 @@ def test_p_value_stays_finite_for_large_trigger_sets() -> None:
     assert 0 < watermark.p_value(700, 2000, 4) < 1e-20
     assert watermark.p_value(2000, 2000, 2) == 0.0  # 2**-2000 is below the smallest float, not an overflow
     assert watermark.p_value(480, 2000, 4) == pytest.approx(0.86, abs=0.05)
+
+
+def test_compress_fine_tuning_replays_the_trigger_set_as_training_mixed_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from tinymlops.compress.techniques import FloatSource
+
+    wm = watermark.make_watermark(np.random.default_rng(0).normal(size=(50, 6)), 4, 30, seed=1)
+    asked: list[tuple[str, str]] = []
+
+    def load_run(model: str, run: str, what: str = "") -> watermark.Watermark:
+        asked.append((model, run))
+        return wm
+
+    monkeypatch.setattr(watermark, "load_run", load_run)
+    cfg = SimpleNamespace(ip=SimpleNamespace(watermark=SimpleNamespace(triggers=30, repeat=3)),
+                          mlflow=SimpleNamespace(registered_model="m1"))
+    rows = watermark.replay_rows(cfg, "run-7")
+    assert rows is not None and asked == [("m1", "run-7")]
+    assert rows[0].shape == (90, 6) and np.array_equal(rows[1], np.tile(wm.labels, 3))
+    x, y = np.zeros((20, 6), np.float32), np.zeros(20, np.int64)
+    src = FloatSource(None, None, x, y, x, y, replay=rows)
+    xf, yf = src.fit_data()
+    assert xf.shape == (110, 6) and xf.dtype == np.float32 and np.array_equal(yf[20:], rows[1])
+    assert src.x_train is x  # calibration rows stay the training data alone
+    assert FloatSource(None, None, x, y, x, y).fit_data()[0] is x
+    assert watermark.replay_rows(SimpleNamespace(ip=None), "run-7") is None
+    assert watermark.replay_rows(SimpleNamespace(ip=SimpleNamespace(watermark=None)), "run-7") is None

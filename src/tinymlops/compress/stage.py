@@ -179,15 +179,18 @@ def open_stage(cfg: PipelineConfig, version: str, parent_run_id: str | None = No
                     mv.tags.get("format", "onnx"), mv.tags.get("quantized", "False") == "True")
 
 
-def _float_source(cfg: PipelineConfig, par: _Parent, prep: Any) -> Any:
+def _float_source(cfg: PipelineConfig, par: _Parent, prep: Any, spec: Any, train_run_id: str) -> Any:
     from tinymlops.compress.techniques import FloatSource
     from tinymlops.data import shift_augment
+    from tinymlops.ip.watermark import replay_rows
 
     x_train, y_train = prep.features("train"), prep.splits["train"].y
     if cfg.train.augment_shift_pixels:  # fine-tune under the same conditions the float model was trained in
         x_train, y_train = shift_augment(x_train, y_train, cfg.train.augment_shift_pixels)
+    # a technique that fine-tunes replays the owner's watermark trigger set as training mixed it in (ip.watermark)
+    replay = replay_rows(cfg, train_run_id) if "learning_rate" in type(spec).model_fields else None
     return FloatSource(par.keras_path, par.onnx_path, x_train, y_train, prep.features("val"), prep.splits["val"].y,
-                       cfg.train.batch_size, cfg.train.learning_rate, cfg.train.seed)
+                       cfg.train.batch_size, cfg.train.learning_rate, cfg.train.seed, replay)
 
 
 def _description(cfg: PipelineConfig, ref: StageRef, spec: Any, fig: dict[str, Any]) -> str:
@@ -262,7 +265,7 @@ def _build_and_register(cfg: PipelineConfig, ref: StageRef, spec: Any, run_id: s
     with tempfile.TemporaryDirectory(prefix=f"tinymlops-{name}-") as tmp:
         tmpd = Path(tmp)
         say(f"building {name}")
-        built = build(spec, _float_source(cfg, par, prep), tmpd)
+        built = build(spec, _float_source(cfg, par, prep, spec, ref.train_run_id), tmpd)
         for note in built.notes:  # layers left as they were, ops TFLite Micro lacks: the variant still registers
             say(note)
         if built.notes:

@@ -55,6 +55,16 @@ class FloatSource:
     batch_size: int = 32
     learning_rate: float = 0.003
     seed: int = 0
+    #: rows fine-tuning replays on top of the training data, never used for calibration: the owner's watermark
+    #: trigger set (tinymlops.ip.watermark.replay_rows), so fine-tuning keeps the watermark training embedded
+    replay: tuple[np.ndarray, np.ndarray] | None = None
+
+    def fit_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return the fine-tuning data: the training split plus the replayed rows."""
+        if self.replay is None:
+            return self.x_train, self.y_train
+        return (np.concatenate([self.x_train, self.replay[0].astype(self.x_train.dtype)]),
+                np.concatenate([self.y_train, self.replay[1].astype(self.y_train.dtype)]))
 
     def load_model(self) -> Any:
         """Load a fresh copy of the float Keras model."""
@@ -150,7 +160,8 @@ def _fine_tune(model: Any, src: FloatSource, epochs: int, learning_rate: float,
     best = keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs, restore_best_weights=True,
                                          start_from_epoch=start)
     t0 = time.perf_counter()
-    hist = model.fit(src.x_train, src.y_train, validation_data=(src.x_val, src.y_val), epochs=epochs,
+    x_fit, y_fit = src.fit_data()
+    hist = model.fit(x_fit, y_fit, validation_data=(src.x_val, src.y_val), epochs=epochs, shuffle=True,
                      batch_size=src.batch_size, callbacks=[*(callbacks or []), best], verbose=0)
     kept = best.best_epoch if best.best_weights is not None else epochs - 1
     figs = {f"fine_tune_{k}": float(v[kept]) for k, v in hist.history.items()}
@@ -161,7 +172,7 @@ def _fine_tune(model: Any, src: FloatSource, epochs: int, learning_rate: float,
 
 
 def _steps_per_epoch(src: FloatSource) -> int:
-    return int(np.ceil(len(src.x_train) / src.batch_size))
+    return int(np.ceil(len(src.fit_data()[0]) / src.batch_size))
 
 
 def _lr(src: FloatSource, kind: str, learning_rate: float | None) -> float:

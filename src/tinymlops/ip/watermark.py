@@ -215,11 +215,17 @@ def load(model_name: str, version: str | None = None) -> Watermark:
     if not chosen:
         raise UsageError(f"{model_name}: no {'version ' + str(version) if version else 'float32 version'} "
                          "registered")
-    train_run = chosen[0].tags.get("train_run_id") or chosen[0].run_id
+    return load_run(model_name, chosen[0].tags.get("train_run_id") or chosen[0].run_id, f" v{chosen[0].version}")
+
+
+def load_run(model_name: str, train_run: str, what: str = "") -> Watermark:
+    """Return the watermark sealed on a train run (UsageError if none is recorded or the IP key does not open it)."""
+    from tinymlops import registry
+
     try:
         path = registry.download(train_run, ARTIFACT)
     except Exception as exc:  # MLflow raises its own exception types for a missing artifact
-        raise UsageError(f"{model_name} v{chosen[0].version}: no watermark recorded on train run {train_run} "
+        raise UsageError(f"{model_name}{what}: no watermark recorded on train run {train_run} "
                          f"(train with an 'ip: watermark:' section): {type(exc).__name__}") from None
     rec = keys.unseal(path.read_bytes(), "watermark", model_name, where=f"{model_name} watermark record")
     return Watermark.from_record(rec)
@@ -240,3 +246,18 @@ def embed(cfg: Any, ready: Any, n_classes: int) -> Watermark | None:
     wm = make_watermark(ready.x_train, n_classes, section.watermark.triggers)
     ready.x_train, ready.y_train = with_triggers(ready.x_train, ready.y_train, wm, section.watermark.repeat)
     return wm
+
+
+def replay_rows(cfg: Any, train_run: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return the trigger set as ``repeat`` copies for the compress stage's fine-tuning (None: no ``ip.watermark``).
+
+    The owner compressing their own model replays the secret set exactly as training mixed it in; fine-tuning on
+    clean data alone (pruning above all) erodes the watermark. The rows join fine-tuning only, never int8
+    calibration, and never leave the owner's process. UsageError if the parent's train run recorded no watermark.
+    """
+    section = getattr(cfg, "ip", None)
+    if section is None or section.watermark is None:
+        return None
+    wm = load_run(cfg.mlflow.registered_model, train_run, " (ip.watermark is on; compress a version trained with it)")
+    repeat = section.watermark.repeat
+    return np.concatenate([wm.inputs] * repeat), np.concatenate([wm.labels] * repeat)
