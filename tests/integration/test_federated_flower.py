@@ -90,3 +90,22 @@ def test_cli_federates_with_differential_privacy(tm_home: Path, tmp_path: Path) 
     assert float(tags["federated.dp_epsilon"]) == pytest.approx(lin["dp_epsilon"], rel=1e-4)
     assert tags["federated.dp_accountant"] == "dp-accounting RDP"
     assert registry.get_run(out["run_id"]).metrics["dp_epsilon"] == pytest.approx(lin["dp_epsilon"])
+
+
+def test_a_failing_client_fails_the_run_with_its_error_instead_of_hanging() -> None:
+    import numpy as np
+
+    from tinymlops.learn.federated import Federation, federate
+    from tinymlops.learn.fedplan import FederatedOptions
+    from tinymlops.tf import keras
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 6)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    bad = y[:30].copy()
+    bad[3] = 7  # a label the 2-class model cannot have: the device's training step fails
+    fed = Federation([(0, "a", X[:30], y[:30]), (1, "a", X[30:60], bad), (2, "a", X[60:], y[60:])],
+                     {"test": (X, y)})
+    model = keras.Sequential([keras.layers.Input((6,)), keras.layers.Dense(2, activation="softmax")])
+    with pytest.raises(RuntimeError, match=r"failed on 1 client\(s\); first: client 1: InvalidArgumentError"):
+        federate(model, fed, FederatedOptions(clients=3, rounds=3), 0.01, 16, {}, lambda r, f: None)

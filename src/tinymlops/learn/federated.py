@@ -166,7 +166,7 @@ def federate(model: Any, fed: Federation, opts: FederatedOptions, learning_rate:
     """Run the Flower rounds on ``model`` (initial weights = its weights); return the final global weights."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # read when flwr is imported: no calls home from a run
     import flwr
-    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.compat.client.app import start_client
     from flwr.server import Server, ServerConfig, SimpleClientManager
     from flwr.server.server import run_fl
@@ -185,22 +185,29 @@ def federate(model: Any, fed: Federation, opts: FederatedOptions, learning_rate:
     lock = threading.Lock()
     errors: list[str] = []
 
-    class Device(flwr.client.NumPyClient):  # type: ignore[misc]
+    class Device(flwr.client.Client):  # type: ignore[misc]
+        """One simulated device: trains on its own data when the server asks (a Flower ``Client``)."""
+
         def __init__(self, cid: int, X: np.ndarray, y: np.ndarray) -> None:
             self.cid, self.X, self.y = cid, X, y
 
-        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        def fit(self, ins: Any) -> Any:
+            # (de)serialisation inside the lock too: np.load parses headers with ast, which CPython 3.11 cannot
+            # do from several threads at once ("AST constructor recursion depth mismatch")
             try:
                 with lock:
-                    w, loss = trainer.fit(parameters, self.X, self.y, opts.local_epochs,
-                                          float(config.get("proximal_mu", 0.0)),
-                                          opts.seed * 7_919 + 1_000 * int(config["round"]) + self.cid)
+                    w, loss = trainer.fit(parameters_to_ndarrays(ins.parameters), self.X, self.y,
+                                          opts.local_epochs, float(ins.config.get("proximal_mu", 0.0)),
+                                          opts.seed * 7_919 + 1_000 * int(ins.config["round"]) + self.cid)
+                    params = ndarrays_to_parameters(w)
             except Exception as exc:
                 errors.append(f"client {self.cid}: {type(exc).__name__}: {exc}")
                 raise
-            return w, len(self.y), {"loss": loss}
+            return FitRes(Status(Code.OK, "ok"), params, len(self.y), {"loss": loss})
 
     def evaluate(rnd: int, params: list[np.ndarray], _cfg: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        if errors:  # fail the run now: a dead client would leave the next round waiting for it
+            raise RuntimeError(f"federated round {rnd} failed on {len(errors)} client(s); first: {errors[0]}")
         evaluator.set_weights(params)
         figs = {k: _accuracy(evaluator, X, y) for k, (X, y) in fed.tests.items()}
         cohorts = [v for k, v in figs.items() if k.startswith("cohort:")]
@@ -229,7 +236,7 @@ def federate(model: Any, fed: Federation, opts: FederatedOptions, learning_rate:
     address = f"127.0.0.1:{_free_port()}"
     grpc_server = start_grpc_server(client_manager=server.client_manager(), server_address=address)
     threads = [threading.Thread(target=start_client, daemon=True, name=f"fl-client-{cid}",
-                                kwargs={"server_address": address, "client": Device(cid, X, y).to_client(),
+                                kwargs={"server_address": address, "client": Device(cid, X, y),
                                         "insecure": True})
                for cid, _cohort, X, y in fed.clients]
     try:
