@@ -512,7 +512,8 @@ def simulate(devices: Annotated[int, typer.Option("--devices", "-n", min=1, max=
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the main app (``package`` and ``agent`` live in ``cli/device.py``)."""
-    from cli import device
+    from cli import device, field
 
+    field.register(fleet_app)  # consent, forget, field-data
     app.add_typer(fleet_app, name="fleet")
     device.register(app)

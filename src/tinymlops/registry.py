@@ -176,8 +176,11 @@ def log_figure(run_id: str, figure: Any, artifact_file: str) -> None:
 
 
 def log_dataset(run_id: str, features: Any, targets: Any, name: str, digest: str, source: str, context: str,
-                *, path: str | None = None, sha256: str = "") -> None:
-    """Record a split as a run input: digest, schema (a dict of named columns or an array), source (path+sha256)."""
+                *, path: str | None = None, sha256: str = "", tags: dict[str, str] | None = None) -> None:
+    """Record a split as a run input: digest, schema (a dict of named columns or an array), source (path+sha256).
+
+    ``tags`` are added to the input (e.g. a field-data export's cohorts, window, devices and consent ids).
+    """
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.numpy_dataset import from_numpy
@@ -185,7 +188,7 @@ def log_dataset(run_id: str, features: Any, targets: Any, name: str, digest: str
 
     src = resolve_dataset_source(Path(path).as_uri()) if path else CodeDatasetSource(tags={"generator": source})
     ds = from_numpy(features, targets=targets, name=name, digest=digest, source=src)
-    tags = {"mlflow.data.context": context, **({"tinymlops.source_sha256": sha256} if path else {})}
+    tags = {"mlflow.data.context": context, **({"tinymlops.source_sha256": sha256} if path else {}), **(tags or {})}
     client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(),
                                                        tags=[InputTag(key=k, value=v) for k, v in tags.items()])])
 

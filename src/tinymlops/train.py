@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -46,6 +46,14 @@ class Prepared:
     @property
     def class_names(self) -> list[str]:
         return self.splits["train"].class_names
+
+
+class TrainExtra(Protocol):
+    """Training data beyond the configured dataset: merged into the splits, recorded as run inputs."""
+
+    def extend(self, cfg: PipelineConfig, prep: Prepared) -> Prepared: ...
+
+    def log_inputs(self, run_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -182,13 +190,14 @@ def base_manifest(cfg: PipelineConfig, prep: Prepared, variant: str, fmt: str, r
 
 
 def run_train(config: str | Path | PipelineConfig, parent_run_id: str | None = None,
-              progress: Callable[[str], None] | None = None) -> TrainResult:
+              progress: Callable[[str], None] | None = None, extra: TrainExtra | None = None) -> TrainResult:
     """Run the whole train stage and register a new float32 version: THE train entry point (flows wrap it).
 
     Args:
         config: a pipeline config file (``kind: pipeline``) or an already loaded one.
         parent_run_id: nest the train run under this MLflow run (the pipeline run).
         progress: called with one line per step and epoch (the flow passes its logger).
+        extra: more training data than the config names (consented field data: ``monitor.field_retrain``).
     """
     cfg = config if isinstance(config, PipelineConfig) else load_pipeline(config)
     say = progress or (lambda _msg: None)
@@ -199,7 +208,7 @@ def run_train(config: str | Path | PipelineConfig, parent_run_id: str | None = N
         from tinymlops.importer import run_import
 
         return run_import(cfg, parent_run_id=parent_run_id, progress=say)
-    prep = prepare(cfg)
+    prep = prepare(cfg) if extra is None else extra.extend(cfg, prepare(cfg))
     digests = {k: v.digest() for k, v in prep.splits.items()}
     tags = {"tinymlops.stage": "train", "task": cfg.project, "config_hash": cfg.config_hash(),
             "git_commit": _git_commit(), "dataset_digest": digests["train"], **model_source_tags(cfg)}
@@ -208,6 +217,8 @@ def run_train(config: str | Path | PipelineConfig, parent_run_id: str | None = N
     wm = watermark.embed(cfg, ready, len(prep.class_names))  # owner watermark (config ip.watermark), or None
     with registry.run(cfg.mlflow.experiment, f"train {cfg.model.label}", parent_run_id, tags) as r:
         _log_inputs(r.run_id, cfg, prep)
+        if extra is not None:
+            extra.log_inputs(r.run_id)
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
             registry.log_metrics(r.run_id, logs, step=epoch)

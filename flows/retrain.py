@@ -1,0 +1,38 @@
+"""Field-data retrain flow: a thin Prefect wrapper around :func:`tinymlops.monitor.field_retrain.run_field_retrain`.
+
+What a ``retrain`` verdict starts under ``retrain.strategy: central`` with ``retrain.field_data.enabled``
+(:func:`tinymlops.monitor.retrain.plan`): train on the configured dataset plus consented field data, compare old
+and new on the held-out field test split, move the candidate alias only if the new version is better.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tinymlops.monitor.field_retrain import run_field_retrain
+
+
+# no retries: a retried retrain would register a second version
+@task(name="field-retrain", cache_policy=NO_CACHE)
+def field_retrain_task(model: str, drift_config: str, store_url: str | None = None) -> dict[str, Any]:
+    """Train on configured + consented field data, register, compare on the field test split."""
+    return run_field_retrain(model, drift_config, store_url, progress=get_run_logger().info).to_dict()
+
+
+@flow(name="field-retrain", log_prints=True)
+def field_retrain_flow(model: str, drift_config: str = "configs/drift.yaml",
+                       store_url: str | None = None) -> dict[str, Any]:
+    """Retrain a model on its configured dataset plus consented field data (drift verdict ``retrain``)."""
+    out = field_retrain_task(model, drift_config, store_url or None)
+    create_markdown_artifact(
+        key="field-retrain-summary",
+        markdown=(f"### Field-data retrain of `{model}`\n\n- new version: v{out['new_version']}\n"
+                  f"- field dataset: {out['field_version']} ({out['field_train_samples']} train / "
+                  f"{out['field_test_samples']} held out)\n- {out['reason']}\n"
+                  f"- `{out['candidate_alias']}` moved: {out['candidate_set']}\n"),
+        description="retrain on consented field data")
+    return out
