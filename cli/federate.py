@@ -18,8 +18,12 @@ def federate(
     clients: Annotated[int, typer.Option("--clients", "-k", help="simulated devices, each with its own data")] = 20,
     per_round: Annotated[int | None, typer.Option("--per-round", help="clients sampled per round (default: all)")
                          ] = None,
-    strategy: Annotated[Literal["fedavg", "fedprox"], typer.Option("--strategy", help="Flower strategy")] = "fedavg",
+    strategy: Annotated[Literal["fedavg", "fedprox", "fedavgm"], typer.Option(
+        "--strategy", help="Flower strategy: fedavg, fedprox (proximal term) or fedavgm (server momentum: "
+                           "fastest on non-IID devices, see docs/learning.md)")] = "fedavg",
     mu: Annotated[float, typer.Option("--mu", help="FedProx proximal weight (with --strategy fedprox)")] = 0.1,
+    momentum: Annotated[float, typer.Option("--server-momentum", help="FedAvgM server momentum (with --strategy "
+                                            "fedavgm)")] = 0.9,
     local_epochs: Annotated[int, typer.Option("--local-epochs", help="epochs each client trains per round")] = 1,
     samples: Annotated[int, typer.Option("--samples", help="local windows per device (vibration dataset)")] = 100,
     alpha: Annotated[float, typer.Option("--alpha", help="Dirichlet concentration of each device's class mix: "
@@ -41,7 +45,7 @@ def federate(
 
     Every device holds its own data (vibration: its cohort's sensor condition - line-a as deployed, line-b gain
     1.15, line-c noisier, line-d slower shaft - and a skewed class mix); only model updates travel, over Flower's
-    gRPC on a loopback port. FedAvg or FedProx; --dp-epsilon adds Flower's server-side clipping + Gaussian noise
+    gRPC on a loopback port. FedAvg, FedProx or FedAvgM; --dp-epsilon adds Flower's server-side clipping + Gaussian noise
     (epsilon from dp-accounting's RDP accountant). The global model is registered as a float32 version with its
     lineage (tags federated.*; per-round metrics on its MLflow run) and then compressed and profiled like any
     trained version; `tinymlops rollout` takes it from there.
@@ -51,9 +55,10 @@ def federate(
 
     cfg = load_pipeline(config)  # a bad file fails here (exit 2) before anything starts
     opts = parse_options({"rounds": rounds, "clients": clients, "clients_per_round": per_round,
-                          "strategy": strategy, "proximal_mu": mu, "local_epochs": local_epochs,
-                          "samples_per_client": samples, "label_alpha": alpha, "dp_epsilon": dp_epsilon,
-                          "dp_noise_multiplier": dp_noise, "dp_clip": dp_clip, "dp_delta": dp_delta, "seed": seed})
+                          "strategy": strategy, "proximal_mu": mu, "server_momentum": momentum,
+                          "local_epochs": local_epochs, "samples_per_client": samples, "label_alpha": alpha,
+                          "dp_epsilon": dp_epsilon, "dp_noise_multiplier": dp_noise, "dp_clip": dp_clip,
+                          "dp_delta": dp_delta, "seed": seed})
     from tinymlops import registry
 
     registry.connect(cfg.mlflow.tracking_uri)

@@ -3,7 +3,7 @@
 A tiny vibration MLP is trained with FedProx across 4 devices in 4 cohorts (gain/noise/speed shifts, skewed
 class mixes); the global model must beat chance (0.25) clearly, be registered as a float32 version whose tags
 and run carry the federated lineage, and be accepted by the compress stage as a parent. The CLI then runs a
-DP round (epsilon target 8) and registers a version whose lineage reports noise, clip and epsilon.
+FedAvgM run with DP (epsilon target 8) and registers a version whose lineage reports noise, clip and epsilon.
 """
 
 from __future__ import annotations
@@ -77,12 +77,13 @@ def test_cli_federates_with_differential_privacy(tm_home: Path, tmp_path: Path) 
     env["TINYMLOPS_HOME"] = str(tm_home)
     res = subprocess.run([str(Path(sys.executable).parent / "tinymlops"), "federate", str(cfg), "--rounds", "2",
                           "--clients", "4", "--per-round", "2", "--samples", "30", "--dp-epsilon", "8",
-                          "--dp-clip", "0.5", "--no-prefect", "--register-only", "--json"],
+                          "--dp-clip", "0.5", "--strategy", "fedavgm", "--no-prefect", "--register-only", "--json"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout)
     lin = out["lineage"]
     assert lin["dp"] and lin["dp_clip"] == 0.5 and lin["dp_sample_rate"] == 0.5
+    assert (lin["strategy"], lin["server_momentum"], lin["proximal_mu"]) == ("fedavgm", 0.9, 0.0)
     assert 7.0 < lin["dp_epsilon"] <= 8.0 and lin["dp_noise_multiplier"] > 0.3
     from tinymlops import registry
 

@@ -9,7 +9,8 @@ seeded per round and client, so a run repeats. SecAgg+ exists only as a ServerAp
 simulation in Flower 1.42, not on this transport: it is not offered.
 
 Each client trains the pipeline's Keras model on its own data (its cohort's sensor condition and class mix);
-FedProx adds the proximal term ``mu/2 ||w - w_global||^2`` to the local loss. With DP, Flower's
+FedProx adds the proximal term ``mu/2 ||w - w_global||^2`` to the local loss; FedAvgM (Flower's server momentum)
+averages like FedAvg and moves the global model with momentum, which converges faster on non-IID devices. With DP, Flower's
 ``DifferentialPrivacyServerSideFixedClipping`` clips each update and adds Gaussian noise; the epsilon is computed
 with dp-accounting's RDP accountant (see :mod:`tinymlops.learn.fedplan`).
 """
@@ -173,6 +174,7 @@ def federate(model: Any, fed: Federation, opts: FederatedOptions, learning_rate:
     from flwr.server.strategy import (
         DifferentialPrivacyServerSideFixedClipping,
         FedAvg,
+        FedAvgM,
         FedProx,
     )
     from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
@@ -225,8 +227,9 @@ def federate(model: Any, fed: Federation, opts: FederatedOptions, learning_rate:
         "min_available_clients": opts.clients, "fraction_evaluate": 0.0, "min_evaluate_clients": 0,
         "evaluate_fn": evaluate, "on_fit_config_fn": lambda r: {"round": r}, "accept_failures": False,
         "initial_parameters": ndarrays_to_parameters(model.get_weights()), "fit_metrics_aggregation_fn": fit_metrics}
-    strategy: Any = (FedProx(proximal_mu=opts.proximal_mu, **common) if opts.strategy == "fedprox"
-                     else FedAvg(**common))
+    strategy: Any = {"fedavg": lambda: FedAvg(**common),
+                     "fedprox": lambda: FedProx(proximal_mu=opts.proximal_mu, **common),
+                     "fedavgm": lambda: FedAvgM(server_momentum=opts.server_momentum, **common)}[opts.strategy]()
     if dp:
         strategy = DifferentialPrivacyServerSideFixedClipping(strategy, dp["noise_multiplier"], dp["clip"],
                                                               opts.per_round)
@@ -286,7 +289,8 @@ def run_federated(config: str | Path | PipelineConfig, options: FederatedOptions
     lineage: dict[str, Any] = {
         "strategy": opts.strategy, "rounds": opts.rounds, "clients": opts.clients,
         "clients_per_round": opts.per_round, "samples": samples, "local_epochs": opts.local_epochs,
-        "proximal_mu": opts.proximal_mu if opts.strategy == "fedprox" else 0.0, "label_alpha": opts.label_alpha,
+        "proximal_mu": opts.proximal_mu if opts.strategy == "fedprox" else 0.0,
+        "server_momentum": opts.server_momentum if opts.strategy == "fedavgm" else 0.0, "label_alpha": opts.label_alpha,
         "transport": "flower grpc-bidi loopback", "dp": bool(dp),
         **{f"dp_{k}": v for k, v in dp.items()}, **({"dp_accountant": "dp-accounting RDP"} if dp else {})}
     tags = {"tinymlops.stage": "federated", "task": cfg.project, "config_hash": cfg.config_hash(),

@@ -54,8 +54,9 @@ class FederatedOptions(BaseModel):
     rounds: int = Field(10, ge=1, le=1000)
     clients: int = Field(20, ge=2, le=1000, description="simulated devices, each with its own local data")
     clients_per_round: int | None = Field(None, ge=1, description="sampled per round; default: all clients")
-    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "fedavgm"] = "fedavg"
     proximal_mu: float = Field(0.1, ge=0, description="FedProx's proximal weight (fedprox only)")
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="FedAvgM's server momentum (fedavgm only)")
     local_epochs: int = Field(1, ge=1, le=100)
     samples_per_client: int = Field(100, ge=8, le=100_000, description="local windows per device (vibration)")
     label_alpha: float = Field(0.5, gt=0, description="Dirichlet concentration of each device's class mix "
