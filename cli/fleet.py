@@ -101,6 +101,9 @@ def serve(db: DbOpt = None,
           targets_dir: Annotated[Path | None, typer.Option(help="target catalogue; devices must enrol "
                                                                 "as one of its targets")] = None,
           workers: Annotated[int, typer.Option(min=1, max=64, help="server processes (one per core)")] = 1,
+          keep_alive: Annotated[int, typer.Option(min=1, max=3600, help="seconds an idle device connection "
+                                                  "stays open; above the devices' poll and report interval, each "
+                                                  "device reuses one connection")] = 30,
           dev: Annotated[bool, typer.Option(help="development mode: /docs open, /openapi.json without a token")]
           = False,
           tls_cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
@@ -134,7 +137,7 @@ def serve(db: DbOpt = None,
         app = service.create_app(st=st, poll_interval_s=poll_interval, known_targets=set(catalogue) or None,
                                  dev_mode=dev, bind_client_certs=tls_client_ca is not None)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=5, **ssl_kwargs)
+                                timeout_keep_alive=keep_alive, timeout_graceful_shutdown=5, **ssl_kwargs)
         server = uvicorn.Server(config)
         code = _serve_until_signal(lambda: server.run())
     else:
@@ -145,6 +148,7 @@ def serve(db: DbOpt = None,
                            "TINYMLOPS_FLEET_BIND_CERTS": "1" if tls_client_ca is not None else "0"})
         config = uvicorn.Config("tinymlops.fleet.service:create_app_from_env", factory=True, workers=workers,
                                 host=host, port=port, log_level="warning", access_log=False,
+                                timeout_keep_alive=keep_alive,
                                 # a worker starting on a busy host may not answer the supervisor's first pings
                                 # within uvicorn's default 5 s, and would be killed and restarted in a loop
                                 timeout_graceful_shutdown=5, timeout_worker_healthcheck=30, **ssl_kwargs)
