@@ -77,9 +77,13 @@ def test_watermark_survives_every_variant_and_the_cli_verifies_it(pipeline: dict
 
     assert set(pipeline["versions"]) >= {"float32", "ptq-int8", "fp16", "prune", "cluster", "onnx-int8"}
     wm = watermark.load(MODEL)
+    matches = {}
     for variant, version in pipeline["versions"].items():
         v = watermark.verdict(wm, watermark.predict_file(_package(version), wm.inputs), "white-box", variant)
         assert v.verified and v.p_value < 1e-6, (variant, v)
+        matches[variant] = v.matches
+    # the compress stage's fine-tuning replays the trigger set: pruning 80 % keeps the watermark like the float model
+    assert min(matches["prune"], matches["cluster"]) >= matches["float32"] - 10, matches
     int8 = _package(pipeline["versions"]["ptq-int8"])
     res = CliRunner().invoke(app, ["ip", "verify", str(int8), "--model", MODEL, "--json"])
     assert res.exit_code == 0, res.output
