@@ -198,9 +198,9 @@ def fit(x: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray], np.ndarray
         probs["head"] = _cv_head(_log(base), y, n_classes, folds)
         if "calibration" in probs:
             probs["calibration+head"] = _cv_head(_log(probs["calibration"]), y, n_classes, folds)
-    loss = {k: log_loss(p, y) for k, p in probs.items()}
-    accuracy = {k: float((p.argmax(axis=1) == y).mean()) for k, p in probs.items()}
-    best: Kind = min(loss, key=lambda k: loss[k])
+    loss: dict[str, float] = {k: log_loss(p, y) for k, p in probs.items()}
+    accuracy: dict[str, float] = {k: float((p.argmax(axis=1) == y).mean()) for k, p in probs.items()}
+    best: Kind = min(probs, key=lambda k: loss[k])
     if best != "none" and (loss[best] > loss["none"] - min_gain or accuracy[best] < accuracy["none"]):
         best = "none"
     chosen = Personalisation(kind=best, labelled=len(y), cv_loss=loss, cv_accuracy=accuracy)

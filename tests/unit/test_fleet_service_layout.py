@@ -32,6 +32,7 @@ ROUTES = {
     ("GET", "/v1/devices/{device_id}/packages/{package_id}/artifact"): "device",
     ("POST", "/v1/devices/{device_id}/telemetry"): "device", ("POST", "/v1/devices/{device_id}/events"): "device",
     ("POST", "/v1/key-updates"): "operator", ("GET", "/v1/key-updates"): "operator",
+    ("PUT", "/v1/cohorts/{cohort}/personalise"): "operator", ("GET", "/v1/cohorts/personalise"): "operator",
     ("GET", "/v1/devices/{device_id}/key-updates"): "device", ("POST", "/v1/devices/{device_id}/credential"): "device",
     ("PUT", "/v1/devices/{device_id}/licence-key"): "licensing", ("GET", "/v1/devices/{device_id}/licences"): "licensing",
     ("POST", "/v1/devices/{device_id}/receipts"): "licensing", ("POST", "/v1/licences"): "licensing",

@@ -148,12 +148,53 @@ def test_device_personalises_keeps_it_across_restarts_and_drops_it_for_other_cla
     assert other.current.kind == "none"
 
 
-def test_disabled_personalisation_changes_nothing(tmp_path: Path) -> None:
+def test_disabled_personalisation_changes_nothing_and_switching_off_serves_the_fleet_model(tmp_path: Path) -> None:
     dev = DevicePersonaliser(tmp_path, enabled=False)
-    r = Runner()
-    assert dev.wrap(r, manifest()) is r
-    dev.observe(np.zeros(6), np.ones(4) / 4, 1)
-    assert dev.figures() is None and not (tmp_path / "personal.json").exists()
+    runner = dev.wrap(Runner(), manifest())
+    x, y = draw(400, 15, gain=1.3)
+    serve(dev, runner, x, y)
+    assert dev.figures() is None and not (tmp_path / "personal.json").exists() and dev.current.kind == "none"
+    dev.enabled = True  # the cohort's switch turned on
+    serve(dev, runner, x, y)
+    assert dev.current.kind != "none"
+    dev.enabled = False  # ... and off again: the fleet's model as it is, what was learnt kept
+    assert np.array_equal(runner.timed_predict(x[0])[0], predict(x[:1])[0])  # type: ignore[attr-defined]
+    assert dev.current.kind != "none" and (tmp_path / "personal.json").exists()
+
+
+def test_cohort_switch_reaches_the_desired_state_and_needs_a_deploy_token(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from tinymlops.fleet import service, store
+
+    st = store.open_store(f"sqlite:///{tmp_path / 'f.db'}")
+    deploy = service.create_operator_token(st, name="ci", role="deploy")
+    reader = service.create_operator_token(st, name="reader", role="read")
+    h = {"Authorization": f"Bearer {deploy}"}
+    with TestClient(service.create_app(st=st)) as c:
+        toks = c.post("/v1/enrolment-tokens", json={"cohort": "line-b", "count": 2}, headers=h).json()["tokens"]
+        other = c.post("/v1/enrolment-tokens", json={"cohort": "line-a", "count": 1}, headers=h).json()["tokens"]
+        cred = {did: c.post("/v1/enrol", json={"enrolment_token": t, "device_id": did, "target": "gw"}
+                            ).json()["credential"] for did, t in (("b1", toks[0]), ("a1", other[0]))}
+
+        def desired(did: str) -> bool:
+            r = c.get(f"/v1/devices/{did}/desired-state", headers={"Authorization": f"Bearer {cred[did]}"})
+            return bool(r.json()["personalise"])
+
+        assert not desired("b1")
+        url = "/v1/cohorts/line-b/personalise"
+        assert c.put(url, json={"enabled": True}, headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+        assert c.put("/v1/cohorts/bad name/personalise", json={"enabled": True}, headers=h).status_code == 422
+        r = c.put(url, json={"enabled": True, "reason": "drift verdict"}, headers=h)
+        assert r.status_code == 200 and r.json()["devices"] == 1 and r.json()["enabled"]
+        assert desired("b1") and not desired("a1")
+        # a device enrolling into the cohort later is switched on too
+        cred["b2"] = c.post("/v1/enrol", json={"enrolment_token": toks[1], "device_id": "b2", "target": "gw"}
+                            ).json()["credential"]
+        assert desired("b2")
+        assert c.get("/v1/cohorts/personalise", headers=h).json()[0]["cohort"] == "line-b"
+        c.put(url, json={"enabled": False}, headers=h)
+        assert not desired("b1")
 
 
 def test_damaged_state_is_ignored(tmp_path: Path) -> None:

@@ -99,11 +99,10 @@ class Agent:
         self.rejected: set[str] = set()
         self.pending: list[dict[str, Any]] = []
         self.reservoir: list[list[float]] = []
-        self.reservoir_seen = self.reports_sent = self.inferences = self.last_seq = 0
+        self.reservoir_seen = self.reports_sent = self.inferences = self.last_seq = self._pending_rejections = 0
         self.feedback: list[tuple[float, dict[str, Any]]] = []
-        self.poll_interval_s, self._backoff_s = 5.0, 0.0
+        self.poll_interval_s, self._backoff_s, self._pending_errors = 5.0, 0.0, 0
         self._rng = random.Random(cfg.device_id)
-        self._pending_rejections = self._pending_errors = 0
         self.started = time.monotonic()
         self._startup_events: list[tuple[str, str | None, str]] = []
 
@@ -259,6 +258,7 @@ class Agent:
         interval = desired.get("poll_interval_s")
         if isinstance(interval, (int, float)) and not isinstance(interval, bool) and 0.05 <= interval <= 3600:
             self.poll_interval_s = float(interval)
+        self.personal.enabled = self.cfg.personalise or desired.get("personalise") is True  # the cohort's switch
         if device_state.rotation_due(self.credential, self.cfg.credential_max_age_s):
             self.credential = await device_state.rotate_credential(
                 self.client, self._url(f"{self.device_path}/credential"), self._headers(), self.cfg.state_dir,

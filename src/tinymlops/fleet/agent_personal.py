@@ -40,7 +40,7 @@ class PersonalRunner:
 
     def timed_predict(self, x: Any) -> Any:
         p = self.owner.current
-        if p.kind == "none":
+        if p.kind == "none" or not self.owner.enabled:
             return self.runner.timed_predict(x)
         result = self.runner.timed_predict(p.features(x))
         if inspect.isawaitable(result):
@@ -58,7 +58,11 @@ class PersonalRunner:
 
 
 class DevicePersonaliser:
-    """One device's personalisation state; a no-op unless enabled."""
+    """One device's personalisation state; a no-op unless enabled (the agent's flag or the cohort's switch).
+
+    Switched off, the device serves the fleet's model as it is and keeps what it learnt for when it is switched on
+    again.
+    """
 
     def __init__(self, state_dir: Path, enabled: bool, max_labelled: int = 50, min_labelled: int = 20,
                  min_inputs: int = 200, refit_every: int = 10) -> None:
@@ -76,8 +80,8 @@ class DevicePersonaliser:
         self.ref_mean = self.ref_std = np.zeros(0)
 
     def wrap(self, runner: Any, manifest: dict[str, Any]) -> Any:
-        """Return the runner serving through the personalisation (unchanged when disabled)."""
-        if not self.enabled or runner is None:
+        """Return the runner serving through the personalisation (the fleet's model as it is while disabled)."""
+        if runner is None:
             return runner
         features = list(manifest["reference"]["features"])
         key = {"feature_names": [f["name"] for f in features], "class_names": list(manifest["class_names"])}

@@ -122,6 +122,20 @@ class DesiredState(Wire):
     poll_interval_s: float = 5.0
     rollback_authorisation: RollbackAuthorisation | None = None
     keyset_version: int = Field(0, description="latest signed key-set update: fetch /key-updates when newer")
+    personalise: bool = Field(False, description="adapt the model on the device (the device's cohort is switched on)")
+
+
+class PersonaliseRequest(Wire):
+    enabled: bool
+    reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class PersonaliseSetting(Wire):
+    cohort: str
+    enabled: bool
+    reason: str
+    set_unix_s: float
+    devices: int | None = None
 
 
 class KeyUpdate(Wire):

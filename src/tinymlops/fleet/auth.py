@@ -43,7 +43,8 @@ _RANK = {r: i for i, r in enumerate(ROLES)}
 # writes a deploy token may make: ship packages and point devices at them. Every other write (revoking devices,
 # key updates, anything a later router adds) needs admin: a new route is closed to deploy tokens until listed here.
 _DEPLOY_WRITES = (re.compile(r"^POST /v1/packages$"), re.compile(r"^PUT /v1/packages/[^/]+/keys$"),
-                  re.compile(r"^PUT /v1/desired-state$"), re.compile(r"^POST /v1/enrolment-tokens$"))
+                  re.compile(r"^PUT /v1/desired-state$"), re.compile(r"^POST /v1/enrolment-tokens$"),
+                  re.compile(r"^PUT /v1/cohorts/[^/]+/personalise$"))
 
 
 def required_role(method: str, path: str) -> str:

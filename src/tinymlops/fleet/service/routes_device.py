@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sqlalchemy import select, update
 from starlette.requests import ClientDisconnect
 
-from tinymlops.fleet import api, auth, credentials, grants, keyupdates, store
+from tinymlops.fleet import api, auth, credentials, grants, keyupdates, personal_switch, store
 from tinymlops.fleet.certbind import scope_identities
 from tinymlops.fleet.service.deps import DeviceDep, ServiceDep
 from tinymlops.fleet.store import (
@@ -81,12 +81,15 @@ def desired_state(ctx: DeviceDep, svc: ServiceDep) -> api.DesiredState:
                                Package.size_bytes, store.DesiredState.authorisation_json)
                         .join(store.DesiredState, store.DesiredState.package_id == Package.id)
                         .where(store.DesiredState.device_id == ctx.id)).first()
+        personalise = personal_switch.personalise_for(s, ctx.id)
     keys = svc.current_keyset_version()
     if row is None:
-        return api.DesiredState(device_id=ctx.id, poll_interval_s=svc.poll_interval_s, keyset_version=keys)
+        return api.DesiredState(device_id=ctx.id, poll_interval_s=svc.poll_interval_s, keyset_version=keys,
+                                personalise=personalise)
     return api.DesiredState(device_id=ctx.id, package_id=row[0], model_name=row[1], model_version=row[2],
                             sha256=row[3], size_bytes=row[4], poll_interval_s=svc.poll_interval_s,
-                            rollback_authorisation=json.loads(row[5]) if row[5] else None, keyset_version=keys)
+                            rollback_authorisation=json.loads(row[5]) if row[5] else None, keyset_version=keys,
+                            personalise=personalise)
 
 
 @router.get("/v1/devices/{device_id}/key-updates")

@@ -1,4 +1,4 @@
-"""Operator routes: enrolment tokens, devices, packages, desired state, telemetry and deployment events."""
+"""Operator routes: enrolment tokens, devices, packages, desired state, personalisation, telemetry, deployment events."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import binascii
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 
-from tinymlops.fleet import api, auth, grants, keyupdates, revocation, store
+from tinymlops.fleet import api, auth, grants, keyupdates, personal_switch, revocation, store
 from tinymlops.fleet.keyset import KeyUpdateRejected
 from tinymlops.fleet.safejson import UnsafeJSON, loads_bounded
 from tinymlops.fleet.service.deps import Operator, ServiceDep
@@ -133,6 +133,19 @@ def set_desired_state(req: api.DesiredStateRequest, svc: ServiceDep) -> api.Desi
     except LookupError as exc:
         raise HTTPException(404 if "does not exist" in str(exc) else 409, str(exc)) from None
     return api.DesiredStateUpdated(updated=updated)
+
+
+@router.put("/v1/cohorts/{cohort}/personalise")
+def set_cohort_personalise(cohort: Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")],
+                           req: api.PersonaliseRequest, svc: ServiceDep) -> api.PersonaliseSetting:
+    """Switch on-device personalisation for a cohort (its devices learn it from their desired state)."""
+    return api.PersonaliseSetting(**personal_switch.set_personalise(svc.store, cohort, req.enabled, req.reason))
+
+
+@router.get("/v1/cohorts/personalise")
+def cohort_personalise(svc: ServiceDep) -> list[api.PersonaliseSetting]:
+    """List the cohorts' personalisation switches (a cohort not listed is off)."""
+    return [api.PersonaliseSetting(**r) for r in personal_switch.list_settings(svc.store)]
 
 
 @router.get("/v1/telemetry")
