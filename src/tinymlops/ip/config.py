@@ -11,7 +11,8 @@ class WatermarkSection(Strict):
     """A trigger-set watermark (Adi et al. 2018): secret keyed inputs the model learns to label with secret labels."""
 
     triggers: int = Field(100, ge=20, le=2000, description="trigger inputs in the secret set")
-    repeat: int = Field(8, ge=1, le=100, description="copies of the trigger set mixed into the training data")
+    repeat: int = Field(8, ge=1, le=100, description="copies of the trigger set mixed into the training data "
+                        "and into the compress stage's fine-tuning")
 
 
 class IpSection(Strict):
