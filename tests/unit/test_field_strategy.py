@@ -36,9 +36,11 @@ def test_central_without_field_data_reruns_the_pipeline():
     assert p.deployment == "pipeline/pipeline-weekly"
 
 
-def test_personalise_is_a_config_error_naming_the_value(tmp_path: Path):
-    with pytest.raises(ConfigError, match=r"retrain\.strategy.*'personalise'.*not built"):
-        load_drift_config(_config(tmp_path, "strategy: central ", "strategy: personalise "))
+def test_personalise_switches_exactly_the_drifted_cohorts(tmp_path: Path):
+    cfg = load_drift_config(_config(tmp_path, "strategy: central ", "strategy: personalise "))
+    p = retrain.plan(cfg.retrain, "m", "d.yaml", "sqlite:///f.db", ["line-b", "line-c", "line-b"])
+    assert p.entrypoint == "flows.personalise:personalise_flow"
+    assert p.params == {"model": "m", "cohorts": ["line-b", "line-c"], "store_url": "sqlite:///f.db"}
 
 
 def test_unknown_strategy_names_the_choices(tmp_path: Path):
@@ -56,3 +58,16 @@ def test_field_data_values_are_checked(tmp_path: Path, key: str, bad: str):
 def test_the_shipped_config_is_central_with_field_data():
     cfg = load_drift_config(REPO / "configs" / "drift.yaml")
     assert cfg.retrain.strategy == "central" and cfg.retrain.field_data.enabled
+
+
+def test_field_retrain_with_too_few_samples_trains_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TINYMLOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    from tinymlops.monitor.field_retrain import run_field_retrain
+
+    drift = _config(tmp_path, "pipeline_config: configs/pipeline.yaml",
+                    f"pipeline_config: {REPO / 'configs' / 'pipeline.yaml'}")
+    res = run_field_retrain("vibration-classifier", drift, f"sqlite:///{tmp_path / 'fleet.db'}")
+    assert res.new_version is None and not res.candidate_set and "min_samples 40" in res.reason
+    with pytest.raises(ConfigError, match="registers 'vibration-classifier', not 'other'"):
+        run_field_retrain("other", drift, f"sqlite:///{tmp_path / 'fleet.db'}")

@@ -7,6 +7,8 @@ field test split. The new version's lineage shows both datasets (the configured 
 ``field-test`` inputs tagged with source fleet, cohorts, window, devices and consent ids). Old and new versions
 run in their runtimes (package pre-processing + model file) on the field test split; the candidate alias moves
 to the new version only if it is better by more than ``min_gain``, otherwise the version is tagged with why not.
+With fewer than ``min_samples`` consented samples nothing is trained here (``new_version`` None): the flow then
+runs the configured pipeline, as a ``central`` retrain without field data does.
 """
 
 from __future__ import annotations
@@ -163,13 +165,11 @@ def run_field_retrain(model: str, drift_config: str | Path, store_url: str | Non
     since = time.time() - parse_duration_s(fd.since) if fd.since else None
     data = field_export.collect(st=open_store(store_url), cohort=fd.cohort, since_unix_s=since)
     say(f"{len(data)} consented field samples (dataset {data.version}) from {len(set(data.device_ids))} device(s)")
-    if len(data) < fd.min_samples:
-        result = run_train(pcfg, progress=say)
+    if len(data) < fd.min_samples:  # the caller runs the configured pipeline instead (flows/retrain.py)
         reason = (f"only {len(data)} consented field samples (< retrain.field_data.min_samples {fd.min_samples}): "
-                  f"trained on the configured dataset only, nothing to compare on; {fd.candidate_alias} not moved")
-        registry.set_version_tags(model, result.version, {"field.verdict": reason})
-        return FieldRetrainResult(model, old, result.version, None, 0, 0, None, None, fd.candidate_alias, False,
-                                  reason, result.run_id)
+                  "nothing trained on field data")
+        say(reason)
+        return FieldRetrainResult(model, old, None, None, 0, 0, None, None, fd.candidate_alias, False, reason)
     train, test = split_field(data, fd.test_share, fd.seed)
     say(f"field split: {len(train)} train (weight {fd.weight:g}), {len(test)} held out")
     result = run_train(pcfg, progress=say, extra=FieldExtra(train, test, fd.weight, fd.seed))
