@@ -45,6 +45,7 @@ class FieldHook:
         self.last_seq = 0
         self.sent_batches = self.sent_samples = 0
         self._unsupported = False
+        self._refused = self.refused_locally
 
     @property
     def refused_locally(self) -> bool:
@@ -52,7 +53,8 @@ class FieldHook:
 
     @property
     def active(self) -> bool:
-        return self.consent_id is not None and self.key is not None and not self.refused_locally
+        # the refusal is read at each sync (and here before a window is sealed), not per inference
+        return self.consent_id is not None and self.key is not None and not self._refused
 
     def _reset(self) -> None:
         self.samples, self.labels, self.predictions, self.seen = [], [], [], 0
@@ -79,6 +81,7 @@ class FieldHook:
     def close_window(self, now: float | None = None) -> None:
         """Seal the window's reservoir (if any) into the upload queue and start a new window."""
         now = time.time() if now is None else now
+        self._refused = self.refused_locally
         if self.samples and self.active and self.consent_id and self.key:
             shapes = {s.shape for s in self.samples}
             if len(shapes) == 1:  # windows of one model input shape; a mixed window is dropped, not guessed at
@@ -106,7 +109,8 @@ class FieldHook:
     async def _sync(self, agent: Any) -> None:
         if self._unsupported:
             return
-        if self.refused_locally:
+        self._refused = self.refused_locally
+        if self._refused:
             self._forget_local()
             return
         import httpx
