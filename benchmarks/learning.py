@@ -169,7 +169,8 @@ def main() -> int:
                     help="run the field-data retrain section instead (line-b gain 1.15 recovers; other cohorts kept)")
     ap.add_argument("--field-devices", type=int, default=5, help="line-b devices sending field data (--field)")
     ap.add_argument("--field-samples", type=int, default=50, help="labelled windows per device (--field)")
-    ap.add_argument("--field-weight", type=float, default=3.0, help="weight of a field sample (--field)")
+    ap.add_argument("--field-weight", type=float, default=2.0,
+                    help="weight of a field sample (--field; default = configs/drift.yaml retrain.field_data.weight)")
     args = ap.parse_args()
     if args.field:
         return field_section(args.config, args.field_devices, args.field_samples, args.field_weight,
