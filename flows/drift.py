@@ -77,7 +77,8 @@ def retrain_task(model: str, level: str, config_path: str, details: dict[str, An
     """Start one retrain (the config's ``retrain.strategy``) for a retrain verdict unless in the cooldown."""
     cfg = load_drift_config(config_path)
     # a strategy that cannot run fails before the claim (no cooldown spent on it)
-    plan = retrain.plan(cfg.retrain, model, config_path, store_url) if cfg.retrain.enabled else None
+    cohorts = [str(g[2]) for g in details.get("groups", []) if g[2]]
+    plan = retrain.plan(cfg.retrain, model, config_path, store_url, cohorts) if cfg.retrain.enabled else None
     decision = retrain.claim(model, level, cfg.retrain.cooldown_s, cfg.retrain.enabled, details=details)
     out: dict[str, Any] = {"decision": retrain.decision_dict(decision), "strategy": cfg.retrain.strategy}
     if decision.start and plan is not None:

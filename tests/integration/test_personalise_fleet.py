@@ -58,7 +58,7 @@ def test_personalising_devices_recover_from_drift_and_keep_what_they_learnt(flee
                              inference_interval_s=0.004, state_root=root / "sim")
     rows = store.telemetry_window(fleet["st"], MODEL, cohort="own")
     figures = [r.sketch.personal for r in rows if r.sketch is not None and r.sketch.personal is not None]
-    assert figures and {f.kind for f in figures} - {"none"}, "the drifted devices never personalised"
+    assert figures and {f.kind for f in figures} - {"none"}, result.summary()
     evaluated = sum(f.evaluated for f in figures)
     base, personal = sum(f.correct_base for f in figures), sum(f.correct_personal for f in figures)
     assert evaluated >= 30, result.summary()
@@ -91,3 +91,34 @@ def test_drift_check_reports_the_cohorts_personalisation(fleet: Any, tmp_path: P
     assert own["personal_accuracy"] > own["personal_base_accuracy"]  # type: ignore[operator]
     assert "On-device personalisation: 1 device(s) personalised" in by["own"].markdown
     assert "personalised_devices" not in by["fleet"].verdict.summary
+
+
+def test_a_retrain_verdict_with_the_personalise_strategy_switches_the_drifted_cohort_on(fleet: Any,
+                                                                                        tmp_path: Path) -> None:
+    """The loop: drift check -> retrain verdict for cohort ``fleet`` -> strategy personalise -> its agents adapt."""
+    from flows.drift import start_pipeline
+    from tinymlops.monitor import retrain
+    from tinymlops.monitor.check import load_drift_config, run_drift_check
+
+    url = f"sqlite:///{fleet['root'] / 'fleet.db'}"
+    cfg_path = tmp_path / "drift.yaml"
+    cfg_path.write_text("kind: drift\nwindow: 1h\nexperiment: personalise-checks\nevidently: {enabled: false}\n"
+                        "thresholds: {overall: {min_inferences: 50}}\n"
+                        "retrain: {enabled: true, strategy: personalise, mode: inline, cooldown: 1h}\n")
+    result = run_drift_check(MODEL, cfg_path, store_url=url, log=False)
+    drifted = [g.cohort for g in result.groups if g.verdict.level == "retrain" and g.cohort]
+    assert "fleet" in drifted, [(g.cohort, g.verdict.level, g.verdict.reasons) for g in result.groups]
+    cfg = load_drift_config(cfg_path)
+    started = start_pipeline(cfg.retrain, MODEL, retrain.plan(cfg.retrain, MODEL, str(cfg_path), url, drifted))
+    assert started["strategy"] == "personalise" and "'fleet'" in started["result"]
+    # the same agents, started again without --personalise: the cohort's switch reaches them
+    target = "host-onnxruntime"
+    cohort = simulator.CohortSpec(name="fleet", devices=1, target=target,
+                                  drift=simulator.DriftSpec(gain=1.3, offset=0.2))
+    simulator.run_simulation(fleet["srv"].url, fleet["token"], [cohort], duration_s=8.0, mode="async",
+                             report_interval_s=0.5, inference_interval_s=0.004, state_root=fleet["root"] / "sim")
+    figures = [r.sketch.personal for r in store.telemetry_window(fleet["st"], MODEL, cohort="fleet")
+               if r.sketch is not None and r.sketch.personal is not None]
+    assert figures and any(f.kind != "none" for f in figures)
+    n = sum(f.evaluated for f in figures)
+    assert n and sum(f.correct_personal for f in figures) > sum(f.correct_base for f in figures)

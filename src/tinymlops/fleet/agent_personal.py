@@ -65,7 +65,7 @@ class DevicePersonaliser:
     """
 
     def __init__(self, state_dir: Path, enabled: bool, max_labelled: int = 50, min_labelled: int = 20,
-                 min_inputs: int = 200, refit_every: int = 10) -> None:
+                 min_inputs: int = 100, refit_every: int = 10) -> None:
         self.path = Path(state_dir) / "personal.json"
         self.enabled = enabled
         self.max_labelled, self.min_labelled = max_labelled, min_labelled

@@ -141,7 +141,7 @@ class RetrainSection(Strict):
 
     enabled: bool = False
     strategy: str = Field("central", description="central (pipeline + consented field data) | federated | "
-                                                 "personalise (not built yet)")
+                                                 "personalise (switch the cohort's on-device personalisation on)")
     field_data: FieldDataSection = Field(default_factory=FieldDataSection)
     federated: dict[str, object] = Field(
         default_factory=dict, description="federated: options of `tinymlops federate` (rounds, clients, "
@@ -156,8 +156,6 @@ class RetrainSection(Strict):
     @field_validator("strategy")
     @classmethod
     def _strategy(cls, v: str) -> str:
-        if v == "personalise":
-            raise ValueError("'personalise' (on-device personalisation) is not built yet; use central or federated")
         if v not in RETRAIN_STRATEGIES:
             raise ValueError(f"unknown strategy {v!r}; expected one of {', '.join(RETRAIN_STRATEGIES)}")
         return v

@@ -3,8 +3,8 @@
 What it starts is the drift config's ``retrain.strategy`` (:func:`plan`): ``central`` runs the pipeline, or with
 ``retrain.field_data.enabled`` the field-data retrain (:mod:`tinymlops.monitor.field_retrain`: configured dataset +
 consented field samples, compared with the old version on a held-out field test split); ``federated`` starts
-``flows.federated:federated_flow`` (Flower; options from ``retrain.federated``); ``personalise`` is refused when
-the config loads.
+``flows.federated:federated_flow`` (Flower; options from ``retrain.federated``); ``personalise`` switches the
+drifted cohorts' on-device personalisation on (:mod:`tinymlops.fleet.personal_switch`).
 The decision is pure (:func:`decide_retrain`); the state lives in a JSON file under the project home and is
 updated under an exclusive file lock, so a storm of concurrent verdicts (many cohorts, overlapping scheduled
 runs, several processes) starts exactly one retrain.
@@ -64,8 +64,11 @@ class RetrainPlan:
     deployment: str | None = None  # run this Prefect deployment instead when it exists (mode auto/deployment)
 
 
-def plan(section: RetrainSection, model: str, drift_config: str, store_url: str | None = None) -> RetrainPlan:
+def plan(section: RetrainSection, model: str, drift_config: str, store_url: str | None = None,
+         cohorts: list[str] | None = None) -> RetrainPlan:
     """Choose what a retrain of ``model`` starts, from the drift config's ``retrain.strategy``.
+
+    ``cohorts``: the cohorts whose verdict was retrain (``personalise`` switches exactly those on).
 
     Raises:
         ConfigError: a strategy this build cannot run (named with the value).
@@ -79,8 +82,11 @@ def plan(section: RetrainSection, model: str, drift_config: str, store_url: str 
     if section.strategy == "federated":  # Flower across the devices' data: flows/federated.py, then compress/profile
         return RetrainPlan("federated", "flows.federated:federated_flow",
                            {"config_path": section.pipeline_config, "options": dict(section.federated)})
+    if section.strategy == "personalise":  # the cohorts' devices adapt on the device (tinymlops.personalise)
+        return RetrainPlan("personalise", "flows.personalise:personalise_flow",
+                           {"model": model, "cohorts": sorted(set(cohorts or [])), "store_url": store_url})
     raise ConfigError(f"{drift_config}: retrain.strategy: {section.strategy!r} cannot run in this build "
-                      "(expected central or federated)")
+                      "(expected central, federated or personalise)")
 
 
 def state_path(model_name: str) -> Path:
