@@ -9,7 +9,8 @@ Two kinds of caller, two kinds of credential (``Authorization: Bearer ...``, onl
 Verdicts are cached for :data:`AUTH_CACHE_TTL_S`; every revocation bumps a shared epoch
 (:mod:`tinymlops.fleet.revocation`) that a thread in each worker reads every ``EPOCH_CHECK_S``, dropping its caches when it
 moved, so a revocation takes effect on every worker within a second. The telemetry hot path authenticates on the
-event loop without a thread hop when the cache is warm.
+event loop without a thread hop when the cache is warm; concurrent misses are answered by one batched query
+(:mod:`.lookup`), and cache expiries are spread so devices that came online together do not miss together.
 
 A device may report telemetry only for a package it runs, ran just before, or is told to run (D3), with window
 and feedback times within :data:`MAX_REPORT_AGE_S` in the past and :data:`MAX_CLOCK_SKEW_S` in the future (D10),
@@ -19,6 +20,7 @@ and feedback labels within the model's classes (D11).
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from typing import Annotated
@@ -26,12 +28,12 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
-from sqlalchemy import select
 
-from tinymlops.fleet import api, auth, credentials, keyupdates, revocation
+from tinymlops.fleet import api, auth, keyupdates, revocation
 from tinymlops.fleet.certbind import scope_identities
 from tinymlops.fleet.service.context import DeviceCtx, PackageCtx, check_sketch
 from tinymlops.fleet.service.limits import FailureLimiter
+from tinymlops.fleet.service.lookup import DeviceLookup
 from tinymlops.fleet.service.writer import TelemetryWriter
 from tinymlops.fleet.store import DesiredState, Device, OperatorToken, Package, Store
 from tinymlops.monitor.reference import ReferenceProfile
@@ -51,6 +53,7 @@ class Service:
         self.store = st
         self.bind_client_certs = bind_client_certs  # mutual TLS: the certificate must name the device
         self.writer = TelemetryWriter(st)
+        self.lookup = DeviceLookup(st)
         self.poll_interval_s = poll_interval_s
         self.known_targets = known_targets
         # token hash -> (device, expiry): with several workers a revocation reaches the others within the TTL
@@ -89,6 +92,7 @@ class Service:
     def close(self) -> None:
         """Stop the epoch watcher and the telemetry writer (pending telemetry is committed)."""
         self._stop.set()
+        self.lookup.close()
         self.writer.close()
 
     # ---- auth -----------------------------------------------------------------------------------------------
@@ -128,18 +132,22 @@ class Service:
             raise HTTPException(403, f"this operator token has role {role!r}; the request needs {needed!r}")
         return role
 
-    def _lookup_device(self, token_hash: str) -> DeviceCtx | None:
-        with self.store.session() as s:
-            d = s.scalar(select(Device).where(Device.credential_hash == token_hash))
-        if d is None and (promoted := credentials.promote(self.store, token_hash)) is not None:
-            d, old_hash = promoted  # first use of a rotated credential: the old one stops working now
-            self.device_cache.pop(old_hash, None)
-        ctx = None if d is None or d.revoked else DeviceCtx(d.id, d.target, d.cohort, d.samples_opt_in,
-                                                            d.feedback_opt_in)
+    async def _lookup_device(self, token_hash: str) -> DeviceCtx | None:
+        """Resolve a credential that missed the cache (batched with concurrent misses) and cache the answer."""
+        epoch = self._epoch
+        found = await self.lookup.find(token_hash)
+        if self._epoch != epoch:  # a revocation landed meanwhile: the answer may predate it, do not keep it
+            return found.ctx
+        if found.replaced is not None:  # first use of a rotated credential: the old one stops working now
+            self.device_cache.pop(found.replaced, None)
         if len(self.device_cache) > 200_000:
             self.device_cache.clear()
-        self.device_cache[token_hash] = (ctx, time.monotonic() + AUTH_CACHE_TTL_S)
-        return ctx
+        now = time.monotonic()
+        # spread the expiries: devices that came online together must not all miss again in the same second
+        self.device_cache[token_hash] = (found.ctx, now + AUTH_CACHE_TTL_S * random.uniform(0.5, 1.0))
+        if found.ctx is not None:
+            self._cache_assigned(found.ctx.id, found.assigned, now)
+        return found.ctx
 
     async def authenticate_device(self, device_id: str, authorization: str | None, client: str | None = None,
                                   cert_ids: frozenset[str] = frozenset()) -> DeviceCtx:
@@ -153,8 +161,7 @@ class Service:
         await self.check_revocations()
         # the hot path (telemetry) stays on the event loop: a thread hop per request halves throughput
         hit = self.device_cache.get(h)
-        ctx = hit[0] if hit is not None and hit[1] > time.monotonic() else await run_in_threadpool(
-            self._lookup_device, h)
+        ctx = hit[0] if hit is not None and hit[1] > time.monotonic() else await self._lookup_device(h)
         if ctx is None or ctx.id != device_id:
             # only failures touch the limiter: a valid credential is never refused because its address (a NAT,
             # a gateway) is shared with a guesser
@@ -229,16 +236,15 @@ class Service:
             if report.feedback is not None else None,
         })
 
-    def _assigned(self, device_id: str) -> frozenset[str]:
-        with self.store.session() as s:
-            d = s.get(Device, device_id)
-            ds = s.get(DesiredState, device_id)
-            ids = {d.current_package_id, d.previous_package_id} if d is not None else set()
-            ids.add(ds.package_id if ds is not None else None)
-        allowed = frozenset(i for i in ids if i)
+    def _cache_assigned(self, device_id: str, allowed: frozenset[str], now: float) -> None:
         if len(self.assigned_cache) > 200_000:
             self.assigned_cache.clear()
-        self.assigned_cache[device_id] = (allowed, time.monotonic() + ASSIGNED_CACHE_TTL_S)
+        if allowed:  # positive answers only
+            self.assigned_cache[device_id] = (allowed, now + ASSIGNED_CACHE_TTL_S * random.uniform(0.5, 1.0))
+
+    def _assigned(self, device_id: str) -> frozenset[str]:
+        allowed = self.lookup.assigned(device_id)
+        self._cache_assigned(device_id, allowed, time.monotonic())
         return allowed
 
     async def may_report_for(self, device_id: str, package_id: str) -> bool:
