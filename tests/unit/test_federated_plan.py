@@ -148,3 +148,22 @@ def test_drift_retrain_strategy_federated_starts_the_federated_flow() -> None:
                         "options": {"rounds": 3, "strategy": "fedprox", "dp_epsilon": 8}}
     with pytest.raises(ValidationError, match="clients_per_round"):
         RetrainSection(strategy="federated", federated={"clients": 2, "clients_per_round": 3})
+
+
+def test_other_datasets_are_split_over_devices_with_label_skew(tmp_path: Path) -> None:
+    from tinymlops.config import load_pipeline
+    from tinymlops.learn.federated import build_federation
+    from tinymlops.train import prepare
+
+    cfg_file = tmp_path / "digits.yaml"
+    cfg_file.write_text("kind: pipeline\nproject: digits\nmlflow: {experiment: e, registered_model: m}\n"
+                        "dataset: {name: digits, seed: 1}\npreprocessing: {features: identity, normalize: standard}\n"
+                        "model: {arch: mlp, params: {hidden: [8]}}\n")
+    cfg = load_pipeline(cfg_file)
+    prep = prepare(cfg)
+    fed = build_federation(cfg, prep, FederatedOptions(clients=6, label_alpha=0.2, seed=2))
+    assert [c[1] for c in fed.clients] == ["all"] * 6 and set(fed.tests) == {"test"}
+    X, y = fed.pooled()
+    assert len(y) == len(prep.splits["train"].y) and X.shape[1] == prep.preprocessing.n_features
+    assert sorted(y.tolist()) == sorted(prep.splits["train"].y.tolist())  # every training sample on one device
+    assert "tensorflow" not in sys.modules

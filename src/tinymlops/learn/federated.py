@@ -87,7 +87,7 @@ class Federation:
 def build_federation(cfg: PipelineConfig, prep: Any, opts: FederatedOptions) -> Federation:
     """Give every device its local data: vibration cohorts from the generator, else a label-skewed split."""
     tests = {"test": (prep.features("test"), prep.splits["test"].y)}
-    if cfg.dataset.name == "vibration":
+    if cfg.dataset.source == "vibration":
         base = cfg.dataset.vibration
         clients = [(c.cid, c.cohort, transform(prep.preprocessing, c.X), c.y) for c in vibration_clients(base, opts)]
         for name, (X, y) in cohort_tests(base, opts.cohorts, COHORT_TEST_PER_CLASS, opts.seed).items():
@@ -100,7 +100,7 @@ def build_federation(cfg: PipelineConfig, prep: Any, opts: FederatedOptions) -> 
 
 
 class LocalTrainer:
-    """Local SGD of one Keras model shared by all clients (one at a time): Adam, reset per fit, optional prox."""
+    """Local training of one Keras model shared by all clients (one at a time): Adam reset per fit, optional prox."""
 
     def __init__(self, model: Any, learning_rate: float, batch_size: int) -> None:
         from tinymlops.tf import keras, tf
