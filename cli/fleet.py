@@ -516,8 +516,9 @@ def simulate(devices: Annotated[int, typer.Option("--devices", "-n", min=1, max=
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the main app (``package`` and ``agent`` live in ``cli/device.py``)."""
-    from cli import device, field
+    from cli import device, field, personalise
 
     field.register(fleet_app)  # consent, forget, field-data
+    personalise.register(fleet_app)  # on-device personalisation per cohort
     app.add_typer(fleet_app, name="fleet")
     device.register(app)

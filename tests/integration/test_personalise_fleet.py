@@ -122,3 +122,19 @@ def test_a_retrain_verdict_with_the_personalise_strategy_switches_the_drifted_co
     assert figures and any(f.kind != "none" for f in figures)
     n = sum(f.evaluated for f in figures)
     assert n and sum(f.correct_personal for f in figures) > sum(f.correct_base for f in figures)
+
+
+def test_operators_switch_cohorts_from_the_cli(fleet: Any) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    srv = ["--server", fleet["srv"].url, "--token", fleet["token"]]
+    r = CliRunner().invoke(app, ["fleet", "personalise", "own", "--reason", "line trial", "--json", *srv])
+    assert r.exit_code == 0 and json.loads(r.stdout)["enabled"] is True, r.output
+    r = CliRunner().invoke(app, ["fleet", "personalise", "own", "--off", "--json", *srv])
+    assert r.exit_code == 0 and json.loads(r.stdout)["enabled"] is False
+    listed = json.loads(CliRunner().invoke(app, ["fleet", "personalise", "--list", "--json", *srv]).stdout)
+    assert {c["cohort"]: c["enabled"] for c in listed}["own"] is False
+    bad = CliRunner().invoke(app, ["fleet", "personalise", *srv])
+    assert bad.exit_code == 2 and "COHORT" in bad.output

@@ -100,6 +100,14 @@ class OperatorClient:
         self.grant(package_id, updated)  # an encrypted package: only the assigned devices can decrypt it
         return updated
 
+    def set_personalise(self, cohort: str, enabled: bool, reason: str = "") -> dict[str, Any]:
+        """Switch a cohort's on-device personalisation (deploy token); return the setting."""
+        return self._call("PUT", f"/v1/cohorts/{cohort}/personalise", json={"enabled": enabled, "reason": reason})
+
+    def personalise_settings(self) -> list[dict[str, Any]]:
+        """Return the cohorts' personalisation switches (cohorts not listed are off)."""
+        return self._call("GET", "/v1/cohorts/personalise")
+
     def devices(self, cohort: str | None = None, target: str | None = None) -> list[dict[str, Any]]:
         params = {k: v for k, v in {"cohort": cohort, "target": target}.items() if v}
         return self._call("GET", "/v1/devices", params=params)
