@@ -28,8 +28,9 @@ def _print_firmware(fw: dict[str, Any]) -> None:
     if "instructions_per_inference" in fw:
         console.print(
             f"{fw['n_inputs']} test inputs on QEMU: class agreement with the TFLite interpreter "
-            f"{100 * fw['class_agreement']:.1f} %, int8 outputs max diff {fw['output_max_lsb_diff']} LSB "
-            f"({fw['outputs_off_by_1_lsb']} off by 1; vs TFLM's interpreter on this host "
+            f"{100 * fw['class_agreement']:.1f} %, int8 outputs max diff {fw['output_max_lsb_diff']} LSB vs its "
+            f"reference kernels ({fw['outputs_off_by_1_lsb']} off by 1), {fw['optimized_max_lsb_diff']} LSB vs its "
+            f"optimized kernels ({fw['rounding']}-rounding TFLM; stock TFLM's interpreter on this host "
             f"{fw['tflm_host_max_lsb_diff']} LSB), device-quantised inputs max diff "
             f"{fw['input_max_lsb_diff']} LSB; accuracy {100 * fw['device_accuracy']:.1f} %\n"
             f"instructions per inference {fw['instructions_per_inference']:,} (+ pre-processing "

@@ -80,9 +80,10 @@ def test_export_build_run_on_cortex_m4_matches_tflite(int8_version: str, tmp_pat
     # the test split of 60 windows per class x 4 classes x 0.2 = 48 windows, all run on the device
     assert fw["machine"] == "mps2-an386" and fw["n_inputs"] == 48
     assert fw["class_agreement"] == 1.0
-    assert fw["output_max_lsb_diff"] <= 1
-    # and exactly TFLM's own interpreter on this host (the firmware adds no error of its own)
-    assert fw["tflm_host_max_lsb_diff"] == 0
+    # within 1 LSB of TFLite's reference kernels (the bar) and of its optimized kernels: the TFLM library is built
+    # with TFLite's single-rounding requantisation (stock TFLM's double rounding was 7-10 LSB off after SOFTMAX)
+    assert fw["rounding"] == "single"
+    assert fw["output_max_lsb_diff"] <= 1 and fw["optimized_max_lsb_diff"] <= 1
     # the device's own pre-processing + quantisation lands on the same int8 input as Python's (float32 vs 64)
     assert fw["input_max_lsb_diff"] <= 1
     assert fw["device_accuracy"] == fw["tflite_accuracy"]

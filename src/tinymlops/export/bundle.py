@@ -141,7 +141,7 @@ def render_sources(src: ExportSource, target: Any, info: ModelInfo, arena_bytes:
         "in_scale": f"{info.input.scale:.9e}", "in_zp": info.input.zero_point,
         "out_scale": f"{info.output.scale:.9e}", "out_zp": info.output.zero_point,
         "labels": ", ".join(_c_string(x) for x in labels), "ops_list": ", ".join(info.ops),
-        "n_ops": len(info.ops), "pp_work_floats": work_floats,
+        "n_ops": max(1, len(info.ops)), "pp_work_floats": work_floats,
         "features_floats": features_floats,
         "resolver_adds": "\n".join(f"  if (resolver->{resolver_method(op)}() != kTfLiteOk) return -1;"
                                    for op in info.ops),

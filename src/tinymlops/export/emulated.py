@@ -86,7 +86,8 @@ def _cache_file(model: Path, core: str, kernels: str, tflm: Path) -> Path:
     # the firmware's own sources are part of the key: changed startup/harness code invalidates cached figures
     ours = b"".join(f.read_bytes() for f in sorted(resources.files("tinymlops.export").joinpath("c").iterdir(),
                                                       key=lambda f: f.name) if f.is_file())
-    h = hashlib.sha256(model.read_bytes() + ours + f"\n{core}\n{kernels}\n{tflm}".encode()).hexdigest()[:24]
+    key = f"\n{core}\n{kernels}\n{tflm}\nsingle-rounding"   # the library's requantisation (toolchain.py)
+    h = hashlib.sha256(model.read_bytes() + ours + key.encode()).hexdigest()[:24]
     return cache_root() / "firmware" / f"{h}.json"
 
 

@@ -59,9 +59,9 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
         raise TinyMLOpsError(f"{what} failed: {(res.stderr or res.stdout).strip()[-800:]}")
 
 
-def parse_map(text: str) -> dict[str, dict[str, int]]:
-    """Return bytes per (output section -> component) from a GNU ld map file's input-section lines."""
-    sizes: dict[str, dict[str, int]] = {}
+def map_input_sections(text: str) -> list[tuple[str, str, str, int]]:
+    """Return (output section, input section, object, bytes) for every input-section line of a GNU ld map file."""
+    out: list[tuple[str, str, str, int]] = []
     out_sec = ""
     pending = ""
     line_re = re.compile(r"^\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+(\S.*)$")
@@ -82,6 +82,14 @@ def parse_map(text: str) -> dict[str, dict[str, int]]:
             pending = ""
             continue
         pending = ""
+        out.append((out_sec, in_sec, obj.strip(), size))
+    return out
+
+
+def parse_map(text: str) -> dict[str, dict[str, int]]:
+    """Return bytes per (output section -> component) from a GNU ld map file's input-section lines."""
+    sizes: dict[str, dict[str, int]] = {}
+    for out_sec, in_sec, obj, size in map_input_sections(text):
         comp = next((name for name, rx in COMPONENTS if rx.search(f"{in_sec} {obj}")), "app")
         sec = sizes.setdefault(out_sec, {})
         sec[comp] = sec.get(comp, 0) + size
@@ -117,9 +125,12 @@ def write_board_files(work: Path, emu: Emulated) -> tuple[Path, Path]:
     return work / "fw_startup.c", work / "link.ld"
 
 
-def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated, jobs: int = 2) -> FirmwareBuild:
-    """Compile the bundle + harness + startup for the board (``jobs`` at a time) and link them with TFLM's library."""
-    t0 = time.monotonic()
+def compile_objects(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated, jobs: int = 2,
+                    only: tuple[str, ...] = ()) -> list[Path]:
+    """Compile the bundle + harness + startup for the board (``jobs`` at a time); return the objects.
+
+    ``only``: compile just these source names (the others' objects must exist from an earlier call).
+    """
     write_board_files(work, emu)
     (work / "fw_main.cc").write_text(c_source("fw_main.cc.in"))
     arch = arch_flags(emu)
@@ -130,11 +141,20 @@ def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated,
     cmds += [(["arm-none-eabi-g++", *lib.cxxflags, *arch, "-O2", *inc, "-c", str(f), "-o",
                str(work / (f.stem + ".o"))], f)
              for f in (bundle_src / "tm_model.cc", bundle_src / "tm_model_data.cc", work / "fw_main.cc")]
+    todo = [c for c in cmds if not only or c[1].name in only]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(lambda c: _run(c[0], work, f"compiling {c[1].name}"), cmds))
-    objs = [cmd[-1] for cmd, _ in cmds]
+        list(pool.map(lambda c: _run(c[0], work, f"compiling {c[1].name}"), todo))
+    return [Path(cmd[-1]) for cmd, _ in cmds]
+
+
+def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated, jobs: int = 2,
+                  only: tuple[str, ...] = (), extra_objects: tuple[Path, ...] = ()) -> FirmwareBuild:
+    """Compile (see :func:`compile_objects`) and link the firmware with TFLM's library; measure what it holds."""
+    t0 = time.monotonic()
+    objs = [*compile_objects(bundle_src, work, lib, emu, jobs, only), *extra_objects]
+    arch = arch_flags(emu)
     elf = work / "firmware.elf"
-    _run(["arm-none-eabi-g++", *arch, *LINK_FLAGS, f"-Wl,-Map={work / 'firmware.map'}", "-T", str(work / "link.ld"), *objs,
+    _run(["arm-none-eabi-g++", *arch, *LINK_FLAGS, f"-Wl,-Map={work / 'firmware.map'}", "-T", str(work / "link.ld"), *map(str, objs),
           str(lib.lib_path), "-lm", "-o", str(elf)], work, "linking the firmware")
     by_sec = parse_map((work / "firmware.map").read_text())
     flash: dict[str, int] = {}

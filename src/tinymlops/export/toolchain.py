@@ -1,8 +1,16 @@
 """Cortex-M toolchain, TFLM tree and QEMU: find them, build the TFLM library once per (core, kernels) and cache it.
 
 The library is built with TFLM's own Makefile (``cortex_m_generic``) into a cache directory outside the TFLM tree
-(``BASE_GENDIR``), keyed by the tree's path, the compiler version, the architecture and the kernels, so a user's
-read-only tree works and a second firmware for the same core links in seconds.
+(``BASE_GENDIR``), keyed by the tree's path, the compiler version, the architecture, the kernels and the
+requantisation rounding, so a user's read-only tree works and a second firmware for the same core links in seconds.
+
+Rounding: TFLM and CMSIS-NN requantise int8 accumulators by default in two roundings (gemmlowp's
+``SaturatingRoundingDoublingHighMul`` then ``RoundingDivideByPOT``); the TFLite interpreter the pipeline evaluates
+variants with (the LiteRT wheel) rounds once (``TFLITE_SINGLE_ROUNDING``). The two differ by 1 LSB on some
+intermediate activations, and a final SOFTMAX whose input scale is coarse amplifies that to several LSB of the
+output (10 LSB measured on the demo MLP). Both libraries have a compile-time switch for TFLite's arithmetic
+(``TFLITE_SINGLE_ROUNDING=1``, ``CMSIS_NN_USE_SINGLE_ROUNDING``): firmware is built with it by default, so the
+device computes what the evaluated variant computed (docs/mcu.md).
 """
 
 from __future__ import annotations
@@ -69,6 +77,11 @@ def kernels_for(runtime: str) -> str:
     return "cmsis_nn" if runtime in ("tflm-cmsis-nn", "x-cube-ai", "vendor-optimized") else ""
 
 
+#: requantisation rounding of the library: "single" = the TFLite interpreter's (default), "double" = stock TFLM
+ROUNDINGS = ("single", "double")
+_SINGLE_ROUNDING_DEFINES = "-DTFLITE_SINGLE_ROUNDING=1 -DCMSIS_NN_USE_SINGLE_ROUNDING"
+
+
 def cache_root() -> Path:
     """Return the cache for built libraries: ``$TINYMLOPS_CACHE_DIR``, else ``~/.cache/tinymlops``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tinymlops")
@@ -113,10 +126,18 @@ class TflmLibrary:
     includes: list[str]
     build_seconds: float
     cached: bool
+    rounding: str = "single"
 
 
-def _make_cmd(tflm: Path, emu: Emulated, kernels: str, gendir: Path) -> list[str]:
-    cmd = ["make", "-f", MAKEFILE, "TARGET=cortex_m_generic", f"TARGET_ARCH={emu.target_arch}", "TOOLCHAIN=gcc",
+def _make_cmd(tflm: Path, emu: Emulated, kernels: str, gendir: Path, rounding: str) -> list[str]:
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding {rounding!r}: expected one of {ROUNDINGS}")
+    cmd = ["make", "-f", MAKEFILE]
+    if rounding == "single":  # read after TFLM's Makefile: its recipes expand CXXFLAGS/CCFLAGS when they run
+        mk = gendir.parent / "single_rounding.mk"
+        mk.write_text(f"CXXFLAGS += {_SINGLE_ROUNDING_DEFINES}\nCCFLAGS += {_SINGLE_ROUNDING_DEFINES}\n")
+        cmd += ["-f", str(mk)]
+    cmd += ["TARGET=cortex_m_generic", f"TARGET_ARCH={emu.target_arch}", "TOOLCHAIN=gcc",
            "TARGET_TOOLCHAIN_ROOT=" + str(Path(shutil.which("arm-none-eabi-gcc") or "/usr/bin/x").parent) + "/",
            "BUILD_TYPE=release_with_logs", f"BASE_GENDIR={gendir}"]
     if kernels:
@@ -131,25 +152,27 @@ def _make_env() -> dict[str, str]:
     return env
 
 
-def library_dir(tflm: Path, emu: Emulated, kernels: str) -> Path:
-    """Return the cache directory of the library for (tree, compiler, core, kernels)."""
+def library_dir(tflm: Path, emu: Emulated, kernels: str, rounding: str = "single") -> Path:
+    """Return the cache directory of the library for (tree, compiler, core, kernels, rounding)."""
     key = hashlib.sha256(f"{tflm}\n{_compiler_version()}".encode()).hexdigest()[:10]
-    return cache_root() / "tflm-lib" / f"{emu.target_arch}_{kernels or 'reference'}_{key}"
+    suffix = "" if rounding == "double" else f"_{rounding}-rounding"   # "double": stock TFLM, the original name
+    return cache_root() / "tflm-lib" / f"{emu.target_arch}_{kernels or 'reference'}{suffix}_{key}"
 
 
-def build_flags(tflm: Path, emu: Emulated, kernels: str) -> dict[str, str]:
+def build_flags(tflm: Path, emu: Emulated, kernels: str, rounding: str = "single") -> dict[str, str]:
     """Ask TFLM's Makefile (parsing only, seconds) for CXXFLAGS, CCFLAGS, INCLUDES and the library path (LIB).
 
     Raises:
         TinyMLOpsError: the Makefile refused the configuration (e.g. an unsupported TARGET_ARCH), with its message.
     """
-    gendir = library_dir(tflm, emu, kernels) / "gen"
+    gendir = library_dir(tflm, emu, kernels, rounding) / "gen"
     gendir.parent.mkdir(parents=True, exist_ok=True)
-    base = _make_cmd(tflm, emu, kernels, gendir)
+    base = _make_cmd(tflm, emu, kernels, gendir, rounding)
     flags_mk = gendir.parent / "print_flags.mk"
     flags_mk.write_text("print_build_flags:\n\t@echo \"CXXFLAGS=$(CXXFLAGS)\"\n\t@echo \"CCFLAGS=$(CCFLAGS)\"\n"
                         "\t@echo \"INCLUDES=$(INCLUDES)\"\n\t@echo \"LIB=$(MICROLITE_LIB_PATH)\"\n")
-    out = subprocess.run([*base[:3], "-f", str(flags_mk), *base[3:], "print_build_flags"], cwd=tflm,
+    n_mk = 2 * base.count("-f") + 1      # "make" and every "-f FILE"
+    out = subprocess.run([*base[:n_mk], "-f", str(flags_mk), *base[n_mk:], "print_build_flags"], cwd=tflm,
                          capture_output=True, text=True, env=_make_env(), check=False)
     vals = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line and line.split("=")[0]
                 in ("CXXFLAGS", "CCFLAGS", "INCLUDES", "LIB"))
@@ -159,15 +182,17 @@ def build_flags(tflm: Path, emu: Emulated, kernels: str) -> dict[str, str]:
 
 
 def build_library(tflm: Path, emu: Emulated, kernels: str, jobs: int = 2,
-                  log: Callable[[str], None] | None = None) -> TflmLibrary:
+                  log: Callable[[str], None] | None = None, rounding: str = "single") -> TflmLibrary:
     """Build (or reuse) TFLM's ``libtensorflow-microlite.a`` for a core and kernels; return it with its flags.
+
+    ``rounding`` "single" (default) builds TFLite's requantisation arithmetic, "double" stock TFLM's (see above).
 
     Raises:
         TinyMLOpsError: the TFLM build failed (the last lines of its output are in the message).
     """
-    gendir = library_dir(tflm, emu, kernels) / "gen"
-    base = _make_cmd(tflm, emu, kernels, gendir)
-    vals = build_flags(tflm, emu, kernels)
+    gendir = library_dir(tflm, emu, kernels, rounding) / "gen"
+    base = _make_cmd(tflm, emu, kernels, gendir, rounding)
+    vals = build_flags(tflm, emu, kernels, rounding)
     lib = Path(vals["LIB"])
     lib = lib if lib.is_absolute() else tflm / lib
     stamp = gendir.parent / "built.ok"
@@ -175,7 +200,8 @@ def build_library(tflm: Path, emu: Emulated, kernels: str, jobs: int = 2,
     cached = stamp.is_file() and lib.is_file()
     if not cached:
         if log:
-            log(f"building the TFLM library for {emu.target_arch} ({kernels or 'reference'} kernels) once: "
+            log(f"building the TFLM library for {emu.target_arch} ({kernels or 'reference'} kernels, {rounding} "
+                "rounding) once: "
                 f"~5 min at -j{jobs}; cached in {gendir.parent}")
         res = subprocess.run([*base, f"-j{jobs}", "microlite"], cwd=tflm, capture_output=True, text=True,
                              env=_make_env(), check=False)
@@ -185,7 +211,7 @@ def build_library(tflm: Path, emu: Emulated, kernels: str, jobs: int = 2,
     includes = [f if not f.startswith("-I") or f[2:].startswith("/") else "-I" + str(tflm / f[2:])
                 for f in vals["INCLUDES"].split()]
     return TflmLibrary(tflm, lib, _split_flags(vals["CXXFLAGS"]), _split_flags(vals["CCFLAGS"]), includes,
-                       time.monotonic() - t0, cached)
+                       time.monotonic() - t0, cached, rounding)
 
 
 def _split_flags(flags: str) -> list[str]:

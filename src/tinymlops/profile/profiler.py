@@ -17,9 +17,9 @@ from typing import Any
 
 from tinymlops.errors import ModelFormatError, RuntimeCrash
 from tinymlops.profile import arena as arena_mod
-from tinymlops.profile import costmodel
+from tinymlops.profile import costmodel, firmware_size
 from tinymlops.profile.graph import MAC_KINDS, Graph, load_graph
-from tinymlops.profile.targets import TargetConfig
+from tinymlops.profile.targets import MCU_CORES, TargetConfig
 
 #: builtin ops of TFLite Micro's op resolver (tflite-micro ``micro_mutable_op_resolver.h``, 2026)
 TFLM_OPS = frozenset(["ABS", "ADD", "ADD_N", "ARG_MAX", "ARG_MIN", "ASSIGN_VARIABLE", "AVERAGE_POOL_2D", "BATCH_MATMUL", "BATCH_TO_SPACE_ND", "BROADCAST_ARGS", "BROADCAST_TO", "CALL_ONCE", "CAST", "CEIL", "CONCATENATION", "CONV_2D", "COS", "CUMSUM", "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "DIV", "ELU", "EMBEDDING_LOOKUP", "EQUAL", "EXP", "EXPAND_DIMS", "FILL", "FLOOR", "FLOOR_DIV", "FLOOR_MOD", "FULLY_CONNECTED", "GATHER", "GATHER_ND", "GREATER", "GREATER_EQUAL", "HARD_SWISH", "IF", "L2_NORMALIZATION", "L2_POOL_2D", "LEAKY_RELU", "LESS", "LESS_EQUAL", "LOG", "LOGICAL_AND", "LOGICAL_NOT", "LOGICAL_OR", "LOGISTIC", "LOG_SOFTMAX", "MAXIMUM", "MAX_POOL_2D", "MEAN", "MINIMUM", "MIRROR_PAD", "MUL", "NEG", "NOT_EQUAL", "PACK", "PAD", "PADV2", "PRELU", "QUANTIZE", "READ_VARIABLE", "REDUCE_MAX", "RELU", "RELU6", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "ROUND", "RSQRT", "SELECT_V2", "SHAPE", "SIN", "SLICE", "SOFTMAX", "SPACE_TO_BATCH_ND", "SPACE_TO_DEPTH", "SPLIT", "SPLIT_V", "SQRT", "SQUARE", "SQUARED_DIFFERENCE", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "SVDF", "TANH", "TRANSPOSE", "TRANSPOSE_CONV", "UNIDIRECTIONAL_SEQUENCE_LSTM", "UNPACK", "VAR_HANDLE", "WHILE", "ZEROS_LIKE"])
@@ -301,6 +301,14 @@ def profile_model(path: str | Path, target: TargetConfig, cache: ProfileCache | 
         _measure_tflm(p, st, rt, cache, fig)
     fig.peak_ram_bytes = fig.arena_bytes + target.ram_overhead_bytes
     fig.flash_bytes = st.model_bytes + target.flash_overhead_bytes
+    fw = _firmware_size(st, target, fig.arena_bytes)
+    # TFLM on a microcontroller: measured base + per-op sizes (profile/firmware_size.py); a YAML's runtime_*_bytes wins
+    if fw is not None and target.runtime_flash_bytes is None:
+        fig.flash_bytes = fw.flash_bytes
+        fig.sources["flash_bytes"] = fw.method
+        fig.notes.extend(fw.notes)
+    if fw is not None and target.runtime_ram_bytes is None:
+        fig.peak_ram_bytes = fw.ram_bytes
     if st.format == "tflite" and not fig.reasons:  # `emulator: qemu` targets: figures of the linked firmware
         from tinymlops.export.emulated import measure_emulated
 
@@ -312,9 +320,19 @@ def profile_model(path: str | Path, target: TargetConfig, cache: ProfileCache | 
     return _result(p, st, target, est, arena_est, fig, layers)
 
 
+def _firmware_size(st: StaticAnalysis, target: TargetConfig, arena_bytes: int) -> firmware_size.FirmwareSize | None:
+    """Return the per-op firmware size estimate for a TFLM microcontroller target (None otherwise)."""
+    if st.format != "tflite" or target.core not in MCU_CORES:
+        return None
+    g = st.graph
+    arena = firmware_size.device_arena_bytes(arena_bytes, len(g.tensors), len(g.ops), len(set(g.inputs) | set(g.outputs)))
+    return firmware_size.estimate(st.op_types, st.model_bytes, target.core, target.runtime, arena)
+
+
 def _result(p: Path, st: StaticAnalysis, target: TargetConfig, est: costmodel.Estimate, arena_est: int,
             fig: _Figures, layers: bool) -> dict[str, Any]:
     """Judge fit (RAM, flash, latency SLO) and assemble the JSON contract."""
+    fw_est = _firmware_size(st, target, arena_est)
     latency_ms, peak_ram, flash, reasons = fig.latency_ms, fig.peak_ram_bytes, fig.flash_bytes, fig.reasons
     fits_ram = peak_ram <= target.sram_bytes
     fits_flash = flash <= target.flash_bytes
@@ -336,8 +354,10 @@ def _result(p: Path, st: StaticAnalysis, target: TargetConfig, est: costmodel.Es
         "reasons": reasons, "notes": fig.notes, "sources": fig.sources,
         "estimated": {"latency_ms": round(est.latency_ms, 6), "energy_uj": round(est.energy_uj, 4),
                       "cycles": int(est.cycles), "arena_bytes": int(arena_est),
-                      "peak_ram_bytes": int(arena_est + target.ram_overhead_bytes),
-                      "flash_bytes": int(st.model_bytes + target.flash_overhead_bytes),
+                      "peak_ram_bytes": int(arena_est + target.ram_overhead_bytes if fw_est is None
+                                            or target.runtime_ram_bytes is not None else fw_est.ram_bytes),
+                      "flash_bytes": int(st.model_bytes + target.flash_overhead_bytes if fw_est is None
+                                         or target.runtime_flash_bytes is not None else fw_est.flash_bytes),
                       "latency_ms_by_kind": {k: round(v, 6) for k, v in est.per_kind_ms.items()},
                       "method": "per-op-kind cost model (tinymlops.profile.costmodel)"},
         "static": st.summary(layers),
