@@ -156,9 +156,6 @@ def test_only_consented_samples_leave_devices_and_forget_removes_them(fleet: dic
     # the exported windows are windows the device read, with their true labels
     known = {np.float32(w[0, 0]).item(): int(lbl) for w, lbl in zip(X, y, strict=True)}
     assert all(known[np.float32(x[0]).item()] == lbl for x, lbl in zip(df["x"], df["label"], strict=True))
-    again = json.loads(_cli(fleet, "field-data", "export", "--db", fleet["db"], "--out", str(out), "--json",
-                            "--no-lineage").stdout)
-    assert again["version"] == exp["version"]  # same batches, same dataset version
 
     from tinymlops import registry
 

@@ -27,6 +27,9 @@ def test_central_with_field_data_starts_the_field_retrain_flow():
     assert p.strategy == "central" and p.entrypoint == "flows.retrain:field_retrain_flow"
     assert p.params == {"model": "m", "drift_config": "configs/drift.yaml", "store_url": "sqlite:///x.db"}
     assert p.deployment is None
+    module, func = p.entrypoint.split(":")
+    flow = getattr(__import__(module, fromlist=[func]), func)  # what the subprocess/inline start imports
+    assert flow.name == "field-retrain" and set(p.params) <= set(flow.parameters.properties)
 
 
 def test_central_without_field_data_reruns_the_pipeline():
