@@ -203,3 +203,27 @@ def test_sealed_plaintext_is_bounded_before_allocation() -> None:
     forged = {**statement, "statement_b64": base64.b64encode(json.dumps({**doc, "key_id": "0" * 16}).encode()).decode()}
     with pytest.raises(field_seal.SealError, match="not signed"):
         field_seal.verify_statement(forged, [signer.public_key()])
+
+
+def test_export_pages_through_the_service(fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinymlops.fleet import field_export
+    from tinymlops.fleet.service import routes_field
+
+    c = fleet.client
+    g = c.put("/v1/devices/d1/field-consent", json={"grant": True}, headers=_h(fleet.op)).json()
+    for seq in (1, 2, 3):
+        c.post("/v1/devices/d1/field-samples", json=_batch(fleet, "d1", g["consent_id"], seq),
+               headers=_h(fleet.creds["d1"]))
+    assert c.get("/v1/field-batches?limit=51", headers=_h(fleet.reader)).status_code == 422
+    assert len(c.get("/v1/field-batches?limit=2", headers=_h(fleet.reader)).json()) == 2
+    calls = []
+
+    class Server:  # the OperatorClient surface collect() uses, on the in-process service
+        def _call(self, method: str, path: str, params: dict) -> Any:
+            calls.append(params["after_id"])
+            return c.get(path, params={**params, "limit": 2}, headers=_h(fleet.reader)).json()
+
+    monkeypatch.setattr(field_seal, "field_key", lambda _d=None: fleet.fkey)
+    data = field_export.collect(server=Server())
+    assert len(data) == 12 and len(calls) == 3 and calls[0] == 0  # pages of 2, 1, then an empty page
+    assert routes_field.MAX_BATCHES_PER_PAGE == 50

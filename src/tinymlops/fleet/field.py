@@ -296,16 +296,17 @@ def forgets(st: Store) -> list[dict[str, Any]]:
         return [_forget_dict(f) for f in s.scalars(select(FieldForget).order_by(FieldForget.at_unix_s.desc()))]
 
 
-def batches(st: Store, cohort: str | None = None, since: float | None = None,
-            limit: int = 100000) -> list[dict[str, Any]]:
+def batches(st: Store, cohort: str | None = None, since: float | None = None, limit: int = 100000,
+            after_id: int = 0) -> list[dict[str, Any]]:
     """Return stored batches (ciphertext base64) in upload order, excluding forgotten devices and expired batches.
 
-    Batches of a device forgotten after they were received are gone already; those received after a forget
-    (a new consent) are included: the forget covered the data held at that time.
+    ``after_id``/``limit`` page through them (ids ascend). Batches of a device forgotten after they were received
+    are gone already; those received after a forget (a new consent) are included: the forget covered the data
+    held at that time.
     """
     prune(st)
     with st.session() as s:
-        q = select(FieldBatch).order_by(FieldBatch.id).limit(limit)
+        q = select(FieldBatch).where(FieldBatch.id > after_id).order_by(FieldBatch.id).limit(limit)
         if cohort:
             q = q.where(FieldBatch.cohort == cohort)
         if since is not None:

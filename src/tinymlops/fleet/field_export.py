@@ -84,7 +84,10 @@ def collect(st: Any = None, server: Any = None, cohort: str | None = None, since
     """
     if server is not None:
         params: dict[str, Any] = {k: v for k, v in (("cohort", cohort), ("since", since_unix_s)) if v is not None}
-        batches = server._call("GET", "/v1/field-batches", params={**params, "limit": 100000})
+        batches, after = [], 0
+        while page := server._call("GET", "/v1/field-batches", params={**params, "after_id": after}):
+            batches.extend(page)
+            after = int(page[-1]["id"])
     else:
         from tinymlops.fleet import field
 

@@ -20,6 +20,7 @@ from tinymlops.fleet.store import OperatorToken
 
 router = APIRouter(tags=["field data"])
 _B64_MAX = (field_seal.MAX_CIPHERTEXT_BYTES + 2) // 3 * 4
+MAX_BATCHES_PER_PAGE = 50  # <= ~70 MB of base64 per answer at the largest batch size
 
 
 class KeyStatement(Wire):
@@ -137,6 +138,8 @@ def list_forgets(svc: ServiceDep) -> list[dict[str, Any]]:
 @router.get("/v1/field-batches", dependencies=[Operator])
 def list_batches(svc: ServiceDep, cohort: Annotated[str | None, Query(max_length=64)] = None,
                  since: Annotated[float | None, Query(ge=0)] = None,
-                 limit: Annotated[int, Query(ge=1, le=100000)] = 10000) -> list[dict[str, Any]]:
-    """Return sealed batches (ciphertext) for export on the registry host, oldest first."""
-    return field.batches(svc.store, cohort, since, limit)
+                 after_id: Annotated[int, Query(ge=0)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=MAX_BATCHES_PER_PAGE)] = MAX_BATCHES_PER_PAGE
+                 ) -> list[dict[str, Any]]:
+    """Return a page of sealed batches (ciphertext) for export on the registry host, oldest first (``after_id``)."""
+    return field.batches(svc.store, cohort, since, limit, after_id)
