@@ -227,3 +227,21 @@ def test_export_pages_through_the_service(fleet, monkeypatch: pytest.MonkeyPatch
     data = field_export.collect(server=Server())
     assert len(data) == 12 and len(calls) == 3 and calls[0] == 0  # pages of 2, 1, then an empty page
     assert routes_field.MAX_BATCHES_PER_PAGE == 50
+
+
+@pytest.mark.parametrize("answer", [[], "x", {"consent": "yes"}, {"consent": {"consent_id": 5}},
+                                    {"consent": {"consent_id": "a" * 16}},  # no key statement
+                                    {"consent": {"consent_id": "a" * 16}, "key_statement": {"statement_b64": "!"}}])
+def test_hostile_consent_answers_leave_the_hook_idle(tmp_path: Path, answer: Any) -> None:
+    hook = FieldHook(tmp_path, "d1")
+
+    class Agent:
+        device_path, keyset = "/v1/devices/d1", SimpleNamespace(trusted=lambda: [])
+
+        async def _get_json(self, path: str, max_bytes: int) -> Any:
+            return answer
+
+    asyncio.run(hook.sync(Agent()))  # logged, never raised
+    hook.add(np.zeros(4), 1, 0)
+    hook.close_window()
+    assert not hook.active and hook.samples == [] and hook.queue == []
