@@ -91,12 +91,21 @@ def main() -> None:
                      acc(predict_file(out / f, xt))))
     src = T.FloatSource(out / "marked.h5", out / "fp32.onnx", x, y, xv, yv, cfg.train.batch_size,
                         cfg.train.learning_rate, cfg.train.seed)
+    # the compress stage with ip.watermark: fine-tuning replays the trigger set as training mixed it in
+    replayed = T.FloatSource(out / "marked.h5", out / "fp32.onnx", x, y, xv, yv, cfg.train.batch_size,
+                             cfg.train.learning_rate, cfg.train.seed,
+                             replay=(np.concatenate([wm.inputs] * 8), np.concatenate([wm.labels] * 8)))
+    fine_tuned = (Prune, Cluster, QatInt8, PruneClusterQat)
     for spec in (PtqInt8(technique="ptq-int8"), Fp16(technique="fp16"), Prune(technique="prune"),
                  Cluster(technique="cluster"), QatInt8(technique="qat-int8"),
                  PruneClusterQat(technique="prune-cluster-qat"), OnnxInt8(technique="onnx-int8")):
-        built = T.build(spec, src, out)
-        rows.append((spec.technique, verdict(wm, predict_file(built.path, wm.inputs), "white-box", spec.technique),
-                     acc(predict_file(built.path, xt))))
+        runs = [("", src), (" +replay", replayed)] if isinstance(spec, fine_tuned) else [("", src)]
+        for suffix, source in runs:
+            built = T.build(spec.model_copy(update={"name": spec.technique + suffix.replace(" +", "-")}), source, out)
+            rows.append((spec.technique + (" clean fine-tuning" if suffix == "" and isinstance(spec, fine_tuned)
+                                           else suffix),
+                         verdict(wm, predict_file(built.path, wm.inputs), "white-box", spec.technique),
+                         acc(predict_file(built.path, xt))))
     rng = np.random.default_rng(1)
     idx = rng.choice(len(x), len(x) // 10, replace=False)
     for lr in (cfg.train.learning_rate, cfg.train.learning_rate / 3):
@@ -108,7 +117,9 @@ def main() -> None:
     print(f"{'variant':34s} {'matches':>8s} {'p-value':>10s} {'verified':>9s} {'accuracy':>9s}")
     for name, v, ac in rows:
         print(f"{name:34s} {v.matches:5d}/{v.triggers} {v.p_value:10.2e} {str(v.verified):>9s} {100 * ac:8.2f}%")
-    print(f"verified (p < 1e-6): {sum(v.verified for _, v, _ in rows)}/{len(rows)}")
+    print(f"verified (p < 1e-6): {sum(v.verified for _, v, _ in rows)}/{len(rows)}; what the compress stage "
+          f"registers (replayed fine-tuning): {sum(v.verified for n, v, _ in rows if 'clean' not in n)}/"
+          f"{sum('clean' not in n for n, _, _ in rows)}")
 
     t0 = time.perf_counter()
     claims, worst = 0, 1.0
@@ -119,31 +130,45 @@ def main() -> None:
     print(f"false claims on {a.independent} independently trained models: {claims} (smallest p-value {worst:.2e})"
           f"  [{time.perf_counter() - t0:.0f} s]")
 
-    print(f"\n== fingerprints ({a.devices} devices, 48 int8 weights each, ptq-int8 variant; pattern redrawn until "
-          "the copy answers 2,000 training inputs exactly like the base)")
+    # the reference sample the train stage logs: up to 2,000 training rows (before augmentation)
+    x_ref = prep.features("train")
+    x_ref = x_ref[np.sort(np.random.default_rng(0).choice(len(x_ref), min(2000, len(x_ref)), replace=False))]
+    print(f"\n== fingerprints ({a.devices} devices, 48 int8 weights each, ptq-int8 variant; {len(x_ref)} reference "
+          f"inputs; redrawn until no reference answer flips or comes within {fp.MARGIN_FACTOR:g}x the output change "
+          "of a flip)")
     base = (out / "ptq-int8.tflite").read_bytes()
     key, devices = os.urandom(32), [f"device-{i:03d}" for i in range(a.devices)]
     tensors = fp.int8_tensors(base)
     pool, sha = fp._pool(base, tensors), hashlib.sha256(base).hexdigest()
-    check = fp._predictor(x[np.random.default_rng(0).choice(len(x), min(2000, len(x)), replace=False)])
-    check_labels = check(base)
-    attempts = {d: fp.choose_attempt(base, key, d, 48, check, check_labels) for d in devices}
-    base_acc, traced, deltas, margins = acc(predict_file(out / "ptq-int8.tflite", xt)), 0, [], []
-    for d in devices:
-        leak = fp.apply(base, key, d, 48, attempts[d])
-        assert len(leak) == len(base)
-        scores = fp.score_devices(fp._aligned_pool(leak, tensors, d), pool, key, sha, attempts, 48)
-        ranked = sorted(scores, key=scores.__getitem__, reverse=True)
-        traced += ranked[0] == d and scores[d] >= fp.MATCH_MIN
-        margins.append(scores[ranked[0]] - scores[ranked[1]])
-        (out / "leak.tflite").write_bytes(leak)
-        deltas.append(acc(predict_file(out / "leak.tflite", xt)) - base_acc)
-    dl = 100 * np.abs(np.asarray(deltas))
-    print(f"traced to the right device: {traced}/{len(devices)} ({100 * traced / len(devices):.0f} %), smallest "
-          f"score margin to the runner-up {min(margins):.2f}; file size unchanged (same graph and arena)")
-    print(f"redraws needed: {sum(v > 0 for v in attempts.values())} devices; test-split accuracy change over "
-          f"{len(devices)} devices: max |delta| {dl.max():.2f} pt, mean |delta| {dl.mean():.3f} pt, "
-          f"devices within 0.1 pt {int((dl <= 0.1).sum())}/{len(devices)} (one test sample = {100 / len(yt):.2f} pt)")
+    check, test = fp._predictor(x_ref), fp._predictor(xt)
+    check_out, test_out = check(base), test(base)
+    base_acc = float((test_out.argmax(1) == yt).mean())
+    t0 = time.perf_counter()
+    quiet = fp.quiet_candidates(base, x_ref, 48)
+    print(f"quiet weights (lowest input activity): {len(quiet) if quiet is not None else len(pool)} of {len(pool)}"
+          f"  [{time.perf_counter() - t0:.1f} s]")
+    for label, cand in (("every int8 weight", None), ("quietest quarter (shipped)", quiet)):
+        t0 = time.perf_counter()
+        attempts = {d: fp.choose_attempt(base, key, d, 48, check, check_out, cand) for d in devices}
+        traced, deltas, margins, bounds, moved = 0, [], [], [], 0
+        for d in devices:
+            leak = fp.apply(base, key, d, 48, attempts[d], cand)
+            assert len(leak) == len(base)
+            scores = fp.score_devices(fp._aligned_pool(leak, tensors, d), pool, key, sha, attempts, 48, cand)
+            ranked = sorted(scores, key=scores.__getitem__, reverse=True)
+            traced += ranked[0] == d and scores[d] >= fp.MATCH_MIN
+            margins.append(scores[ranked[0]] - scores[ranked[1]])
+            leak_out = test(leak)
+            deltas.append(float((leak_out.argmax(1) == yt).mean()) - base_acc)
+            moved += int(np.count_nonzero(leak_out.argmax(1) != test_out.argmax(1)))
+            bounds.append(fp.change(check_out, check(leak))[2])
+        dl = 100 * np.abs(np.asarray(deltas))
+        print(f"{label}: traced {traced}/{len(devices)} ({100 * traced / len(devices):.0f} %), smallest score margin "
+              f"{min(margins):.2f}; redraws {sum(v > 0 for v in attempts.values())} devices; output change bound on "
+              f"the reference inputs mean {np.mean(bounds):.4f}; test answers moved {moved} in {len(devices)} "
+              f"copies; test accuracy change per device max {dl.max():.2f} pt, mean {dl.mean():.3f} pt, within "
+              f"0.1 pt {int((dl <= 0.1).sum())}/{len(devices)}  [{time.perf_counter() - t0:.0f} s]")
+    print(f"(one test sample = {100 / len(yt):.2f} pt; file size unchanged: same graph and arena)")
 
     print(f"\n== extraction detection ({a.streams} streams of 1,000 queries per kind, float model)")
 
