@@ -20,7 +20,10 @@ if present:
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # as tinymlops-agent does (agent_main.main)
 
 import ai_edge_litert.interpreter  # noqa: E402, F401
+import cryptography.hazmat.backends.openssl  # noqa: E402, F401  (loaded at the first signature check)
 import httpx  # noqa: E402
+import numpy.fft  # noqa: E402, F401  (spectral pre-processing)
+import numpy.ma  # noqa: E402, F401  (numpy.ma.core alone costs MBs of heap to compile)
 import onnxruntime  # noqa: E402, F401
 
 import tinymlops.fleet.inputs  # noqa: E402, F401
