@@ -77,6 +77,9 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
           credential_max_age: Annotated[float | None, typer.Option(
               min=60.0, help="rotate the device credential when it is older than this many seconds "
                              "(the old one stops working at the new one's first use)")] = None,
+          personalise: Annotated[bool, typer.Option(
+              "--personalise", help="adapt the model to this device's inputs and labels on the device (also "
+                                    "switched on per cohort by `tinymlops fleet personalise`)")] = False,
           report_interval: Annotated[float, typer.Option(min=0.05, help="seconds between telemetry reports")] = 10.0,
           inference_interval: Annotated[float, typer.Option(min=0.0, help="seconds between inferences")] = 0.1,
           duration: Annotated[float | None, typer.Option(help="stop after N seconds (default: run forever)")] = None,
@@ -110,7 +113,7 @@ def agent(server: ServerOpt = DEFAULT_SERVER,
     opts = agent_main.AgentOptions(
         server=server, device_id=device_id, target=target, input_spec=input_spec, state_dir=state_dir,
         enrolment_token_file=enrolment_token_file, trusted_key=trusted_key, credential_max_age=credential_max_age,
-        report_interval=report_interval, inference_interval=inference_interval, duration=duration,
+        personalise=personalise, report_interval=report_interval, inference_interval=inference_interval, duration=duration,
         max_reports=max_reports, targets_dir=targets_dir, runtime=runtime, ca_cert=ca_cert, client_cert=client_cert,
         client_key=client_key, insecure=insecure, verbose=verbose, seed=seed, drift_gain=drift_gain,
         drift_offset=drift_offset, drift_noise_std=drift_noise_std, drift_shaft_hz=drift_shaft_hz,

@@ -59,6 +59,7 @@ class AgentOptions:
     enrolment_token_file: Path | None = None
     trusted_key: Path | None = None
     credential_max_age: float | None = None
+    personalise: bool = False
     report_interval: float = 10.0
     inference_interval: float = 0.1
     duration: float | None = None
@@ -137,6 +138,9 @@ def build_parser(simulated: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--credential-max-age", type=_positive(60.0), metavar="SECONDS",
                    help="rotate the device credential when it is older than this (>= 60; the old one stops "
                         "working at the new one's first use)")
+    p.add_argument("--personalise", action="store_true",
+                   help="adapt the model to this device's inputs and labels on the device (also switched on per "
+                        "cohort by `tinymlops fleet personalise`); only hit counts are reported")
     p.add_argument("--report-interval", type=_positive(0.05), default=10.0, metavar="SECONDS",
                    help="seconds between telemetry reports (>= 0.05; default %(default)s)")
     p.add_argument("--inference-interval", type=_positive(0.0), default=0.1, metavar="SECONDS",
@@ -189,7 +193,7 @@ def build_config(opts: AgentOptions) -> AgentConfig:
         enrolment_token=token, report_interval_s=opts.report_interval, inference_interval_s=opts.inference_interval,
         energy_mw=tgt.active_power_mw, duration_s=opts.duration, max_reports=opts.max_reports,
         verify=client_verify(opts.server, opts.ca_cert, opts.client_cert, opts.client_key, opts.insecure),
-        credential_max_age_s=opts.credential_max_age)
+        credential_max_age_s=opts.credential_max_age, personalise=opts.personalise)
 
 
 def open_source(opts: AgentOptions, simulation: Simulation | None) -> InputSource:

@@ -298,6 +298,8 @@ class Simulation:
             argv += [f"--drift-{k.replace('_', '-')}", str(v)]
         if c.drift_after_s:
             argv += ["--drift-after", str(c.drift_after_s)]
+        if c.personalise:
+            argv.append("--personalise")
         if cfg.max_reports is not None:
             argv += ["--max-reports", str(cfg.max_reports)]
         return argv
