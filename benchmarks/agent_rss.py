@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -167,6 +168,7 @@ def main() -> None:
         proc.terminate()  # SIGTERM: the agent stops after its current step (exit 143)
         err = proc.communicate(timeout=30)[1] or ""
         srv.stop()
+        shutil.rmtree(root, ignore_errors=True)
     modules = next((ln.split(" ", 2)[1:] for ln in err.splitlines() if ln.startswith("MODULES ")), None)
     med = {k: statistics.median(s[k] for s in samples) / 1024 for k in samples[-1]}
     where = f"image {args.image}" if args.image else f"{exe} ({'tinymlops-agent' if args.entry == 'agent' else 'tinymlops agent'})"
