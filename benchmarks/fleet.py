@@ -271,7 +271,9 @@ def main() -> None:
     server = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([*product_command("fleet", "serve"), "--db", db, "--port", str(port), "--targets-dir",
                              str(tmp / "targets"), "--workers", str(args.workers)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            # a service of its own, as deployed: not in the load generator's session (and so not in
+                            # its scheduling group under Linux's autogroup)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         token_file = tmp / "home" / "fleet" / "operator-token"
         for _ in range(600):
