@@ -110,10 +110,10 @@ class TelemetryWriter:
         self._close_connection()
 
     def _commit_each(self, rows: list[dict[str, Any]], seen: dict[str, float]) -> list[BaseException | None]:
-        """Commit a batch; if it fails, commit its rows one by one. Return each row's error (None: committed)."""
-        rows.sort(key=lambda r: (r["device_id"], r["seq"]))  # one lock order for every worker: no deadlocks
-        try:
-            self._commit(rows, seen)
+        """Commit a batch; if it fails, commit its rows one by one. Return each row's error (None: committed), in
+        the order of ``rows``."""
+        try:  # in key order: one lock order for every worker, so two workers' batches cannot deadlock
+            self._commit(sorted(rows, key=lambda r: (r["device_id"], r["seq"])), seen)
             return [None] * len(rows)
         except Exception as exc:
             if len(rows) <= 1:
@@ -125,7 +125,7 @@ class TelemetryWriter:
         except Exception as exc:
             log.warning("last-seen update failed: %s", str(exc).splitlines()[0])
         errors: list[BaseException | None] = []
-        for row in rows:
+        for row in rows:  # one transaction each: no lock order to keep
             try:
                 self._commit([row], {row["device_id"]: row["received_unix_s"]})
                 errors.append(None)
