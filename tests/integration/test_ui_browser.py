@@ -250,6 +250,7 @@ def test_packed_evidently_report_renders_in_the_artifact_viewer(served: dict[str
     import mlflow
     import numpy as np
 
+    from tinymlops.htmlpack import unpack
     from tinymlops.monitor.evidently_report import data_drift
 
     rng = np.random.default_rng(0)
@@ -258,12 +259,15 @@ def test_packed_evidently_report_renders_in_the_artifact_viewer(served: dict[str
     report = tmp_path / "data_drift.html"
     report.write_text(res.html, encoding="utf-8")
     size = report.stat().st_size
-    from tinymlops.htmlpack import unpack
-
-    # Evidently's own JavaScript bundle alone packs to 1.33 MB; the page inside (data already rounded) is ~2.8x larger
-    assert size < 1_700_000 and len(unpack(res.html).encode()) > 2.5 * size, size
+    # issue 15's bar; the page inside (data already rounded, Evidently's 3.5 MB script bundle) is ~3.8x larger
+    assert size <= 1_500_000 and len(unpack(res.html).encode()) > 3.3 * size, size
     run_id = served["out"]["pipeline_run_id"]
     mlflow.MlflowClient(served["mlflow"]).log_artifact(run_id, str(report), "evidently")
+    errors: list[str] = []
+    # the report's own errors: not MLflow's UI requests to its server (it asks for a few optional endpoints that 404)
+    page.on("console", lambda m: errors.append(f"{m.text} ({m.location.get('url')})") if m.type == "error" and
+            not str(m.location.get("url", "")).startswith(served["mlflow"]) else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{served['mlflow']}/#/experiments/{served['experiment_id']}/runs/{run_id}/artifacts/"
               "evidently/data_drift.html?workflowType=machine_learning")
     frame_el = page.locator("iframe").first
@@ -273,4 +277,41 @@ def test_packed_evidently_report_renders_in_the_artifact_viewer(served: dict[str
     text = frame.locator("body").inner_text()
     assert "Unpacking the report" not in text and "could not be unpacked" not in text
     assert "12\nColumns" in text.replace("\n\n", "\n") and any(n in text for n in names)  # its table, paged
+    # plots drawn from the unpacked data: each table row's reference and current histograms (canvas, with ink), and
+    # a row's detail panel (a Plotly chart of the column's current values)
+    drawn = frame.locator("body").evaluate("""() => [...document.querySelectorAll('canvas')].filter(c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        for (let i = 3; i < d.length; i += 4) if (d[i]) return true;
+        return false; }).length""")
+    assert drawn >= 2 * 10, drawn  # the table's first page: 10 columns x 2 histograms
+    frame.get_by_role("button", name="Detail panel visibility toggle").first.click()
+    plot = frame.locator(".js-plotly-plot").first
+    plot.locator(".main-svg").first.wait_for()
+    box = plot.bounding_box()
+    assert box and box["width"] > 600 and box["height"] > 200, box
+    unpack_ms = frame.locator("body").evaluate("() => performance.getEntriesByName('tinymlops-unpack')[0].duration")
+    print(f"packed report {size / 1e6:.3f} MB, unpacked in the artifact viewer in {unpack_ms:.0f} ms")
+    assert not errors, errors[:5]  # no console errors from the page or the report in its frame
     _shot(served, page, "evidently-report")
+
+
+def test_packed_page_with_hostile_text_unpacks_exactly_in_chromium(page: Any, tmp_path: Path) -> None:
+    """Every 7-bit escape case and multi-byte text through the in-page decoder (7-bit text -> bytes -> xz)."""
+    import html as html_lib
+    import random
+
+    from tinymlops.htmlpack import pack
+
+    rng = random.Random(7)
+    noise = "".join(rng.choice("<>/!-\"'\\&;script\t é€😀\u2028") for _ in range(150_000))
+    title = "</title><script>alert(1)</script>"
+    source = (f"<html><head><meta charset='utf-8'><title>{html_lib.escape(title)}</title></head>"
+              f"<body><p id='n'>{html_lib.escape(noise)}</p></body></html>")
+    path = tmp_path / "hostile.html"
+    path.write_text(pack(source), encoding="utf-8")
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    page.locator("#n").wait_for(state="attached")
+    assert page.evaluate("document.getElementById('n').textContent") == noise
+    assert page.title() == title and not errors
