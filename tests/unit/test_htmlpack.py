@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import random
 import re
@@ -73,6 +74,12 @@ def test_garbage_is_refused_with_a_clear_error() -> None:
         htmlpack.decode_7bit("ab\u0300c", 3)
     with pytest.raises(ValueError, match="expected 99"):
         htmlpack.decode_7bit("abc", 99)
+    packed = htmlpack.pack(PAGE)
+    payload = _payload(packed)
+    mid = len(payload) // 2
+    damaged = payload[:mid] + ("a" if payload[mid] != "a" else "b") + payload[mid + 1:]
+    with pytest.raises(lzma.LZMAError):  # xz's check: a damaged report is refused, never shown garbled
+        htmlpack.unpack(packed.replace(payload, damaged))
 
 
 def test_vendored_decoder_is_the_recorded_file() -> None:
