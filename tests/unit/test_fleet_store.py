@@ -29,10 +29,11 @@ def test_migrations_reach_head_and_match_the_orm(st: store.Store) -> None:
     assert "0001_fleet_initial" in {r.revision for r in scripts.walk_revisions()}  # other areas build on it
     assert store.schema_revision(st.engine) == head
     # other modules keep their tables on the same Base: rollout (0002), revocation epochs (0003), device keys (0004),
-    # key updates and pending device credentials (0006), licences, receipts and findings (0008), field data (0009)
+    # key updates and pending device credentials (0006), licences, receipts and findings (0008), field data (0009),
+    # cohort personalisation switches (0010)
     for module in ("tinymlops.rollout.state", "tinymlops.fleet.revocation", "tinymlops.fleet.grants",
                    "tinymlops.fleet.keyupdates", "tinymlops.fleet.credentials", "tinymlops.fleet.licences",
-                   "tinymlops.fleet.field"):
+                   "tinymlops.fleet.field", "tinymlops.fleet.personal_switch"):
         importlib.import_module(module)
     with st.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), store.Base.metadata) == []
