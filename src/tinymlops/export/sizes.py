@@ -91,7 +91,7 @@ def shared_groups(sections_by_op: dict[str, dict[tuple[str, str], int]]) -> list
         if len(ops) > 1:
             g = tuple(sorted(ops))
             groups[g] = groups.get(g, 0) + max(sections_by_op[op][key] for op in ops)
-    return sorted(([list(g), n] for g, n in groups.items()), key=lambda x: -x[1])  # type: ignore[misc]
+    return sorted(((list(g), n) for g, n in groups.items()), key=lambda x: -x[1])
 
 
 def _sizes(fw: Any) -> tuple[int, int]:
