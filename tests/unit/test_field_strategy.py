@@ -23,7 +23,8 @@ def _config(tmp_path: Path, old: str, new: str) -> Path:
 
 
 def test_central_with_field_data_starts_the_field_retrain_flow():
-    p = retrain.plan(RetrainSection(), "m", "configs/drift.yaml", "sqlite:///x.db")
+    p = retrain.plan(RetrainSection.model_validate({"field_data": {"enabled": True}}), "m", "configs/drift.yaml",
+                     "sqlite:///x.db")
     assert p.strategy == "central" and p.entrypoint == "flows.retrain:field_retrain_flow"
     assert p.params == {"model": "m", "drift_config": "configs/drift.yaml", "store_url": "sqlite:///x.db"}
     assert p.deployment is None

@@ -116,7 +116,8 @@ RETRAIN_STRATEGIES = ("central", "federated", "personalise")
 class FieldDataSection(Strict):
     """Consented field data in a ``central`` retrain: how much, how weighted, which share is held out."""
 
-    enabled: bool = Field(True, description="train on the configured dataset plus consented field samples")
+    enabled: bool = Field(False, description="train on the configured dataset plus consented field samples (opt-in: "
+                                            "needs consented devices; configs/drift.yaml turns it on)")
     weight: float = Field(2.0, gt=0, le=100, description="weight of a field sample relative to a configured one "
                                                          "(integer part repeats it, the fraction samples a copy)")
     test_share: float = Field(0.3, gt=0, lt=1, description="share of field samples held out as the field test split")
