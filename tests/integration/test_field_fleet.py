@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from _fleet import Proc
 from sqlalchemy import select
 
 from tinymlops.fleet import packages, store
@@ -29,26 +28,6 @@ from tinymlops.sim import demo_model
 from tinymlops.sim.command import product_command
 
 pytestmark = pytest.mark.integration
-
-
-class Proc:
-    """A product process whose stderr is collected by a thread."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.p = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.p.stderr is not None
-        for line in self.p.stderr:
-            self.lines.append(line)
-
-    def stop(self) -> str:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        self.p.wait(timeout=30)
-        return "".join(self.lines)[-4000:]
 
 
 def _until(what, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]

@@ -15,39 +15,21 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from _fleet import demo_fleet
 from typer.testing import CliRunner
 
-from tinymlops.fleet import agent, packages, service, store
+from tinymlops.fleet import agent, packages, store
 from tinymlops.sim import demo_model, simulator
 from tinymlops.sim.command import product_command
 from tinymlops.sim.streams import SyntheticStream
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-TARGETS = REPO / "src" / "tinymlops" / "profile" / "boards"
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("fleet-e2e")
-    old = {k: os.environ.get(k) for k in ("TINYMLOPS_HOME", "MLFLOW_TRACKING_URI", "TINYMLOPS_TARGETS_DIR")}
-    os.environ["TINYMLOPS_HOME"] = str(root / "home")
-    os.environ["TINYMLOPS_TARGETS_DIR"] = str(TARGETS)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    from tinymlops import registry
-
-    registry.connect()
-    st = store.open_store(f"sqlite:///{root / 'fleet.db'}")
-    token = service.create_operator_token(st)
-    srv = service.BackgroundServer(st, poll_interval_s=0.3).start()
-    onnx_version = demo_model.register_demo_model("e2e")
-    yield {"root": root, "st": st, "token": token, "srv": srv, "onnx_version": onnx_version}
-    srv.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    for f in demo_fleet(tmp_path_factory.mktemp("fleet-e2e"), "e2e"):
+        yield {**f, "onnx_version": f["version"]}
 
 
 def _cli(*args: str) -> Any:

@@ -6,44 +6,23 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _fleet import demo_fleet
 from typer.testing import CliRunner
 
-from tinymlops.fleet import service, store
+from tinymlops.fleet import store
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 MODEL = "it-ip-extraction"
 TARGET = "host-onnxruntime"
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("ip-extraction")
-    old = {k: os.environ.get(k) for k in ("TINYMLOPS_HOME", "MLFLOW_TRACKING_URI", "TINYMLOPS_TARGETS_DIR")}
-    os.environ["TINYMLOPS_HOME"] = str(root / "home")
-    os.environ["TINYMLOPS_TARGETS_DIR"] = str(REPO / "src" / "tinymlops" / "profile" / "boards")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    from tinymlops import registry
-    from tinymlops.sim import demo_model
-
-    registry.connect()
-    url = f"sqlite:///{root / 'fleet.db'}"
-    st = store.open_store(url)
-    token = service.create_operator_token(st)
-    srv = service.BackgroundServer(st, poll_interval_s=0.3).start()
-    version = demo_model.register_demo_model(MODEL)
-    yield {"root": root, "st": st, "url": url, "token": token, "srv": srv, "version": version}
-    srv.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    yield from demo_fleet(tmp_path_factory.mktemp("ip-extraction"), MODEL)
 
 
 def _cli(*args: str) -> Any:

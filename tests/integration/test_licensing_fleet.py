@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from _fleet import Proc
 
 from tinymlops.fleet import packages
 from tinymlops.sim import demo_model
@@ -27,40 +26,6 @@ from tinymlops.sim.command import product_command
 pytestmark = pytest.mark.integration
 MODEL = "kws-licensed"
 QUOTA = 40
-
-
-class Proc:
-    """A product process whose stderr is collected by a thread (so waiting on a log line never blocks it)."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.p = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.p.stderr is not None
-        for line in self.p.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, needle: str, timeout_s: float = 60.0) -> str:
-        t_end = time.monotonic() + timeout_s
-        while time.monotonic() < t_end:
-            hit = next((x for x in self.lines if needle in x), None)
-            if hit:
-                return hit
-            assert self.p.poll() is None, f"exited {self.p.returncode} before {needle!r}:\n{self.log()}"
-            time.sleep(0.05)
-        raise AssertionError(f"no {needle!r} within {timeout_s}s:\n{self.log()}")
-
-    def stop(self) -> str:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        self.p.wait(timeout=30)
-        time.sleep(0.1)
-        return self.log()
-
-    def log(self) -> str:
-        return "".join(self.lines)[-6000:]
 
 
 class Fleet:

@@ -9,42 +9,23 @@ head appears in anything the service stored.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _fleet import demo_fleet
 
-from tinymlops.fleet import service, store
+from tinymlops.fleet import store
 from tinymlops.personalise import PersonalFigures
-from tinymlops.sim import demo_model, simulator
+from tinymlops.sim import simulator
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 MODEL = "it-personalise"
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("personalise-fleet")
-    old = {k: os.environ.get(k) for k in ("TINYMLOPS_HOME", "MLFLOW_TRACKING_URI", "TINYMLOPS_TARGETS_DIR")}
-    os.environ["TINYMLOPS_HOME"] = str(root / "home")
-    os.environ["TINYMLOPS_TARGETS_DIR"] = str(REPO / "src" / "tinymlops" / "profile" / "boards")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    from tinymlops import registry
-
-    registry.connect()
-    st = store.open_store(f"sqlite:///{root / 'fleet.db'}")
-    token = service.create_operator_token(st)
-    srv = service.BackgroundServer(st, poll_interval_s=0.3).start()
-    version = demo_model.register_demo_model(MODEL)
-    yield {"root": root, "st": st, "token": token, "srv": srv, "version": version}
-    srv.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    yield from demo_fleet(tmp_path_factory.mktemp("personalise-fleet"), MODEL)
 
 
 def test_personalising_devices_recover_from_drift_and_keep_what_they_learnt(fleet: Any) -> None:
