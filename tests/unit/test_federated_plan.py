@@ -166,4 +166,3 @@ def test_other_datasets_are_split_over_devices_with_label_skew(tmp_path: Path) -
     X, y = fed.pooled()
     assert len(y) == len(prep.splits["train"].y) and X.shape[1] == prep.preprocessing.n_features
     assert sorted(y.tolist()) == sorted(prep.splits["train"].y.tolist())  # every training sample on one device
-    assert "tensorflow" not in sys.modules

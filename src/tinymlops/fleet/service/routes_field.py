@@ -137,8 +137,8 @@ def list_forgets(svc: ServiceDep) -> list[dict[str, Any]]:
 
 @router.get("/v1/field-batches", dependencies=[Operator])
 def list_batches(svc: ServiceDep, cohort: Annotated[str | None, Query(max_length=64)] = None,
-                 since: Annotated[float | None, Query(ge=0)] = None,
-                 after_id: Annotated[int, Query(ge=0)] = 0,
+                 since: Annotated[float | None, Query(ge=0, le=1e11, allow_inf_nan=False)] = None,
+                 after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
                  limit: Annotated[int, Query(ge=1, le=MAX_BATCHES_PER_PAGE)] = MAX_BATCHES_PER_PAGE
                  ) -> list[dict[str, Any]]:
     """Return a page of sealed batches (ciphertext) for export on the registry host, oldest first (``after_id``)."""
