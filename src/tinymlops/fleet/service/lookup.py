@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from sqlalchemy import select
 
 from tinymlops.fleet import credentials
 from tinymlops.fleet.service.context import DeviceCtx
+from tinymlops.fleet.service.writer import gather
 from tinymlops.fleet.store import DesiredState, Device, Store
 
 
@@ -59,17 +59,9 @@ class DeviceLookup:
 
     def _run(self) -> None:
         while (item := self._q.get()) is not None:
-            batch = [item]
-            deadline = time.monotonic() + self.linger_s
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._q.put(None)  # stop after answering this batch
-                    break
-                batch.append(nxt)
+            batch, stop = gather(self._q, item, self.max_batch, self.linger_s)
+            if stop:
+                self._q.put(None)  # stop after answering this batch
             try:
                 found: dict[str, Found] | BaseException = self.resolve({h for h, _l, _f in batch})
             except Exception as exc:  # every waiting request gets the error; the thread keeps going

@@ -48,6 +48,22 @@ _PG_SEEN = (
     "AND (devices.last_seen_unix_s IS NULL OR devices.last_seen_unix_s < v.ts)")
 
 
+
+def gather(q: queue.SimpleQueue[Any], first: Any, max_batch: int, linger_s: float) -> tuple[list[Any], bool]:
+    """Collect ``first`` and what else arrives within ``linger_s`` (at most ``max_batch``); True once the stop
+    sentinel (None) was taken."""
+    batch = [first]
+    deadline = time.monotonic() + linger_s
+    while len(batch) < max_batch:
+        try:
+            nxt = q.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if nxt is None:
+            return batch, True
+        batch.append(nxt)
+    return batch, False
+
 class TelemetryWriter:
     """Commits queued telemetry rows and last-seen updates in batches; resolves each report once committed."""
 
@@ -83,18 +99,8 @@ class TelemetryWriter:
             item = self._q.get()
             if item is None:
                 break
-            batch = [item]
             # linger briefly so a burst shares one transaction: fewer, larger commits cost far less CPU
-            deadline = time.monotonic() + self.linger_s
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
+            batch, stop = gather(self._q, item, self.max_batch, self.linger_s)
             reports = [(p, loop, fut) for p, loop, fut in batch if fut is not None]
             seen: dict[str, float] = {}
             for p, _loop, fut in batch:
