@@ -113,7 +113,7 @@ def print_summary(out: dict[str, Any]) -> None:
                 row.insert(-1, f"{fw['flash_bytes']:,} B / {fw['ram_bytes']:,} B / "
                                f"{fw['instructions_per_inference']:,}" if fw else "")
         print_table("recommended variant per target (profile)", columns, rows)
-    for key in ("drift", "rollout"):  # the drift verdicts first, then the rollout decisions (the demo's tables)
+    for key in ("drift", "personalise", "rollout"):  # the drift verdicts, the personalise follow-up, the rollout
         if out.get(key, {}).get("table"):
             tbl = out[key]["table"]
             print_table(tbl["title"], tbl["columns"], tbl["rows"])

@@ -57,7 +57,9 @@ def start_pipeline(section: RetrainSection, model: str, plan: retrain.RetrainPla
             if section.mode == "deployment":
                 raise
     module, func = plan.entrypoint.split(":")
-    if section.mode == "inline":
+    # personalise only flips cohort switches in the fleet DB (a second at most): auto runs it here, as a subflow
+    # of the drift run, so the switch is on when the check returns; the subprocess is for retrains taking minutes
+    if section.mode == "inline" or (section.mode == "auto" and plan.strategy == "personalise"):
         out = getattr(importlib.import_module(module), func)(**params)
         return {"how": "inline", "strategy": plan.strategy, "entrypoint": plan.entrypoint, "result": str(out)[:500]}
     logs = settings.home() / "retrain"
@@ -130,15 +132,17 @@ def drift_flow(model: str, config_path: str = "configs/drift.yaml", version: str
 
 
 def pipeline_drift_stage(pipeline_config: str, until: float | None = None, store_url: str | None = None,
-                         parent_run_id: str | None = None) -> dict[str, Any]:
+                         parent_run_id: str | None = None, target: str | None = None, window: str | None = None,
+                         allow_retrain: bool = True) -> dict[str, Any]:
     """Run the drift check of a pipeline config's model with the drift config it names (the demo's stage).
 
     With ``parent_run_id`` (the pipeline run) the verdict runs nest under it in the pipeline's experiment.
+    ``target``/``window`` narrow the check (the demo's follow-up: the monitored target since the switch).
     """
     from tinymlops.config import load_pipeline, resolve_relative
 
     cfg = load_pipeline(pipeline_config)
     drift_path = resolve_relative(pipeline_config, cfg.drift) if cfg.drift else REPO / "configs" / "drift.yaml"
-    return drift_flow(cfg.mlflow.registered_model, str(drift_path), until=until,
-                      tracking_uri=cfg.mlflow.tracking_uri, store_url=store_url, parent_run_id=parent_run_id,
-                      experiment=cfg.mlflow.experiment if parent_run_id else None)
+    return drift_flow(cfg.mlflow.registered_model, str(drift_path), target=target, window=window, until=until,
+                      tracking_uri=cfg.mlflow.tracking_uri, store_url=store_url, allow_retrain=allow_retrain,
+                      parent_run_id=parent_run_id, experiment=cfg.mlflow.experiment if parent_run_id else None)

@@ -71,6 +71,13 @@ def pipeline_flow(config_path: str = "configs/pipeline.yaml", tracking_uri: str 
 
             drift = pipeline_drift_stage(config_path, store_url=fleet_db, parent_run_id=parent.run_id)
             summary["drift"] = {**drift, "table": _drift_table(drift)}
+            monitored = summary.get("rollout", {}).get("monitored")
+            started = drift.get("retrain", {}).get("started") or {}
+            if monitored and fleet_db and started.get("strategy") == "personalise":
+                from flows.personalise import demo_follow_up_flow
+
+                after = demo_follow_up_flow(config_path, fleet_db, monitored, parent.run_id, targets_dir=targets_dir)
+                summary["personalise"] = {**after, "table": _personalise_table(after)}
         _review_pages(summary, cfg, parent, targets_dir)
     create_markdown_artifact(key="pipeline-summary", markdown=_summary_markdown(summary),
                              description=f"pipeline run for {cfg.project}")
@@ -136,6 +143,35 @@ def _drift_table(drift: dict[str, Any]) -> dict[str, Any]:
                                            "accuracy (estimated without labels / feedback)", "reasons"], "rows": rows}
 
 
+def _personalise_table(after: dict[str, Any]) -> dict[str, Any]:
+    """Each monitored cohort after the verdict: fleet-model vs personalised accuracy on the same later labels."""
+    rows, head = [], []
+    for g in sorted(after["check"].get("groups", []), key=lambda g: g["cohort"] or ""):
+        s, cohort = g.get("summary") or {}, g["cohort"] or ""
+        if s.get("personal_accuracy") is not None:  # scored on the device: both models on the same inferences
+            base, personal, n = s["personal_base_accuracy"], s["personal_accuracy"], s["personal_labelled_n"]
+            kinds = [f"{k.removeprefix('personal_devices_').replace('_head', '+head')} {v}"
+                     for k, v in sorted(s.items()) if k.startswith("personal_devices_")]
+            how = f"on: {s['personalised_devices']} device(s) ({', '.join(kinds) or 'none yet'})"
+            head.append(f"{cohort} fleet model {base:.3f} -> personalised {personal:.3f} (n={n})")
+            rows.append([g["target"] or "", cohort, how, f"{base:.3f}", f"{personal:.3f}", f"{n} scored on device",
+                         g["level"]])
+        elif s.get("feedback_accuracy") is not None:
+            acc, n = s["feedback_accuracy"], s["feedback_n"]
+            how = "on, not yet scored" if cohort in after.get("personalising", []) else "off"
+            head.append(f"{cohort} {acc:.3f}")
+            rows.append([g["target"] or "", cohort, how, f"{acc:.3f}", "", f"{n} feedback", g["level"]])
+    title = (f"after the personalise verdict ({after['seconds']:.0f} s of the monitored cohorts, window "
+             f"{after['window']}): " + ("; ".join(head) or "no labelled inferences"))
+    return {"title": title, "columns": ["target", "cohort", "personalisation", "accuracy: fleet model",
+                                        "personalised", "labelled inferences", "verdict"], "rows": rows}
+
+
+def _markdown_table(tbl: dict[str, Any]) -> list[str]:
+    return ["", f"**{tbl['title']}**", "", "| " + " | ".join(tbl["columns"]) + " |",
+            "|" + "---|" * len(tbl["columns"]), *("| " + " | ".join(str(c) for c in r) + " |" for r in tbl["rows"])]
+
+
 def _summary_markdown(summary: dict[str, Any]) -> str:
     t = summary["train"]
     lines = [f"## Pipeline `{summary['project']}`", "", f"- {'started from' if t.get('skipped') else 'trained and registered'}"
@@ -143,4 +179,7 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     for stage in ("compress", "profile", "rollout", "drift"):
         if stage in summary:
             lines.append(f"- {stage}: done")
+    for key in ("drift", "personalise"):  # the verdicts, then what the personalise strategy changed
+        if summary.get(key, {}).get("table"):
+            lines += _markdown_table(summary[key]["table"])
     return "\n".join(lines) + "\n"

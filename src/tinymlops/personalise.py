@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Kind = Literal["none", "calibration", "head", "calibration+head"]
 KINDS: tuple[Kind, ...] = ("none", "calibration", "head", "calibration+head")
+#: what a microcontroller keeps: the calibration folds into its C pre-processing (:func:`fold_calibration`)
+MCU_KINDS: tuple[Kind, ...] = ("none", "calibration")
 #: bounds on the calibration's per-feature scale: a device whose moments are that far off is broken, not drifted
 SCALE_BOUNDS = (0.2, 5.0)
 
@@ -178,29 +180,36 @@ def _cv_head(log_p: np.ndarray, y: np.ndarray, n_classes: int, folds: int) -> np
     return out
 
 
+def kinds_for_runtime(family: str) -> tuple[Kind, ...]:
+    """Return the personalisations a runtime family can carry: calibration only on TFLM (microcontrollers)."""
+    return MCU_KINDS if family == "tflm" else KINDS
+
+
 def fit(x: np.ndarray, y: np.ndarray, predict: Callable[[np.ndarray], np.ndarray], moments: Moments,
-        ref_mean: np.ndarray, ref_std: np.ndarray, min_gain: float = 0.02, folds: int = 5) -> Personalisation:
+        ref_mean: np.ndarray, ref_std: np.ndarray, min_gain: float = 0.02, folds: int = 5,
+        kinds: tuple[Kind, ...] = KINDS) -> Personalisation:
     """Choose and fit the personalisation that best explains a device's labelled samples.
 
     ``x`` holds the samples' model-input features (uncalibrated), ``y`` their labels, ``predict`` runs the fleet's
-    model on a batch and returns probabilities. Candidates are scored by cross-validated log-loss; one is kept
-    only if it beats the base model by ``min_gain`` nats and is not less accurate.
+    model on a batch and returns probabilities. Candidates (those in ``kinds``) are scored by cross-validated
+    log-loss; one is kept only if it beats the base model by ``min_gain`` nats and is not less accurate.
     """
     y = np.asarray(y, dtype=np.int64)
     base = np.asarray(predict(np.asarray(x, dtype=np.float32)), dtype=np.float64)
     n_classes = base.shape[1]
     probs: dict[Kind, np.ndarray] = {"none": base}
-    cal = calibration(moments, ref_mean, ref_std)
+    cal = calibration(moments, ref_mean, ref_std) if {"calibration", "calibration+head"} & set(kinds) else None
     if cal is not None:
         calibrated = Personalisation(scale=cal[0], shift=cal[1])
         probs["calibration"] = np.asarray(predict(calibrated.features(x)), dtype=np.float64)
     if len(y) >= 2 * folds:
-        probs["head"] = _cv_head(_log(base), y, n_classes, folds)
-        if "calibration" in probs:
+        if "head" in kinds:
+            probs["head"] = _cv_head(_log(base), y, n_classes, folds)
+        if "calibration+head" in kinds and "calibration" in probs:
             probs["calibration+head"] = _cv_head(_log(probs["calibration"]), y, n_classes, folds)
     loss: dict[str, float] = {k: log_loss(p, y) for k, p in probs.items()}
     accuracy: dict[str, float] = {k: float((p.argmax(axis=1) == y).mean()) for k, p in probs.items()}
-    best: Kind = min(probs, key=lambda k: loss[k])
+    best: Kind = min((k for k in probs if k == "none" or k in kinds), key=lambda k: loss[k])
     if best != "none" and (loss[best] > loss["none"] - min_gain or accuracy[best] < accuracy["none"]):
         best = "none"
     chosen = Personalisation(kind=best, labelled=len(y), cv_loss=loss, cv_accuracy=accuracy)

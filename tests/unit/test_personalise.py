@@ -221,3 +221,27 @@ def test_calibration_folds_into_the_preprocessing_for_microcontrollers(standardi
     assert np.allclose(preprocessing.transform(folded, raw), feats * scale + shift, atol=1e-6)
     with pytest.raises(ValueError, match="does not fit"):
         fold_calibration(spec, scale[:-1], shift[:-1])
+
+
+def test_a_microcontroller_keeps_a_calibration_only(tmp_path: Path) -> None:
+    """TFLM targets carry what folds into their C pre-processing: never a head, not even one saved earlier."""
+    from tinymlops.personalise import KINDS, MCU_KINDS, kinds_for_runtime
+
+    assert kinds_for_runtime("tflm") == MCU_KINDS and kinds_for_runtime("onnxruntime") == KINDS
+    weights = (0.85, 0.05, 0.05, 0.05)  # a class-mix change: the head is what helps on a Linux-class device
+    xl, yl = draw(50, 7, weights)
+    moments = moments_of(draw(500, 6, weights)[0])
+    assert fit(xl, yl, predict, moments, REF_MEAN, REF_STD).kind == "head"
+    mcu = fit(xl, yl, predict, moments, REF_MEAN, REF_STD, kinds=MCU_KINDS)
+    assert mcu.kind in MCU_KINDS and mcu.weight is None and set(mcu.cv_loss) <= set(MCU_KINDS)
+    shifted = fit(*draw(50, 4, gain=1.3), predict, moments_of(draw(500, 3, gain=1.3)[0]), REF_MEAN, REF_STD,
+                  kinds=MCU_KINDS)
+    assert shifted.kind == "calibration" and shifted.scale is not None
+    # a head saved under Linux-class rules is not served by a device that can only calibrate
+    head = Personalisation(kind="head", weight=np.eye(4), bias=np.zeros(4), labelled=50)
+    (tmp_path / "personal.json").write_text(json.dumps({"key": {"feature_names": [f"f{i}" for i in range(6)],
+                                                                "class_names": ["a", "b", "c", "d"]},
+                                                        "personalisation": head.to_json()}))
+    dev = DevicePersonaliser(tmp_path, enabled=True, kinds=MCU_KINDS)
+    dev.wrap(Runner(), manifest())
+    assert dev.current.kind == "none"

@@ -20,7 +20,7 @@ EXE = shutil.which("tinymlops", path=str(Path(sys.executable).parent)) or "tinym
 
 def _project(tmp_path: Path, **changes: object) -> Path:
     """A copy of the demo config with its drift and rollout files in a tmp directory; ``changes`` are top-level."""
-    for name in ("drift.yaml", "rollout.yaml"):
+    for name in ("drift.yaml", "drift-demo.yaml", "rollout.yaml"):
         shutil.copy(REPO / "configs" / name, tmp_path / name)
     cfg = yaml.safe_load((REPO / "configs" / "pipeline.yaml").read_text())
     cfg.update(changes)

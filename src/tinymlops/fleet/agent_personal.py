@@ -65,9 +65,10 @@ class DevicePersonaliser:
     """
 
     def __init__(self, state_dir: Path, enabled: bool, max_labelled: int = 50, min_labelled: int = 20,
-                 min_inputs: int = 100, refit_every: int = 10) -> None:
+                 min_inputs: int = 100, refit_every: int = 10,
+                 kinds: tuple[personalise.Kind, ...] = personalise.KINDS) -> None:
         self.path = Path(state_dir) / "personal.json"
-        self.enabled = enabled
+        self.enabled, self.kinds = enabled, kinds  # kinds: what the device can carry (MCU: calibration only)
         self.max_labelled, self.min_labelled = max_labelled, min_labelled
         self.min_inputs, self.refit_every = min_inputs, refit_every
         self.current = Personalisation()
@@ -119,7 +120,8 @@ class DevicePersonaliser:
         y = np.asarray([lbl for _, lbl in self.labelled])
         self.new_labels = 0
         try:
-            chosen = personalise.fit(x, y, self.runner.predict, self.moments, self.ref_mean, self.ref_std)
+            chosen = personalise.fit(x, y, self.runner.predict, self.moments, self.ref_mean, self.ref_std,
+                                     kinds=self.kinds)
         except Exception as exc:  # a model fault while fitting: keep serving as before
             log.warning("personalisation not refitted: %s", exc)
             return
@@ -147,8 +149,10 @@ class DevicePersonaliser:
         try:
             data = json.loads(self.path.read_text())
             if data.get("key") == self.key:
-                self.current = Personalisation.from_json(data["personalisation"], len(self.key["feature_names"]),
-                                                         len(self.key["class_names"]))
+                loaded = Personalisation.from_json(data["personalisation"], len(self.key["feature_names"]),
+                                                   len(self.key["class_names"]))
+                if loaded.kind in self.kinds:  # saved under other rules (e.g. a head on an MCU): start afresh
+                    self.current = loaded
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged: start afresh rather than serve it

@@ -307,6 +307,8 @@ def personal_summary(verdict: Verdict, reports: Sequence[DeviceReport]) -> str:
     n = sum(p.evaluated for _, p in figs)
     devices = len({d for d, p in figs if p.kind != "none"})
     verdict.summary["personalised_devices"] = devices
+    for kind in sorted({p.kind for _, p in figs} - {"none"}):  # e.g. personal_devices_calibration (a count)
+        verdict.summary[f"personal_devices_{kind.replace('+', '_')}"] = len({d for d, p in figs if p.kind == kind})
     verdict.summary["personal_labelled_n"] = n
     if not n:
         return f"\nOn-device personalisation: {devices} device(s) personalised, not yet scored on later labels\n"

@@ -24,13 +24,13 @@ from typing import Any
 
 from tinymlops import registry, settings
 from tinymlops.errors import UsageError
-from tinymlops.fleet.store import Store, list_devices, open_store
+from tinymlops.fleet.store import Store, list_devices, open_store, telemetry_window
 from tinymlops.sim.command import product_command
 from tinymlops.sim.faults import FAULTS, FaultSpec, PackageFault
 from tinymlops.sim.simulator import CohortSpec, DriftSpec, Simulation, publish
 
 __all__ = ["FAULTS", "FaultSpec", "PackageFault", "SimulatedFleet", "fleet_service", "fresh_fleet", "pick_versions",
-           "run_demo", "start_fleet", "wait_installed"]
+           "run_demo", "run_monitored", "start_fleet", "wait_installed"]
 
 
 def free_port() -> int:
@@ -239,3 +239,54 @@ def run_demo(model_name: str, healthy_target: str = "raspberry-pi-4",
         out["monitored"] = {"target": monitor_target, "cohorts": [c.model_dump(exclude_defaults=True)
                                                                    for c in monitored]}
     return out
+
+
+def scored_per_device(st: Store, model_name: str, cohort: str, since: float) -> dict[str, int]:
+    """Return, per device of a cohort, the labelled inferences its personalisation was scored on since ``since``."""
+    out: dict[str, int] = {}
+    for r in telemetry_window(st, model_name, cohort=cohort, since=since):
+        if r.sketch is not None and r.sketch.personal is not None:
+            out[r.device_id] = out.get(r.device_id, 0) + r.sketch.personal.evaluated
+    return out
+
+
+def run_monitored(model_name: str, db_url: str, cohorts: list[CohortSpec], work_dir: Path | None = None,
+                  targets_dir: Path | None = None, min_scored: int = 100, max_s: float = 120.0,
+                  seed: int = 1) -> dict[str, Any]:
+    """Run the demo's monitored cohorts again after a drift check: their devices (same state) on a restarted service.
+
+    The fleet is the one :func:`run_demo` left (its database and the devices' state under ``work_dir``); whether a
+    cohort personalises is the cohort's switch in that database, as a drift verdict with ``retrain: {strategy:
+    personalise}`` set it: nothing here turns personalisation on. The devices run until every device of a
+    personalising cohort has reported ``min_scored`` later labelled inferences scored by its personalisation (it
+    needs ``min_inputs`` inputs and ``min_labelled`` labels first, see :mod:`tinymlops.fleet.agent_personal`), or
+    ``max_s``. Returns the cohorts, which personalised, the seconds run and the scored counts per device.
+    """
+    from tinymlops.fleet import service
+    from tinymlops.fleet.personal_switch import list_settings
+
+    work = Path(work_dir or settings.home() / "rollout-demo")
+    if not (work / "devices").is_dir():
+        raise UsageError(f"no demo fleet in {work}: run the rollout demo first")
+    st = open_store(db_url)
+    names = {c.name: c.devices for c in cohorts}
+    personalising = sorted({s["cohort"] for s in list_settings(st) if s["enabled"]} & set(names))
+    t0 = time.time()
+    scored: dict[str, dict[str, int]] = {c: {} for c in personalising}
+    with fleet_service(db_url, targets_dir=targets_dir, log_path=work / "service.log") as url:
+        fleet = start_fleet(url, service.create_operator_token(st, "demo-monitored"), cohorts, work / "devices",
+                            targets_dir=targets_dir, duration_s=max_s + 30, seed=seed)
+        try:
+            deadline = time.monotonic() + max_s
+            while time.monotonic() < deadline:
+                if fleet.error:
+                    raise UsageError(f"simulated fleet failed: {fleet.error[0]}")
+                time.sleep(1.0)
+                scored = {c: scored_per_device(st, model_name, c, t0) for c in personalising}
+                if all(len(scored[c]) >= names[c] and min(scored[c].values()) >= min_scored for c in personalising):
+                    break
+        finally:
+            fleet.stop()
+            st.dispose()
+    return {"cohorts": sorted(names), "personalising": personalising, "since_unix_s": t0,
+            "seconds": round(time.time() - t0, 1), "min_scored": min_scored, "scored": scored}
