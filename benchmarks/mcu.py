@@ -107,10 +107,12 @@ def measure(name: str, src: Any, X: np.ndarray, y: np.ndarray, work: Path, tflm_
     build_and_run(res, src, target, info, None, tflm_dir=tflm_dir, say=say, rounding=rounding)
     export_build_s = time.monotonic() - t0
     fw = build_and_run(res, src, target, info, (X, y), tflm_dir=tflm_dir, say=say, rounding=rounding)
-    est = profile_model(src.model_path, target, measure_host=False, run_device=False)
-    return {"model": name, **fw, "export_build_s": round(export_build_s, 1),
+    est = profile_model(src.model_path, target, measure_host=False, run_device=False,
+                        preprocessing=src.manifest["preprocessing"])
+    return {"model": name, **fw, "export_build_s": round(export_build_s, 1), "load_average": os.getloadavg()[0],
             "static_flash_bytes": est["flash_bytes"], "static_ram_bytes": est["peak_ram_bytes"],
-            "static_notes": [n for n in est["notes"] if n.startswith("firmware size")]}
+            "static_ram_by_part": est["firmware_estimate"]["ram_by_part"],
+            "static_notes": [n for n in est["notes"] if n.startswith("firmware")]}
 
 
 def _print(rows: list[dict[str, Any]], published: dict[str, float], runtime: str) -> None:
@@ -118,12 +120,12 @@ def _print(rows: list[dict[str, Any]], published: dict[str, float], runtime: str
 
     c = cpi("cortex-m4", runtime)
     print(f"\n{'core':<10} {'model':<10} {'n':>4} {'agree':>6} {'LSB ref':>7} {'LSB opt':>7} {'flash':>9} "
-          f"{'static':>9} {'diff':>7} {'RAM used':>8} {'static':>8} {'diff':>7} {'insn/inf':>11} {'pub ms':>7} "
+          f"{'static':>9} {'diff':>7} {'RAM':>8} {'static':>8} {'diff':>7} {'insn/inf':>11} {'pub ms':>7} "
           f"{'CPI':>5} {'emu ms':>7} {'err':>6} {'build s':>7}")
     errors = []
     for r in rows:
         fd = 100 * (r["static_flash_bytes"] - r["flash_bytes"]) / r["flash_bytes"]
-        rd = 100 * (r["static_ram_bytes"] - r["ram_used_bytes"]) / r["ram_used_bytes"]
+        rd = 100 * (r["static_ram_bytes"] - r["ram_bytes"]) / r["ram_bytes"]
         pub = published.get(r["model"]) if r["core"] == "cortex-m4" else None
         implied = f"{pub * 1e-3 * 120e6 / r['instructions_per_inference']:.2f}" if pub else ""
         emu_ms = r["instructions_per_inference"] * c / 120e3
@@ -132,11 +134,11 @@ def _print(rows: list[dict[str, Any]], published: dict[str, float], runtime: str
             errors.append(abs(100 * (emu_ms - pub) / pub))
         print(f"{r['core']:<10} {r['model']:<10} {r['n_inputs']:>4} {100 * r['class_agreement']:>5.0f}% "
               f"{r['output_max_lsb_diff']:>7} {r['optimized_max_lsb_diff']:>7} {r['flash_bytes']:>9,} "
-              f"{r['static_flash_bytes']:>9,} {fd:>+6.1f}% {r['ram_used_bytes']:>8,} {r['static_ram_bytes']:>8,} "
+              f"{r['static_flash_bytes']:>9,} {fd:>+6.1f}% {r['ram_bytes']:>8,} {r['static_ram_bytes']:>8,} "
               f"{rd:>+6.1f}% {r['instructions_per_inference']:>11,} {pub if pub else '':>7} {implied:>5} "
               f"{emu_ms if r['core'] == 'cortex-m4' else float('nan'):>7.2f} {err:>6} {r['export_build_s']:>7}")
     fds = [abs(100 * (r["static_flash_bytes"] - r["flash_bytes"]) / r["flash_bytes"]) for r in rows]
-    rds = [abs(100 * (r["static_ram_bytes"] - r["ram_used_bytes"]) / r["ram_used_bytes"]) for r in rows]
+    rds = [abs(100 * (r["static_ram_bytes"] - r["ram_bytes"]) / r["ram_bytes"]) for r in rows]
     print(f"static estimate vs linked ELF: flash |diff| max {max(fds):.1f} % (median {np.median(fds):.1f} %), "
           f"RAM |diff| max {max(rds):.1f} % (median {np.median(rds):.1f} %); goal 5 %")
     print("LSB ref = max |firmware - TFLite reference kernels (OpResolverType.BUILTIN_REF)| on the device's int8 "
@@ -147,13 +149,18 @@ def _print(rows: list[dict[str, Any]], published: dict[str, float], runtime: str
     for r in rows:
         print(f"  {r['core']:<10} {r['model']:<10} " + ", ".join(f"{k} {v:,}" for k, v in r["flash_by_component"].items())
               + ("; " + "; ".join(r["static_notes"]) if r["static_notes"] else ""))
-    print("RAM used: .data + .bss + stack high-water with the arena TFLM used on the device (the declared arena adds"
-          " the export margin); static = the profiler's arena + base/op .data/.bss + stack allowance. "
-          "diff = (static - linked) / linked.")
+    print("RAM = the linked ELF's .data + .bss (declared arena included; the harness's raw-input buffer not) + the "
+          "stack high-water measured under QEMU; static = the profiler's estimate (profile/firmware_size.py): "
+          "arena with the export's margin + base .data/.bss + resolver slots + pre-processing buffers + stack "
+          "allowance. diff = (static - linked) / linked. Parts, linked (static):")
     for r in rows:
-        print(f"  {r['core']:<10} {r['model']:<10} RAM linked {r['ram_bytes']:,} (arena declared {r['arena_bytes']:,},"
-              f" used {r['arena_used_bytes']:,}), stack {r['stack_high_water_bytes']:,}; pre-processing "
-              f"{r['preprocessing_instructions']:,} instructions")
+        lk, st = r["ram_by_component"], r["static_ram_by_part"]
+        pp_linked = r["ram_buffers"]["preprocessing"]
+        print(f"  {r['core']:<10} {r['model']:<10} arena {r['arena_bytes']:,} ({st['arena']:,}; used "
+              f"{r['arena_used_bytes']:,}), pre-processing buffers {pp_linked:,} ({st['preprocessing']:,}), rest "
+              f"of .data/.bss {r['ram_static_bytes'] - lk.get('test_io', 0) - r['arena_bytes'] - pp_linked:,} "
+              f"({st['base'] + st['resolver'] + st['ops']:,}), stack {r['stack_high_water_bytes']:,} "
+              f"({st['stack']:,}); pre-processing {r['preprocessing_instructions']:,} instructions")
     print(f"CPI = published MLPerf Tiny latency (NUCLEO-L4R5ZI, {runtime}, 120 MHz) x clock / instructions; "
           f"emu ms = instructions x calibrated CPI {c:.2f} / clock; err = (emu - published) / published.")
     if errors:

@@ -1,7 +1,9 @@
-"""The profiler's static firmware-size estimate: measured base + per-op table + model, with stated fallbacks."""
+"""The profiler's static firmware-size estimate: measured base + per-op table + model, with stated fallbacks; RAM
+as the exported firmware allocates it (arena with the export's margin, resolver slots, pre-processing buffers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from tinymlops.profile import firmware_size
 from tinymlops.profile.firmware_size_table import TABLE
 
-ENTRY: dict[str, Any] = {"base_flash_bytes": 30_000, "base_ram_bytes": 600,
+ENTRY: dict[str, Any] = {"base_flash_bytes": 30_000, "base_ram_bytes": 600, "resolver_ram_bytes_per_op": 40,
                          "op_flash_bytes": {"FULLY_CONNECTED": 20_000, "SOFTMAX": 9_000, "RESHAPE": 500},
                          "op_ram_bytes": {"FULLY_CONNECTED": 0, "SOFTMAX": 4, "RESHAPE": 0},
                          "shared_flash_bytes": [[["FULLY_CONNECTED", "RESHAPE", "SOFTMAX"], 300],
@@ -29,8 +31,14 @@ def test_flash_is_base_plus_each_distinct_op_plus_model(table: dict[str, Any]) -
     # an op used 3 times is linked once; code FC and SOFTMAX share (1,000 + 300 B) is in both sizes, linked once
     assert est.flash_by_part == {"base": 31_000, "ops": 29_000 - 1_300, "model": 16_000}
     assert est.flash_bytes == sum(est.flash_by_part.values())
-    assert est.ram_bytes == 2_000 + 600 + 4 + firmware_size.STACK_BYTES
-    assert est.table == "cortex-m7/cmsis_nn" and est.notes == []
+    # RAM: the arena the export declares (2,000 x 1.25 + 2,048 -> 5 KiB), the base (its identity pre-processing's
+    # 8 B swapped for the model's), one more resolver slot, SOFTMAX's 4 B, the stack allowance
+    assert est.ram_by_part == {"arena": 5 * 1024, "base": 600 - 8, "resolver": 40, "ops": 4, "preprocessing": 8,
+                               "stack": firmware_size.STACK_BYTES}
+    assert est.ram_bytes == sum(est.ram_by_part.values())
+    assert est.table == "cortex-m7/cmsis_nn"
+    assert est.notes == ["firmware RAM: pre-processing unknown (a model file without its version's manifest): its "
+                         "buffers not counted"]
 
 
 def test_unknown_op_costs_the_largest_measured_op_and_says_so(table: dict[str, Any]) -> None:
@@ -42,7 +50,7 @@ def test_unknown_op_costs_the_largest_measured_op_and_says_so(table: dict[str, A
 def test_a_core_without_a_table_falls_back_to_the_m4_and_names_it(table: dict[str, Any]) -> None:
     est = firmware_size.estimate(["SOFTMAX"], 0, "cortex-m55", "tflm-reference", 0)
     assert est is not None and est.table == "cortex-m4/cmsis_nn"   # no reference table at all: other kernels
-    assert est.notes == ["firmware size: no table for cortex-m55/reference; used cortex-m4/cmsis_nn"]
+    assert est.notes[0] == "firmware size: no table for cortex-m55/reference; used cortex-m4/cmsis_nn"
 
 
 def test_non_tflm_runtimes_keep_their_fixed_size(table: dict[str, Any]) -> None:
@@ -56,10 +64,62 @@ def test_the_shipped_table_was_measured_for_the_m4_with_the_mlperf_ops() -> None
     assert 20_000 < e["base_flash_bytes"] < 60_000 and "rounding" in e["library"]
 
 
-def test_device_arena_drops_the_64_bit_struct_bytes() -> None:
-    # 10 tensors x (24 - 12) + 3 ops x (64 - 32) + 2 graph inputs/outputs x ((64 - 32) + (24 - 12))
-    assert firmware_size.device_arena_bytes(1_000, 10, 3, 2) == 1_000 - 120 - 96 - 88
-    assert firmware_size.device_arena_bytes(100, 10, 3, 2) == 0
+def test_arena_is_what_the_export_declares() -> None:
+    from tinymlops.export.bundle import arena_with_margin
+
+    for host in (0, 1_044, 15_828, 100_644):
+        est = firmware_size.estimate(["FULLY_CONNECTED"], 0, "cortex-m4", "tflm-cmsis-nn", host)
+        assert est is not None and est.ram_by_part["arena"] == arena_with_margin(host)
+
+
+def _spectral_spec() -> dict[str, Any]:
+    import numpy as np
+
+    from tinymlops.config import PreprocessingSection
+    from tinymlops.preprocessing import fit
+
+    x = np.random.default_rng(0).normal(size=(8, 256, 3)).astype(np.float32)
+    return fit(PreprocessingSection(features="spectral", bands=8), x).model_dump(mode="json")
+
+
+def test_preprocessing_buffers_are_sized_as_the_exported_c_declares_them(table: dict[str, Any]) -> None:
+    """The estimate's pre-processing RAM equals the feature + work arrays the bundle's tm_model.cc declares."""
+    import re
+
+    import numpy as np
+
+    from tinymlops.export.bundle import ExportSource, render_sources
+    from tinymlops.export.model_info import ModelInfo, TensorSpec
+    from tinymlops.profile.targets import get_target
+
+    spec = _spectral_spec()
+    n_features = len(spec["feature_names"])
+    est = firmware_size.estimate(["FULLY_CONNECTED"], 0, "cortex-m4", "tflm-cmsis-nn", 1_000, spec)
+    assert est is not None and est.notes == []
+    src = ExportSource("m", "1", "int8", Path(__file__), {"preprocessing": spec, "class_names": ["a", "b"]})
+    info = ModelInfo(("FULLY_CONNECTED",), TensorSpec((1, n_features), "int8", 0.1, 0),
+                     TensorSpec((1, 2), "int8", 1 / 256, -128), 16)
+    cc = render_sources(src, get_target("nucleo-l4r5zi"), info, 1024, 1000, np.zeros(256 * 3, np.float32),
+                        "a")["tm_model.cc"]
+    floats = sum(int(n) for n in re.findall(r"^float (?:features|pp_work)\[(\d+)\];", cc, re.M))
+    assert est.ram_by_part["preprocessing"] == 4 * floats
+    # the demo's chain: 256 x 3 spectral (FFT work buffers) + standardize in place: kilobytes, not the probe's 8 B
+    assert est.ram_by_part["preprocessing"] > 2_000
+
+
+def test_preprocessing_without_c_is_named_not_counted(table: dict[str, Any], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from tinymlops.config import PreprocessingSection
+    from tinymlops.preprocessing import fit
+
+    (tmp_path / "pp_fs_blocks.py").write_text("def double(X):\n    return 2 * X\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = fit(PreprocessingSection(blocks=["pp_fs_blocks:double"]), np.ones((2, 3))).model_dump(mode="json")
+    est = firmware_size.estimate(["SOFTMAX"], 0, "cortex-m4", "tflm-cmsis-nn", 0, spec)
+    assert est is not None and est.ram_by_part["preprocessing"] == 8
+    assert any("pre-processing buffers not counted" in n and "pp_fs_blocks:double" in n for n in est.notes)
 
 
 def test_profiler_estimate_for_an_mcu_target(table: dict[str, Any]) -> None:
@@ -75,5 +135,22 @@ def test_profiler_estimate_for_an_mcu_target(table: dict[str, Any]) -> None:
              "runtime": "tflm-cmsis-nn", "active_power_mw": 10}
     fw = _firmware_size(st, TargetConfig(**board), 1_000)
     assert fw is not None and fw.flash_bytes == 30_000 + 29_000 - 1_300 + 5_000
-    assert fw.ram_bytes == (1_000 - 120 - 96 - 88) + 600 + 4 + firmware_size.STACK_BYTES
+    assert fw.ram_bytes == 4 * 1024 + 600 + 40 + 4 + firmware_size.STACK_BYTES
     assert _firmware_size(st, TargetConfig(**{**board, "core": "cortex-a72", "runtime": "tflite"}), 0) is None
+
+
+def test_profiler_reads_the_preprocessing_from_the_package_manifest(tmp_path: Path) -> None:
+    import json
+
+    from tinymlops.profile.profiler import _package_preprocessing
+
+    spec = _spectral_spec()
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"x")
+    assert _package_preprocessing(model) is None                       # a bare model file
+    (tmp_path / "manifest.json").write_text(json.dumps({"file": "model.tflite", "preprocessing": spec}))
+    assert _package_preprocessing(model) == spec
+    (tmp_path / "manifest.json").write_text(json.dumps({"file": "other.tflite", "preprocessing": spec}))
+    assert _package_preprocessing(model) is None                       # another model's manifest
+    (tmp_path / "manifest.json").write_text("{not json")
+    assert _package_preprocessing(model) is None

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import Any
 
 import numpy as np
 
@@ -50,7 +49,7 @@ class FirmwareBuild:
     flash_by_component: dict[str, int]
     ram_by_component: dict[str, int]
     link_seconds: float
-    library: dict[str, Any] = field(default_factory=dict)
+    ram_buffers: dict[str, int] = field(default_factory=dict)   # arena, preprocessing (bytes, from the ELF)
 
 
 def _run(cmd: list[str], cwd: Path, what: str) -> None:
@@ -104,6 +103,21 @@ def _section_sizes(elf: Path) -> dict[str, int]:
         if len(parts) >= 3 and parts[0].startswith(".") and parts[1].isdigit():
             out[parts[0]] = int(parts[1])
     return out
+
+
+#: the bundle's static buffers (tm_model.cc's anonymous namespace), reported from the ELF's symbol table
+RAM_BUFFERS = {"arena": ("arena",), "preprocessing": ("features", "pp_work")}
+
+
+def ram_buffers(elf: Path) -> dict[str, int]:
+    """Return bytes of the bundle's arena and pre-processing buffers as the linked ELF's symbol table sizes them."""
+    res = subprocess.run(["arm-none-eabi-nm", "-S", "-C", str(elf)], capture_output=True, text=True, check=True)
+    sizes = {}
+    for line in res.stdout.splitlines():
+        parts = line.split(maxsplit=3)
+        if len(parts) == 4 and parts[2] in "bBdD" and parts[3].startswith("(anonymous namespace)::"):
+            sizes[parts[3].split("::", 1)[1]] = int(parts[1], 16)
+    return {k: sum(sizes.get(n, 0) for n in names) for k, names in RAM_BUFFERS.items()}
 
 
 def arch_flags(emu: Emulated) -> list[str]:
@@ -168,7 +182,7 @@ def link_firmware(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated,
     sizes = _section_sizes(elf)
     return FirmwareBuild(elf, sum(sizes.get(s, 0) for s in FLASH_SECTIONS),
                          sum(sizes.get(s, 0) for s in RAM_SECTIONS), dict(sorted(flash.items())),
-                         dict(sorted(ram.items())), time.monotonic() - t0)
+                         dict(sorted(ram.items())), time.monotonic() - t0, ram_buffers(elf))
 
 
 @dataclass

@@ -181,6 +181,7 @@ def build_and_run(res: ExportResult, src: ExportSource, target: Any, info: Model
         "link_s": round(fw.link_seconds, 2), "elf": str(fw.elf),
         "flash_bytes": fw.flash_bytes, "flash_by_component": fw.flash_by_component,
         "ram_static_bytes": fw.ram_static_bytes, "ram_by_component": fw.ram_by_component,
+        "ram_buffers": fw.ram_buffers,
         "arena_bytes": res.arena_bytes,
     }
     if data is not None:

@@ -7,7 +7,8 @@ op registered. An op's size is the linked flash it adds to the base (its kernel 
 pulls in, libm included); RAM likewise (.data + .bss besides the arena and the harness's input buffer). The
 resolver calls ``tm_probe_register()``; one object defines ``tm_probe_<OP>()`` (``resolver.AddX()``) for every op,
 each in its own section, and a one-line C file per op picks one, so ``--gc-sections`` links exactly that op's code
-and TFLM's headers are compiled twice per table, not once per op.
+and TFLM's headers are compiled twice per table, not once per op. The RAM a resolver slot takes (the probe's
+resolver has one) is ``sizeof(MicroMutableOpResolver<N>)`` read from the compiler's assembly for two N.
 
 Ops share code (CMSIS-NN's requantisation and matrix kernels, TFLM's kernel utilities): the sum of single-op sizes
 over-counts a model with several ops. Each link's map lists its input sections (section name + object); a section
@@ -128,6 +129,23 @@ def _selector(work: Path, op: str | None, lib: Any, emu: Any) -> Path:
     return c.with_suffix(".o")
 
 
+def resolver_slot_bytes(work: Path, lib: Any, emu: Any) -> int:
+    """Return sizeof(MicroMutableOpResolver<N + 1>) - sizeof(<N>) on the core: the RAM each further op costs."""
+    import re
+
+    from tinymlops.export.firmware import _run, arch_flags
+
+    cc = work / "tm_resolver_size.cc"
+    cc.write_text('#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"\n'
+                  "extern const unsigned tm_r4 = sizeof(tflite::MicroMutableOpResolver<4>);\n"
+                  "extern const unsigned tm_r12 = sizeof(tflite::MicroMutableOpResolver<12>);\n")
+    asm = work / "tm_resolver_size.s"
+    _run(["arm-none-eabi-g++", *lib.cxxflags, *arch_flags(emu), "-O2", *lib.includes, "-S", str(cc), "-o",
+          str(asm)], work, "compiling the resolver size probe")
+    words = dict(re.findall(r"^(tm_r\d+):\s*\n\s*\.word\s+(\d+)", asm.read_text(), re.M))
+    return (int(words["tm_r12"]) - int(words["tm_r4"])) // 8
+
+
 def measure_table(core: str, kernels: str, rounding: str = "single", ops: tuple[str, ...] = PROBE_OPS,
                   tflm_dir: str | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Link the probe firmware for the base and every op; return the table entry for (core, kernels)."""
@@ -157,6 +175,7 @@ def measure_table(core: str, kernels: str, rounding: str = "single", ops: tuple[
         base_fw = link_firmware(bundle, fw_dir, lib, emu, extra_objects=(_selector(fw_dir, None, lib, emu), probes))
         base_flash, base_ram = _sizes(base_fw)
         base_secs = _flash_sections(fw_dir / "firmware.map")
+        slot = resolver_slot_bytes(fw_dir, lib, emu)
         secs_by_op: dict[str, dict[tuple[str, str], int]] = {}
         say(f"{core} {kernels or 'reference'}: base flash {base_flash:,} B (tflm "
             f"{base_fw.flash_by_component.get('tflm', 0):,}), RAM {base_ram:,} B")
@@ -170,6 +189,9 @@ def measure_table(core: str, kernels: str, rounding: str = "single", ops: tuple[
             say(f"  {op:<30} +{op_flash[op]:>7,} B flash  +{op_ram[op]:>5,} B RAM")
     return {"base_flash_bytes": base_flash, "base_ram_bytes": base_ram,
             "base_flash_by_component": {k: v for k, v in base_fw.flash_by_component.items() if k != "model"},
+            "base_ram_by_component": {k: v - (PROBE_ARENA_BYTES if k == "app" else 0)
+                                      for k, v in base_fw.ram_by_component.items() if k != "test_io"},
+            "resolver_ram_bytes_per_op": slot,
             "op_flash_bytes": op_flash, "op_ram_bytes": op_ram, "skipped": skipped,
             "shared_flash_bytes": [[ops_, n] for ops_, n in shared_groups(secs_by_op) if n >= 16],
             "library": f"{emu.target_arch} {kernels or 'reference'} kernels, {rounding} rounding, "

@@ -1,15 +1,19 @@
-"""Static flash/RAM estimate of a TFLM firmware: measured base + measured per-op sizes + model bytes + arena.
+"""Static flash/RAM estimate of a TFLM firmware: what the exported firmware links, part by part.
 
 Flash = the base firmware (TFLM interpreter/allocator/flatbuffers, newlib nano, startup, harness, identity
 pre-processing) + each distinct op's linked size - the code those ops share, counted once (CMSIS-NN's requantisation
 and matrix kernels, TFLM's kernel utilities) + the model flatbuffer, all from
 :mod:`tinymlops.profile.firmware_size_table` (measured by linking probe firmware, ``tinymlops.export.sizes``).
-RAM = the arena on the 32-bit device + the base's and ops' ``.data``/``.bss`` + a stack allowance. The arena
-figures the profiler has (TFLM's recording allocator on this 64-bit host, or ``arena.py``'s estimate of it) hold
-TFLM's structs at 64-bit size; on a Cortex-M they are smaller (sizeof measured with arm-none-eabi-g++ vs the host
-g++ on this TFLM tree, ``-DTF_LITE_STATIC_MEMORY``): TfLiteEvalTensor 24 -> 12 B (one per tensor),
-NodeAndRegistration 64 -> 32 B (one per op), TfLiteTensor 64 -> 32 B and TfLiteAffineQuantization 24 -> 12 B (one
-per graph input/output).
+
+RAM = what the linked ELF holds (``.data + .bss``) + the stack the firmware uses, as ``tinymlops export`` builds it:
+
+- the arena the bundle declares: TFLM's measured (or the graph's estimated) arena with the export's stated margin
+  (:func:`tinymlops.export.bundle.arena_with_margin`, the same function the export calls);
+- TFLM's, libc's and the bundle's own ``.data``/``.bss`` (interpreter storage, a one-op resolver) from the table's
+  measured base, + the resolver's bytes per further op (``resolver_ram_bytes_per_op``, measured) + per-op RAM;
+- the pre-processing's static buffers (feature + work floats) as the exported C sizes them for the model's fitted
+  blocks (:func:`tinymlops.export.preprocess_c.buffer_floats`), when the version's pre-processing is known;
+- a stack allowance (``STACK_BYTES``, the table's ``stack_bytes`` when measured).
 
 Fallbacks, stated in the result's notes: a core without a table uses the Cortex-M4 table of the same kernels
 (Thumb-2 code; the M7/M33 libraries link within ~1 % of the M4's), then the other kernels' table; an op the table
@@ -23,17 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: stack the firmware needs besides the arena: the harness + TFLM's Invoke + CMSIS-NN kernels; the largest
-#: high-water mark measured under QEMU (benchmarks/mcu.py: vibration, KWS, VWW, IC, AD on M4: 832-1,456 B) rounded up to 256 B
+#: stack the firmware needs besides the arena (harness + TFLM's Invoke + kernels) when the table has no
+#: ``stack_bytes``: the largest high-water mark measured under QEMU (benchmarks/mcu.py on M4: 832-1,448 B) rounded up
 STACK_BYTES = 1_536
 KERNELS = {"tflm-cmsis-nn": "cmsis_nn", "tflm-reference": "reference"}
-#: bytes a 32-bit MCU saves over the 64-bit host per tensor / op / graph input-output (see the module docstring)
-SAVED_PER_TENSOR, SAVED_PER_OP, SAVED_PER_IO = 24 - 12, 64 - 32, (64 - 32) + (24 - 12)
-
-
-def device_arena_bytes(host_arena_bytes: int, n_tensors: int, n_ops: int, n_io: int) -> int:
-    """Return the arena on a 32-bit MCU for an arena measured (or estimated) with 64-bit structs."""
-    return max(0, host_arena_bytes - SAVED_PER_TENSOR * n_tensors - SAVED_PER_OP * n_ops - SAVED_PER_IO * n_io)
+#: bytes of a resolver slot on a 32-bit core when the table does not say (sizeof MicroMutableOpResolver<N+1> - <N>)
+RESOLVER_RAM_BYTES_PER_OP = 36
+#: the probe's base holds an identity pre-processing: one feature float and one work float (see export/sizes.py)
+PROBE_PREPROCESSING_RAM_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class FirmwareSize:
     flash_by_part: dict[str, int]
     table: str
     notes: list[str] = field(default_factory=list)
+    ram_by_part: dict[str, int] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
@@ -61,12 +63,37 @@ def _entry(core: str, kernels: str) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def estimate(op_types: dict[str, int] | list[str], model_bytes: int, core: str, runtime: str,
-             arena_bytes: int) -> FirmwareSize | None:
-    """Estimate a TFLM firmware's flash and RAM for a model's ops; None for a non-TFLM runtime or no table.
+def preprocessing_ram_bytes(preprocessing: dict[str, Any] | None) -> tuple[int | None, str]:
+    """Return the static RAM the exported C pre-processing allocates for a manifest's fitted blocks, and a note.
 
-    ``arena_bytes`` is the arena on the device (see :func:`device_arena_bytes`).
+    None (with the reason) when the pre-processing is unknown or has no C implementation.
     """
+    if not preprocessing:
+        return None, "pre-processing unknown (a model file without its version's manifest): its buffers not counted"
+    from pydantic import ValidationError
+
+    from tinymlops.errors import TinyMLOpsError
+    from tinymlops.export.preprocess_c import buffer_floats
+    from tinymlops.preprocessing import FittedPreprocessing
+
+    try:
+        features, work = buffer_floats(FittedPreprocessing(**preprocessing))
+    except (TinyMLOpsError, ValidationError, TypeError) as exc:
+        return None, f"pre-processing buffers not counted: {str(exc).splitlines()[0][:200]}"
+    return 4 * (features + work), ""
+
+
+def estimate(op_types: dict[str, int] | list[str], model_bytes: int, core: str, runtime: str,
+             host_arena_bytes: int, preprocessing: dict[str, Any] | None = None) -> FirmwareSize | None:
+    """Estimate the exported TFLM firmware's flash and RAM; None for a non-TFLM runtime or no table.
+
+    Args:
+        host_arena_bytes: TFLM's arena for the model as the export measures it (or the graph's estimate of it);
+            the firmware declares it with the export's margin.
+        preprocessing: the version manifest's fitted pre-processing (``manifest["preprocessing"]``), if known.
+    """
+    from tinymlops.export.bundle import arena_with_margin
+
     kernels = KERNELS.get(runtime)
     found = _entry(core, kernels) if kernels else None
     if found is None:
@@ -85,7 +112,14 @@ def estimate(op_types: dict[str, int] | list[str], model_bytes: int, core: str, 
     # a group of ops sharing n bytes: each op's size holds them, the firmware once
     op_flash -= sum(n * (len(set(group) & set(ops)) - 1) for group, n in e.get("shared_flash_bytes", [])
                     if len(set(group) & set(ops)) > 1)
-    op_ram = sum(e["op_ram_bytes"].get(op, 0) for op in ops)
     parts = {"base": int(e["base_flash_bytes"]), "ops": int(op_flash), "model": int(model_bytes)}
-    return FirmwareSize(sum(parts.values()), int(arena_bytes + e["base_ram_bytes"] + op_ram + STACK_BYTES), parts,
-                        key, notes)
+    pp_ram, pp_note = preprocessing_ram_bytes(preprocessing)
+    if pp_note:
+        notes.append("firmware RAM: " + pp_note)
+    ram = {"arena": arena_with_margin(host_arena_bytes),
+           "base": int(e["base_ram_bytes"]) - PROBE_PREPROCESSING_RAM_BYTES,
+           "resolver": int(e.get("resolver_ram_bytes_per_op", RESOLVER_RAM_BYTES_PER_OP)) * max(0, len(ops) - 1),
+           "ops": int(sum(e["op_ram_bytes"].get(op, 0) for op in ops)),
+           "preprocessing": pp_ram or PROBE_PREPROCESSING_RAM_BYTES,
+           "stack": int(e.get("stack_bytes", STACK_BYTES))}
+    return FirmwareSize(sum(parts.values()), sum(ram.values()), parts, key, notes, ram)

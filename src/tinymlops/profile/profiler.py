@@ -9,6 +9,7 @@ estimated.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -200,6 +201,7 @@ class _Figures:
     notes: list[str] = field(default_factory=list)
     measured: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    firmware: firmware_size.FirmwareSize | None = None
 
 
 def _arena_estimate(st: StaticAnalysis, rt: str) -> int:
@@ -282,11 +284,13 @@ def _run_device(p: Path, target: TargetConfig, fig: _Figures) -> None:
 
 def profile_model(path: str | Path, target: TargetConfig, cache: ProfileCache | None = None,
                   measure_tflm: bool = True, measure_host: bool = True, run_device: bool = True,
-                  layers: bool = False) -> dict[str, Any]:
+                  layers: bool = False, preprocessing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Profile a model file on a target and return the JSON-able result (the CLI contract).
 
     The cost model's estimate comes first; each measurement that applies replaces the figures it measured, in
     this order: TFLite Micro's arena, host timing (``host: true`` targets), the target's device runner.
+    ``preprocessing`` (a manifest's fitted pre-processing; default: the ``manifest.json`` of the package the model
+    file is in) sizes the pre-processing buffers of a microcontroller firmware.
     """
     p = Path(path)
     cache = cache or ProfileCache()
@@ -301,7 +305,9 @@ def profile_model(path: str | Path, target: TargetConfig, cache: ProfileCache | 
         _measure_tflm(p, st, rt, cache, fig)
     fig.peak_ram_bytes = fig.arena_bytes + target.ram_overhead_bytes
     fig.flash_bytes = st.model_bytes + target.flash_overhead_bytes
-    fw = _firmware_size(st, target, fig.arena_bytes)
+    pp = preprocessing if preprocessing is not None else _package_preprocessing(p)
+    host_arena = int(fig.measured.get("tflm_arena_bytes", _export_arena(st)))
+    fw = fig.firmware = _firmware_size(st, target, host_arena, pp)
     # TFLM on a microcontroller: measured base + per-op sizes (profile/firmware_size.py); a YAML's runtime_*_bytes wins
     if fw is not None and target.runtime_flash_bytes is None:
         fig.flash_bytes = fw.flash_bytes
@@ -317,22 +323,41 @@ def profile_model(path: str | Path, target: TargetConfig, cache: ProfileCache | 
         _measure_host(p, target, cache, fig)
     if run_device and target.runner is not None and not fig.reasons:
         _run_device(p, target, fig)
-    return _result(p, st, target, est, arena_est, fig, layers)
+    return _result(p, st, target, est, arena_est, fig, layers, pp)
 
 
-def _firmware_size(st: StaticAnalysis, target: TargetConfig, arena_bytes: int) -> firmware_size.FirmwareSize | None:
-    """Return the per-op firmware size estimate for a TFLM microcontroller target (None otherwise)."""
+def _package_preprocessing(model: Path) -> dict[str, Any] | None:
+    """Return the fitted pre-processing of the package a model file sits in (its ``manifest.json``), if any."""
+    manifest = model.parent / "manifest.json"
+    try:
+        m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    pp = m.get("preprocessing") if isinstance(m, dict) and m.get("file") == model.name else None
+    return pp if isinstance(pp, dict) else None
+
+
+def _export_arena(st: StaticAnalysis) -> int:
+    """Return the static estimate of the arena ``tinymlops export`` measures (TFLM reference kernels)."""
+    return int((st.tflm_arena_bytes or {}).get("tflm-reference", 0))
+
+
+def _firmware_size(st: StaticAnalysis, target: TargetConfig, host_arena_bytes: int,
+                   preprocessing: dict[str, Any] | None = None) -> firmware_size.FirmwareSize | None:
+    """Return the firmware size estimate for a TFLM microcontroller target (None otherwise).
+
+    ``host_arena_bytes``: TFLM's arena as the export measures it (reference kernels, this host) or its estimate.
+    """
     if st.format != "tflite" or target.core not in MCU_CORES:
         return None
-    g = st.graph
-    arena = firmware_size.device_arena_bytes(arena_bytes, len(g.tensors), len(g.ops), len(set(g.inputs) | set(g.outputs)))
-    return firmware_size.estimate(st.op_types, st.model_bytes, target.core, target.runtime, arena)
+    return firmware_size.estimate(st.op_types, st.model_bytes, target.core, target.runtime, host_arena_bytes,
+                                  preprocessing)
 
 
 def _result(p: Path, st: StaticAnalysis, target: TargetConfig, est: costmodel.Estimate, arena_est: int,
-            fig: _Figures, layers: bool) -> dict[str, Any]:
+            fig: _Figures, layers: bool, preprocessing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Judge fit (RAM, flash, latency SLO) and assemble the JSON contract."""
-    fw_est = _firmware_size(st, target, arena_est)
+    fw_est = _firmware_size(st, target, _export_arena(st), preprocessing)
     latency_ms, peak_ram, flash, reasons = fig.latency_ms, fig.peak_ram_bytes, fig.flash_bytes, fig.reasons
     fits_ram = peak_ram <= target.sram_bytes
     fits_flash = flash <= target.flash_bytes
@@ -362,6 +387,9 @@ def _result(p: Path, st: StaticAnalysis, target: TargetConfig, est: costmodel.Es
                       "method": "per-op-kind cost model (tinymlops.profile.costmodel)"},
         "static": st.summary(layers),
     }
+    if fig.firmware is not None:   # the microcontroller firmware's parts (profile/firmware_size.py)
+        result["firmware_estimate"] = {"flash_by_part": fig.firmware.flash_by_part,
+                                       "ram_by_part": fig.firmware.ram_by_part, "table": fig.firmware.table}
     if fig.measured:
         result["measured"] = fig.measured
     return result
