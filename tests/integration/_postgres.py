@@ -15,8 +15,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from itertools import count
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 #: the server log of the most recently started server (deadlocks, slow statements), for diagnostics
 last_log: Path | None = None
@@ -78,6 +82,38 @@ def create_database(server_url: str, name: str) -> str:
     with psycopg.connect(server_url.replace("+psycopg", "") + "/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{server_url}/{name}"
+
+
+def marks() -> list[pytest.MarkDecorator]:
+    """``pytestmark`` of a PostgreSQL test module: integration, skipped where the server binaries are missing."""
+    return [pytest.mark.integration, pytest.mark.skipif(not available(), reason="needs PostgreSQL server binaries")]
+
+
+_n = count()
+
+
+def store_fixtures(prefix: str, *before: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Fixtures ``pg_server`` (one server per module) and ``st`` (a fleet store on a fresh, migrated database per
+    test, after the fixtures named in ``before``): assign them in a module that re-runs a SQLite test-suite
+    (``pg_server, st = _postgres.store_fixtures("x")`` after its ``import *``) to run it on PostgreSQL."""
+
+    @pytest.fixture(scope="module")
+    def pg_server() -> Iterator[str]:
+        with postgres_server() as url:
+            yield url
+
+    @pytest.fixture
+    def st(pg_server: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+        from tinymlops.fleet.store import open_store
+
+        for name in before:
+            request.getfixturevalue(name)
+        s = open_store(create_database(pg_server, f"{prefix}_{next(_n)}"))
+        assert s.engine.dialect.name == "postgresql"
+        yield s
+        s.dispose()
+
+    return pg_server, st
 
 
 def _interrupt(*_args: object) -> None:

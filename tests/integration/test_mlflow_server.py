@@ -24,8 +24,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _postgres  # noqa: E402
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not _postgres.available(), reason="needs PostgreSQL server binaries")]
+pytestmark = _postgres.marks()
 MODEL = "it-server"
 CONFIG = {
     "kind": "pipeline",

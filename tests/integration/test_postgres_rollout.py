@@ -9,35 +9,17 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _postgres  # noqa: E402
 from test_rollout_controller import *  # noqa: E402, F403  (the scenarios, collected again with `st` below)
-from test_rollout_controller import Controller, Store, config, desired, fleet_store, setup  # noqa: E402
+from test_rollout_controller import Controller, Store, config, desired, setup  # noqa: E402
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not _postgres.available(), reason="needs PostgreSQL server binaries")]
-_n = iter(range(10_000))
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    with _postgres.postgres_server() as url:
-        yield url
-
-
-@pytest.fixture
-def st(pg_server: str, home: Path) -> Iterator[Store]:  # overrides the SQLite `st` of the imported scenarios
-    s = fleet_store.open_store(_postgres.create_database(pg_server, f"rollout_{next(_n)}"))
-    assert s.engine.dialect.name == "postgresql"
-    yield s
-    s.dispose()
+pytestmark = _postgres.marks()
+pg_server, st = _postgres.store_fixtures("rollout", "home")
 
 
 def test_two_controllers_racing_for_a_lease_never_both_drive(st: Store, home: Path) -> None:

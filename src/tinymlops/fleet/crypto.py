@@ -45,7 +45,11 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def device_key(state_dir: Path) -> X25519PrivateKey:
     """Return the device's X25519 private key, creating it (mode 0600) on first use."""
-    path = Path(state_dir) / DEVICE_KEY_FILE
+    return x25519_key(Path(state_dir) / DEVICE_KEY_FILE)
+
+
+def x25519_key(path: Path) -> X25519PrivateKey:
+    """Return the raw X25519 private key stored at ``path``, creating it (mode 0600, fsynced) on first use."""
     if path.is_file():
         return X25519PrivateKey.from_private_bytes(path.read_bytes())
     key = X25519PrivateKey.generate()

@@ -56,16 +56,10 @@ def key_id_of(public_raw: bytes) -> str:
 
 def field_key(directory: Path | None = None) -> X25519PrivateKey:
     """Return the registry host's field key, creating it (mode 0600) on first use."""
-    from tinymlops.fleet.crypto import _write_private
+    from tinymlops.fleet.crypto import x25519_key
     from tinymlops.fleet.packages import keys_dir
 
-    path = (directory or keys_dir()) / FIELD_KEY_FILE
-    if path.is_file():
-        return X25519PrivateKey.from_private_bytes(path.read_bytes())
-    key = X25519PrivateKey.generate()
-    _write_private(path, key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                           serialization.NoEncryption()))
-    return key
+    return x25519_key((directory or keys_dir()) / FIELD_KEY_FILE)
 
 
 def key_statement(key: X25519PrivateKey, signer: Ed25519PrivateKey) -> dict[str, str]:
