@@ -8,12 +8,24 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 _ENV_KEYS = ("TINYMLOPS_HOME", "MLFLOW_TRACKING_URI", "TINYMLOPS_TARGETS_DIR")
+
+
+def until(what: Callable[[], T], timeout_s: float = 60.0) -> T:
+    """Poll ``what`` every 0.2 s until it returns something truthy; return that, or fail after ``timeout_s``."""
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"condition not met within {timeout_s}s")
 
 
 class Proc:

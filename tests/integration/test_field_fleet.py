@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from _fleet import Proc
+from _fleet import Proc, until
 from sqlalchemy import select
 
 from tinymlops.fleet import packages, store
@@ -28,16 +28,6 @@ from tinymlops.sim import demo_model
 from tinymlops.sim.command import product_command
 
 pytestmark = pytest.mark.integration
-
-
-def _until(what, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
-    t_end = time.monotonic() + timeout_s
-    while time.monotonic() < t_end:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"condition not met within {timeout_s}s")
 
 
 @pytest.fixture
@@ -64,7 +54,7 @@ def fleet(tmp_path: Path):
         except httpx.HTTPError:
             return False
 
-    _until(healthy)
+    until(healthy)
     op = httpx.Client(base_url=url, timeout=10, headers={
         "Authorization": f"Bearer {(home / 'fleet' / 'operator-token').read_text().strip()}"})
     manifest = demo_model.build_demo_package(tmp_path / "pkg", model_name="field-demo")
@@ -103,7 +93,7 @@ def test_only_consented_samples_leave_devices_and_forget_removes_them(fleet: dic
     tokens = op.post("/v1/enrolment-tokens", json={"cohort": "line-b", "count": 2}).json()["tokens"]
     op.put("/v1/desired-state", json={"package_id": fleet["package"], "cohort": "line-b"}).raise_for_status()
     agents = {d: _agent(fleet, d, t, inputs) for d, t in zip(("dev-on", "dev-off"), tokens, strict=True)}
-    _until(lambda: {d["id"] for d in op.get("/v1/devices").json()} >= {"dev-on", "dev-off"})
+    until(lambda: {d["id"] for d in op.get("/v1/devices").json()} >= {"dev-on", "dev-off"})
     pol = json.loads(_cli(fleet, "field-data", "policy", "--server", fleet["url"], "--window", "1s",
                           "--reservoir-size", "8", "--json").stdout)
     assert pol["reservoir_size"] == 8 and pol["window_s"] == 1.0
@@ -113,7 +103,7 @@ def test_only_consented_samples_leave_devices_and_forget_removes_them(fleet: dic
     def batches() -> list[dict]:
         return list(op.get("/v1/field-batches").json())
 
-    _until(lambda: sum(b["count"] for b in batches()) >= 24, 90)
+    until(lambda: sum(b["count"] for b in batches()) >= 24, 90)
     for a in agents.values():
         a.stop()
     got = batches()

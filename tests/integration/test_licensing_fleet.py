@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _fleet import Proc
+from _fleet import Proc, until
 
 from tinymlops.fleet import packages
 from tinymlops.sim import demo_model
@@ -104,15 +104,6 @@ class Fleet:
         assert p.returncode == 0, p.stderr
         return json.loads(p.stdout)
 
-    def until(self, what, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
-        t_end = time.monotonic() + timeout_s
-        while time.monotonic() < t_end:
-            got = what()
-            if got:
-                return got
-            time.sleep(0.2)
-        raise AssertionError(f"condition not met within {timeout_s}s")
-
     def licence_row(self, device: str) -> dict | None:
         rows = self.op.get("/v1/licences", params={"device_id": device}).json()
         return rows[-1] if rows else None
@@ -134,11 +125,11 @@ def test_offline_quota_exhaustion_then_exact_reconciliation(fleet: Fleet) -> Non
     agent = fleet.agent(dev, fleet.enrol(dev, pid))
     agent.wait_for("installed package")
     agent.wait_for("needs a licence and this device holds none")  # installed, refused: no licence yet
-    fleet.until(lambda: fleet.op.get(f"/v1/licence-devices/{dev}").status_code == 200)
+    until(lambda: fleet.op.get(f"/v1/licence-devices/{dev}").status_code == 200)
     issued = fleet.cli("issue", "--server", fleet.url, "--device", dev, "--model", MODEL, "--count", str(QUOTA),
                        "--customer", "acme")
     assert issued["count"] == QUOTA and issued["sequence"] == 1
-    fleet.until(lambda: (fleet.licence_row(dev) or {}).get("accepted"))
+    until(lambda: (fleet.licence_row(dev) or {}).get("accepted"))
     fleet.stop_server()  # from here on the device is offline
 
     agent.wait_for("is used up: 40 of 40 inferences")
@@ -152,7 +143,7 @@ def test_offline_quota_exhaustion_then_exact_reconciliation(fleet: Fleet) -> Non
 
     fleet.serve()  # back online: the device uploads and the service reconciles exactly
     agent = fleet.agent(dev)
-    fleet.until(lambda: (fleet.licence_row(dev) or {}).get("settled") == QUOTA)
+    until(lambda: (fleet.licence_row(dev) or {}).get("settled") == QUOTA)
     agent.stop()
     row = fleet.licence_row(dev)
     assert row is not None and row["used"] == QUOTA and row["unsettled"] == 0 and row["remaining"] == 0
@@ -169,14 +160,14 @@ def test_a_restored_old_state_is_detected(fleet: Fleet) -> None:
     state = fleet.root / "dev" / dev
     agent = fleet.agent(dev, fleet.enrol(dev, pid))
     agent.wait_for("holds none")
-    fleet.until(lambda: fleet.op.get(f"/v1/licence-devices/{dev}").status_code == 200)
+    until(lambda: fleet.op.get(f"/v1/licence-devices/{dev}").status_code == 200)
     fleet.cli("issue", "--server", fleet.url, "--device", dev, "--model", MODEL, "--count", "100000")
-    fleet.until(lambda: (fleet.licence_row(dev) or {}).get("accepted"))
+    until(lambda: (fleet.licence_row(dev) or {}).get("accepted"))
     agent.stop()
     shutil.copytree(state, fleet.root / "snapshot")  # the owner keeps a copy of the state directory
 
     agent = fleet.agent(dev)
-    fleet.until(lambda: (fleet.licence_row(dev) or {}).get("used", 0) >= 50)
+    until(lambda: (fleet.licence_row(dev) or {}).get("used", 0) >= 50)
     agent.stop()
     honest = fleet.licence_row(dev)
     assert honest is not None
