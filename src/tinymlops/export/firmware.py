@@ -9,6 +9,8 @@ libc and the rest.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import subprocess
 import time
@@ -139,6 +141,30 @@ def write_board_files(work: Path, emu: Emulated) -> tuple[Path, Path]:
     return work / "fw_startup.c", work / "link.ld"
 
 
+def tflm_pch(lib: TflmLibrary, emu: Emulated) -> Path:
+    """Return a header of the TFLM includes ``tm_model.cc`` uses, precompiled for the library's flags (cached).
+
+    ``-include`` it when compiling ``tm_model.cc``: its TFLM headers (the interpreter, the op resolver with every
+    kernel's header, the flatbuffer schema) take most of a firmware's compile time; the bundle's include guards
+    make its own ``#include`` lines no-ops. GCC falls back to the plain header if the ``.gch`` does not match.
+    """
+    from tinymlops.export.toolchain import cache_root
+
+    headers = re.findall(r'^#include "(tensorflow/[^"]+)"', c_source("tm_model.cc.in"), re.M)
+    cmd = ["arm-none-eabi-g++", *lib.cxxflags, *arch_flags(emu), "-O2", *lib.includes, "-x", "c++-header"]
+    stamp = [str((lib.tflm_dir / h).stat().st_mtime_ns) for h in headers if (lib.tflm_dir / h).is_file()]
+    key = hashlib.sha256("\n".join([*cmd, *headers, *stamp, str(lib.lib_path)]).encode()).hexdigest()[:16]
+    d = cache_root() / "tflm-pch" / key
+    header, gch = d / "tm_tflm.h", d / "tm_tflm.h.gch"
+    if not gch.is_file():
+        d.mkdir(parents=True, exist_ok=True)
+        header.write_text("".join(f'#include "{h}"\n' for h in headers))
+        tmp = d / f"tm_tflm.{os.getpid()}.gch"
+        _run([*cmd, str(header), "-o", str(tmp)], d, "precompiling the TFLM headers")
+        tmp.replace(gch)   # whole or not at all: another build may be compiling with it
+    return header
+
+
 def compile_objects(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulated, jobs: int = 2,
                     only: tuple[str, ...] = ()) -> list[Path]:
     """Compile the bundle + harness + startup for the board (``jobs`` at a time); return the objects.
@@ -152,10 +178,13 @@ def compile_objects(bundle_src: Path, work: Path, lib: TflmLibrary, emu: Emulate
     cmds = [(["arm-none-eabi-gcc", *lib.cflags, *arch, "-O2", "-std=c99", *inc, "-c", str(f), "-o",
               str(work / (f.stem + ".o"))], f)
             for f in (bundle_src / "tm_preprocess.c", bundle_src / "tm_pp_config.c", work / "fw_startup.c")]
-    cmds += [(["arm-none-eabi-g++", *lib.cxxflags, *arch, "-O2", *inc, "-c", str(f), "-o",
-               str(work / (f.stem + ".o"))], f)
+    todo_names = {"tm_preprocess.c", "tm_pp_config.c", "fw_startup.c", "tm_model.cc", "tm_model_data.cc",
+                  "fw_main.cc"} if not only else set(only)
+    pch = ["-include", str(tflm_pch(lib, emu))] if "tm_model.cc" in todo_names else []
+    cmds += [(["arm-none-eabi-g++", *lib.cxxflags, *arch, "-O2", *(pch if f.name == "tm_model.cc" else []), *inc,
+               "-c", str(f), "-o", str(work / (f.stem + ".o"))], f)
              for f in (bundle_src / "tm_model.cc", bundle_src / "tm_model_data.cc", work / "fw_main.cc")]
-    todo = [c for c in cmds if not only or c[1].name in only]
+    todo = [c for c in cmds if c[1].name in todo_names]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(lambda c: _run(c[0], work, f"compiling {c[1].name}"), todo))
     return [Path(cmd[-1]) for cmd, _ in cmds]

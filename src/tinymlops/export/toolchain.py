@@ -16,6 +16,7 @@ device computes what the evaluated variant computed (docs/mcu.md).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -191,14 +192,16 @@ def build_library(tflm: Path, emu: Emulated, kernels: str, jobs: int = 2,
         TinyMLOpsError: the TFLM build failed (the last lines of its output are in the message).
     """
     gendir = library_dir(tflm, emu, kernels, rounding) / "gen"
-    base = _make_cmd(tflm, emu, kernels, gendir, rounding)
-    vals = build_flags(tflm, emu, kernels, rounding)
+    stamp, flags_file = gendir.parent / "built.ok", gendir.parent / "flags.json"
+    t0 = time.monotonic()
+    # a built library keeps the flags TFLM's Makefile gave it: asking the Makefile again takes seconds
+    vals = json.loads(flags_file.read_text()) if stamp.is_file() and flags_file.is_file() else \
+        build_flags(tflm, emu, kernels, rounding)
     lib = Path(vals["LIB"])
     lib = lib if lib.is_absolute() else tflm / lib
-    stamp = gendir.parent / "built.ok"
-    t0 = time.monotonic()
     cached = stamp.is_file() and lib.is_file()
     if not cached:
+        base = _make_cmd(tflm, emu, kernels, gendir, rounding)
         if log:
             log(f"building the TFLM library for {emu.target_arch} ({kernels or 'reference'} kernels, {rounding} "
                 "rounding) once: "
@@ -208,6 +211,10 @@ def build_library(tflm: Path, emu: Emulated, kernels: str, jobs: int = 2,
         if res.returncode != 0 or not lib.is_file():
             raise TinyMLOpsError(f"TFLM library build failed in {tflm}: {(res.stderr or res.stdout).strip()[-600:]}")
         stamp.write_text(_compiler_version() + "\n")
+    if not flags_file.is_file():   # written whole (another export may be reading it)
+        tmp = flags_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(vals))
+        tmp.replace(flags_file)
     includes = [f if not f.startswith("-I") or f[2:].startswith("/") else "-I" + str(tflm / f[2:])
                 for f in vals["INCLUDES"].split()]
     return TflmLibrary(tflm, lib, _split_flags(vals["CXXFLAGS"]), _split_flags(vals["CCFLAGS"]), includes,
