@@ -70,6 +70,107 @@ PROBE = ("import atexit, sys\n"
 ENTRIES = {"agent": "from tinymlops.fleet.agent_main import main; sys.argv[0] = 'tinymlops-agent'; sys.exit(main())",
            "cli": "from cli import main; sys.argv[0] = 'tinymlops'; sys.argv.insert(1, 'agent'); sys.exit(main())"}
 
+#: --breakdown, run by the agent's interpreter: import what a serving agent imports, layer by layer (each layer on
+#: top of the previous ones, so shared dependencies count once, where they are first needed), then open the
+#: package's model with the project's runner and run it; prints one JSON line per layer (RSS deltas in kB)
+LAYERS = (
+    ("stdlib the agent uses (asyncio, ssl, json, logging, argparse)", ["asyncio", "ssl", "json", "logging", "argparse"]),
+    ("numpy", ["numpy"]),
+    ("httpx, httpcore, anyio (asyncio backend)", ["httpx", "httpcore", "anyio._backends._asyncio"]),
+    ("cryptography (Ed25519, X25519, AES-GCM)", ["cryptography.hazmat.primitives.asymmetric.ed25519",
+                                                 "cryptography.hazmat.primitives.asymmetric.x25519",
+                                                 "cryptography.hazmat.primitives.ciphers.aead"]),
+    ("pydantic, yaml", ["pydantic", "pydantic.types", "yaml"]),
+    ("tinymlops agent modules (their pydantic models: pre-processing, sketch, target, ...)",
+     ["tinymlops.fleet.agent_main", "tinymlops.fleet.agent", "tinymlops.fleet.inputs", "tinymlops.fleet.tls",
+      "tinymlops.preprocessing", "tinymlops.monitor.sketches", "tinymlops.profile.targets"]),
+)
+BREAKDOWN = r'''
+import importlib, json, sys, time
+sys.modules.setdefault("httpx._main", None)
+layers, model, runtime, n = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+def rss():
+    d = {}
+    for line in open("/proc/self/status"):
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "RssAnon", "RssFile"):
+            d[k] = int(v.split()[0])
+    return d
+def emit(name, before, mods, **extra):
+    now = rss()
+    print(json.dumps({"layer": name, **{k: now[k] - before[k] for k in now}, "modules": len(sys.modules) - mods,
+                      **extra}), flush=True)
+    return now, len(sys.modules)
+prev, mods = rss(), len(sys.modules)
+print(json.dumps({"layer": "interpreter", **prev, "modules": mods}), flush=True)
+for name, names in layers:
+    for m in names:
+        importlib.import_module(m)
+    prev, mods = emit(name, prev, mods)
+importlib.import_module("onnxruntime" if runtime == "onnxruntime" else "ai_edge_litert.interpreter")
+prev, mods = emit(f"{runtime} import", prev, mods)
+import numpy as np
+from tinymlops.runtimes import open_runner
+r = open_runner(model, runtime)
+x = np.zeros(r.input_shape, np.float32)
+r.predict(x[None] if len(r.input_shape) == 1 else x)
+prev, mods = emit(f"{runtime} session (the package's model, the project's runner) + 1 inference", prev, mods)
+lat = []
+for _ in range(n):
+    t = time.perf_counter()
+    r.predict(x[None] if len(r.input_shape) == 1 else x)
+    lat.append(time.perf_counter() - t)
+lat.sort()
+emit(f"{n} more inferences", prev, mods, median_us=round(lat[len(lat) // 2] * 1e6, 1))
+'''
+#: --breakdown (onnx): one fresh interpreter per onnxruntime SessionOptions variant: RSS the session and its
+#: inferences add on top of `import numpy, onnxruntime`, and the median latency of one inference
+SESSION_VARIANTS = {
+    "the adapter's (tinymlops.runtimes.onnx)": None,
+    "onnxruntime's defaults (a thread per core)": {},
+    "1 thread, no spinning": {"threads": 1, "spin": "0"},
+    "1 thread, CPU arena off": {"threads": 1, "arena": False},
+    "1 thread, memory patterns off": {"threads": 1, "pattern": False},
+    "1 thread, arena + patterns off": {"threads": 1, "arena": False, "pattern": False},
+    "1 thread, optimisation basic": {"threads": 1, "opt": "ORT_ENABLE_BASIC"},
+    "1 thread, optimisation off": {"threads": 1, "opt": "ORT_DISABLE_ALL"},
+}
+SESSION = r'''
+import json, sys, time
+import numpy as np
+import onnxruntime as ort
+variant, model, n = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+def rss():
+    return {k: int(v.split()[0]) for k, _, v in (ln.partition(":") for ln in open("/proc/self/status"))
+            if k in ("VmRSS", "RssAnon", "RssFile")}
+before = rss()
+if variant is None:
+    from tinymlops.runtimes.onnx import OnnxRunner
+    sess = OnnxRunner(model)._sess
+else:
+    o = ort.SessionOptions()
+    o.log_severity_level = 3
+    if "threads" in variant:
+        o.intra_op_num_threads = o.inter_op_num_threads = variant["threads"]
+    if "spin" in variant:
+        o.add_session_config_entry("session.intra_op.allow_spinning", variant["spin"])
+    o.enable_cpu_mem_arena = variant.get("arena", True)
+    o.enable_mem_pattern = variant.get("pattern", True)
+    if "opt" in variant:
+        o.graph_optimization_level = getattr(ort.GraphOptimizationLevel, variant["opt"])
+    sess = ort.InferenceSession(model, o, providers=["CPUExecutionProvider"])
+inp = sess.get_inputs()[0]
+x = np.ones([d if isinstance(d, int) else 1 for d in inp.shape], np.float32)
+lat = []
+for _ in range(n):
+    t = time.perf_counter()
+    sess.run(None, {inp.name: x})
+    lat.append(time.perf_counter() - t)
+lat.sort()
+after = rss()
+print(json.dumps({k: after[k] - before[k] for k in after} | {"median_us": round(lat[n // 2] * 1e6, 1)}))
+'''
+
 
 def _feed(stdin: Any, stop: threading.Event, interval_s: float) -> None:
     """Write vibration windows as JSON lines, one per interval, until stopped or the agent goes away."""
@@ -87,6 +188,44 @@ def _feed(stdin: Any, stop: threading.Event, interval_s: float) -> None:
         time.sleep(interval_s)
 
 
+def _breakdown(bundle: Any, fmt: str, python: list[str], image: bool, n: int) -> None:
+    """Print where the agent's RSS goes (layer by layer) and, for ONNX, what onnxruntime's session options change."""
+    runtime = "onnxruntime" if fmt == "onnx" else "tflite"
+    with tempfile.TemporaryDirectory(prefix="tinymlops-agent-rss-model-") as tmp:
+        Path(tmp).chmod(0o755)
+        model = Path(tmp) / f"model.{fmt}"
+        model.write_bytes(bundle.artifact)  # a plaintext package: the artifact is the model file
+        model.chmod(0o644)
+        if image:
+            python = ["podman", "run", "--rm", "--network", "none", "-v", f"{tmp}:/model:ro", "--entrypoint",
+                      "python", *python]
+            model = Path("/model") / model.name
+
+        def run(script: str, *argv: str) -> list[dict[str, Any]]:
+            r = subprocess.run([*python, "-c", script, *argv], capture_output=True, text=True, timeout=300)
+            if r.returncode:
+                sys.exit(f"breakdown failed: {r.stderr[-2000:]}")
+            return [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+
+        rows = run(BREAKDOWN, json.dumps(LAYERS), str(model), runtime, str(n))
+        print(f"\nwhere the RSS goes ({runtime} package; each layer imported on top of the previous ones; MB):")
+        print(f"  {'layer':<88} {'RSS':>6} {'anon':>6} {'file':>6} {'modules':>7}")
+        for r in rows:
+            sign = "" if r["layer"] == "interpreter" else "+"
+            print(f"  {r['layer']:<88} {sign}{r['VmRSS'] / 1024:>5.1f} {sign}{r['RssAnon'] / 1024:>5.1f} "
+                  f"{sign}{r['RssFile'] / 1024:>5.1f} {sign}{r['modules']:>6}"
+                  + (f"   median {r['median_us']} us/inference" if "median_us" in r else ""))
+        print(f"  {'total':<88} {sum(r['VmRSS'] for r in rows) / 1024:>6.1f}")
+        if runtime != "onnxruntime":
+            return
+        print(f"\nonnxruntime session options: what the session and {n} inferences add on top of `import numpy, "
+              "onnxruntime` (MB) and the median latency of one inference")
+        for name, variant in SESSION_VARIANTS.items():
+            r = run(SESSION, json.dumps(variant), str(model), str(n))[0]
+            print(f"  {name:<44} RSS +{r['VmRSS'] / 1024:4.1f} (anon +{r['RssAnon'] / 1024:4.1f}, file "
+                  f"+{r['RssFile'] / 1024:4.1f})   {r['median_us']:7.1f} us")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--agent-bin", type=Path, default=Path(sys.executable).parent,
@@ -99,6 +238,10 @@ def main() -> None:
                     "agent)")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long to sample once the package is installed")
     ap.add_argument("--top", type=int, default=8, help="how many of the largest mapped files to print")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="then, in the agent's interpreter (or image): the RSS of each layer the agent imports, the "
+                         "runtime's session and inferences (latency), and (onnx) onnxruntime's session options")
+    ap.add_argument("--inferences", type=int, default=2000, help="inferences timed per --breakdown measurement")
     args = ap.parse_args()
     exe = args.agent_bin / "python"
     if not args.image and not exe.is_file():
@@ -185,6 +328,8 @@ def main() -> None:
         loaded = modules[1].strip() if len(modules) > 1 else ""
         print(f"Python modules loaded {modules[0]}; of {', '.join(WATCH)}: {loaded or 'none'}")
     print("largest resident mappings (MB): " + ", ".join(f"{n} {kb / 1024:.1f}" for n, kb in libs))
+    if args.breakdown:
+        _breakdown(bundle, args.format, [args.image] if args.image else [str(exe)], bool(args.image), args.inferences)
 
 
 if __name__ == "__main__":
