@@ -1,5 +1,9 @@
 """Pipeline flow: train → compress → profile → rollout → drift, handing identifiers (never objects) on.
 
+In the demo a drift verdict whose config says ``retrain: {strategy: personalise}`` switches the drifted monitored
+cohorts' personalisation on; the pipeline then runs those cohorts again and checks them once more
+(``flows.personalise.demo_follow_up_flow``): the ``personalise`` table shows fleet-model vs personalised accuracy.
+
 Each stage runs its own flow (a subflow run) around its library entry point. ``stages:`` in the config picks the
 stages; without ``train`` the pipeline starts from the latest registered float32 version (a clear error when the
 model has none).
