@@ -28,6 +28,18 @@ def until(what: Callable[[], T], timeout_s: float = 60.0) -> T:
     raise AssertionError(f"condition not met within {timeout_s}s")
 
 
+#: a Linux gateway target (onnxruntime) for services that need one in their --targets-dir
+GW_TARGET = ("name: gw\nruntime: onnxruntime\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\n"
+             "flash_bytes: 32000000000\nactive_power_mw: 3000\n")
+
+
+def write_gw_target(targets: Path) -> Path:
+    """Write ``gw.yaml`` (:data:`GW_TARGET`) into ``targets`` (created); return the directory."""
+    targets.mkdir(parents=True, exist_ok=True)
+    (targets / "gw.yaml").write_text(GW_TARGET)
+    return targets
+
+
 class Proc:
     """A product process whose stderr is collected by a thread (so waiting on a log line never blocks it)."""
 
@@ -62,6 +74,38 @@ class Proc:
 
     def log(self) -> str:
         return "".join(self.lines)[-6000:]
+
+
+def serve_fleet(db: str, env: dict[str, str], *args: str, port: int | None = None,
+                timeout_s: float = 90.0) -> tuple[Proc, str, str]:
+    """Start ``tinymlops fleet serve --db DB`` on loopback (a free port unless given) with ``env`` (its
+    TINYMLOPS_HOME gets the operator token) and extra ``args``; wait until it answers /healthz.
+
+    Returns (process, base URL, operator token); the caller stops the process (``Proc.stop``).
+    """
+    import httpx
+
+    from tinymlops.sim.command import product_command
+    from tinymlops.sim.demo import free_port
+
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = Proc([*product_command("fleet", "serve"), "--db", db, "--port", str(port), *args], env)
+    token_file = Path(env["TINYMLOPS_HOME"]) / "fleet" / "operator-token"
+
+    def healthy() -> bool:
+        assert proc.p.poll() is None, f"fleet serve exited {proc.p.returncode}:\n{proc.log()}"
+        try:
+            return token_file.is_file() and httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        until(healthy, timeout_s)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, url, token_file.read_text().strip()
 
 
 def demo_fleet(root: Path, model: str) -> Iterator[dict[str, Any]]:

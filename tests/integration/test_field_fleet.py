@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from _fleet import Proc, until
+from _fleet import Proc, serve_fleet, until, write_gw_target
 from sqlalchemy import select
 
 from tinymlops.fleet import packages, store
@@ -36,27 +35,10 @@ def fleet(tmp_path: Path):
     env = {**os.environ, "TINYMLOPS_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
     (home / "keys").mkdir(parents=True)
     key = packages.signing_key(home / "keys")
-    (tmp_path / "targets").mkdir()
-    (tmp_path / "targets" / "gw.yaml").write_text(
-        "name: gw\nruntime: onnxruntime\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\n"
-        "flash_bytes: 32000000000\nactive_power_mw: 3000\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url, db = f"http://127.0.0.1:{port}", f"sqlite:///{tmp_path / 'fleet.db'}"
-    server = Proc([*product_command("fleet", "serve"), "--db", db, "--port", str(port), "--poll-interval", "0.2",
-                   "--targets-dir", str(tmp_path / "targets")], env)
-
-    def healthy() -> bool:
-        assert server.p.poll() is None, "".join(server.lines)
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    until(healthy)
-    op = httpx.Client(base_url=url, timeout=10, headers={
-        "Authorization": f"Bearer {(home / 'fleet' / 'operator-token').read_text().strip()}"})
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    server, url, token = serve_fleet(db, env, "--poll-interval", "0.2", "--targets-dir",
+                                     str(write_gw_target(tmp_path / "targets")))
+    op = httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {token}"})
     manifest = demo_model.build_demo_package(tmp_path / "pkg", model_name="field-demo")
     bundle = packages.sign({**manifest, "model_version": "1", "target": "gw", "runtime": "onnxruntime"},
                            (tmp_path / "pkg" / "model.onnx").read_bytes(), key)

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _fleet import Proc, serve_fleet
 from test_fleet_security import SEED, Fleet, dev, fleet_reference
 
 from tinymlops.fleet import agent, packages, service, store
@@ -228,27 +229,9 @@ def test_d9_downgrade_refused_and_an_authorised_rollback_accepted(fleet: Fleet) 
     assert fleet.run_agent(cfg).installed.package_id == v5
 
 
-def _serve(tmp: Path, workers: int) -> tuple[subprocess.Popen[bytes], str, str]:
-    import socket
-
-    from tinymlops.sim.command import product_command
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "TINYMLOPS_HOME": str(tmp / "home")}
-    proc = subprocess.Popen([*product_command("fleet", "serve"), "--db", f"sqlite:///{tmp / 'w.db'}", "--port",
-                             str(port), "--workers", str(workers)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    url, token_file = f"http://127.0.0.1:{port}", tmp / "home" / "fleet" / "operator-token"
-    for _ in range(300):
-        try:
-            if token_file.is_file() and httpx.get(url + "/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return proc, url, token_file.read_text().strip()
+def _serve(tmp: Path, workers: int) -> tuple[Proc, str, str]:
+    return serve_fleet(f"sqlite:///{tmp / 'w.db'}", {**os.environ, "TINYMLOPS_HOME": str(tmp / "home")},
+                       "--workers", str(workers))
 
 
 def test_d12_revocation_reaches_every_worker_within_a_second(tmp_path: Path) -> None:
@@ -287,8 +270,7 @@ def test_d12_revocation_reaches_every_worker_within_a_second(tmp_path: Path) -> 
         assert last_ok is None or last_ok < 1.0, last_ok
         assert op.get("/v1/devices").status_code == 200  # the other operator token still works
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        proc.stop()
 
 
 def test_guessing_tokens_is_rate_limited_with_retry_after_and_valid_callers_are_not(fleet: Fleet) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _fleet import serve_fleet, write_gw_target
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -167,35 +168,13 @@ def _chunked(n_mib: int) -> Any:
 def served(world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A real ``tinymlops fleet serve`` process over a fresh database, with the fuzz package and device."""
     import os
-    import socket
-    import subprocess
 
     import httpx
 
-    from tinymlops.sim.command import product_command
-
     tmp = tmp_path_factory.mktemp("fleet-hostile")
-    (tmp / "targets").mkdir()
-    (tmp / "targets" / "gw.yaml").write_text("name: gw\nruntime: onnxruntime\ncore: cortex-a72\nclock_mhz: 1500\n"
-                                           "sram_bytes: 4000000000\nflash_bytes: 32000000000\n"
-                                           "active_power_mw: 3000\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "TINYMLOPS_HOME": str(tmp / "home")}
     db = f"sqlite:///{tmp / 'fleet.db'}"
-    proc = subprocess.Popen([*product_command("fleet", "serve"), "--db", db, "--port", str(port),
-                             "--targets-dir", str(tmp / "targets")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url, token_file = f"http://127.0.0.1:{port}", tmp / "home" / "fleet" / "operator-token"
-    for _ in range(300):
-        try:
-            if token_file.is_file() and httpx.get(url + "/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    op = token_file.read_text().strip()
+    proc, url, op = serve_fleet(db, {**os.environ, "TINYMLOPS_HOME": str(tmp / "home")}, "--targets-dir",
+                                str(write_gw_target(tmp / "targets")))
     h = {"Authorization": f"Bearer {op}"}
     b = packages.sign({**world["manifest"], "model_version": "1", "target": "gw", "runtime": "onnxruntime"},
                       (world["root"] / "pkg" / "model.onnx").read_bytes(), packages.signing_key(world["root"]))
@@ -204,10 +183,9 @@ def served(world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> A
     cred = httpx.post(url + "/v1/enrol", json={"enrolment_token": tok, "device_id": "fuzz-dev", "target": "gw"}
                       ).json()["credential"]
     httpx.put(url + "/v1/desired-state", json={"package_id": pid, "device_ids": ["fuzz-dev"]}, headers=h)
-    yield {"url": url, "op": op, "dev": cred, "pid": pid, "pid_os": proc.pid, "db": db,
+    yield {"url": url, "op": op, "dev": cred, "pid": pid, "pid_os": proc.p.pid, "db": db,
            "manifest": world["manifest"]}
-    proc.terminate()
-    proc.wait(timeout=20)
+    proc.stop()
 
 
 def test_hostile_requests_never_cause_server_errors_or_store_invalid_data(served: dict[str, Any]) -> None:

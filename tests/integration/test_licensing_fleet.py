@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,11 +16,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _fleet import Proc, until
+from _fleet import Proc, serve_fleet, until, write_gw_target
 
 from tinymlops.fleet import packages
 from tinymlops.sim import demo_model
 from tinymlops.sim.command import product_command
+from tinymlops.sim.demo import free_port
 
 pytestmark = pytest.mark.integration
 MODEL = "kws-licensed"
@@ -32,14 +32,9 @@ class Fleet:
     def __init__(self, root: Path) -> None:
         self.root, self.home = root, root / "home"
         self.env = {**os.environ, "TINYMLOPS_HOME": str(self.home)}
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        (root / "targets").mkdir(parents=True)
-        (root / "targets" / "gw.yaml").write_text(
-            "name: gw\nruntime: onnxruntime\ncore: cortex-a72\nclock_mhz: 1500\nsram_bytes: 4000000000\n"
-            "flash_bytes: 32000000000\nactive_power_mw: 3000\n")
+        write_gw_target(root / "targets")
         self.key = packages.signing_key(self._keys())
         self.server: Proc | None = None
 
@@ -49,19 +44,8 @@ class Fleet:
         return d
 
     def serve(self) -> None:
-        self.server = Proc([*product_command("fleet", "serve"), "--db", f"sqlite:///{self.root / 'fleet.db'}",
-                            "--port", str(self.port), "--poll-interval", "0.2", "--targets-dir",
-                            str(self.root / "targets")], self.env)
-        t_end = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert self.server.p.poll() is None and time.monotonic() < t_end, self.server.log()
-            time.sleep(0.2)
-        token = (self.home / "fleet" / "operator-token").read_text().strip()
+        self.server, _, token = serve_fleet(f"sqlite:///{self.root / 'fleet.db'}", self.env, "--poll-interval", "0.2",
+                                            "--targets-dir", str(self.root / "targets"), port=self.port)
         self.op = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
     def stop_server(self) -> None:

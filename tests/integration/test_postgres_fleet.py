@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,18 +22,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _postgres  # noqa: E402
+from _fleet import serve_fleet, write_gw_target  # noqa: E402
 
 pytestmark = _postgres.marks()
 MODEL = "pg-fleet"
 N_DEVICES, N_SEQ, COPIES = 20, 5, 4
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +37,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from tinymlops import registry
     from tinymlops.fleet import store
     from tinymlops.rollout.publish import publish_package
-    from tinymlops.sim.command import product_command
     from tinymlops.sim.demo_model import register_demo_model
 
     home = tmp_path_factory.mktemp("pg-fleet-home")
     old = {k: os.environ.get(k) for k in ("TINYMLOPS_HOME", "MLFLOW_TRACKING_URI", "TINYMLOPS_FLEET_DB")}
     os.environ["TINYMLOPS_HOME"] = str(home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    targets = home / "targets"
-    targets.mkdir()
-    (targets / "gw.yaml").write_text("name: gw\nruntime: onnxruntime\ncore: cortex-a72\nclock_mhz: 1500\n"
-                                     "sram_bytes: 4000000000\nflash_bytes: 32000000000\nactive_power_mw: 3000\n")
+    targets = write_gw_target(home / "targets")
     registry._client = None
     registry.connect()
     version = register_demo_model(MODEL, seed=0)
@@ -64,23 +52,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         os.environ["TINYMLOPS_FLEET_DB"] = url
         st = store.open_store(url)
         pid = publish_package(st, MODEL, version, "gw", targets_dir=targets)
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
-        proc = subprocess.Popen([*product_command("fleet", "serve"), "--db", url, "--port", str(port), "--workers",
-                                 "2", "--targets-dir", str(targets)], env=dict(os.environ),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc, base, token = serve_fleet(url, dict(os.environ), "--workers", "2", "--targets-dir", str(targets))
         try:
-            token_file = home / "fleet" / "operator-token"
-            for _ in range(600):
-                try:
-                    if token_file.is_file() and httpx.get(f"{base}/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-                time.sleep(0.1)
-            op = httpx.Client(base_url=base, timeout=60,
-                              headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
+            op = httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"})
             tokens = op.post("/v1/enrolment-tokens", json={"cohort": "pg", "count": N_DEVICES}).json()["tokens"]
             creds = {}
             for i, tok in enumerate(tokens):
@@ -93,8 +67,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             yield {"url": url, "base": base, "creds": creds, "pid": pid, "store": st, "proc": proc,
                    "manifest": manifest, "home": home, "version": version}
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            proc.stop()
             st.dispose()
             registry._client = None
             for k, v in old.items():
@@ -126,7 +99,7 @@ def test_two_workers_store_each_concurrently_retried_report_exactly_once(fleet: 
 
     from tinymlops.fleet.store import Telemetry
 
-    workers = [p for p in _child_pids(fleet["proc"].pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    workers = [p for p in _child_pids(fleet["proc"].p.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert len(workers) >= 2, f"expected 2 worker processes, found {workers}"
     sketches = _sketches(fleet["manifest"], N_SEQ, time.time())
 
