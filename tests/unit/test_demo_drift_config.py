@@ -44,3 +44,24 @@ def test_the_follow_up_table_puts_fleet_model_and_personalised_accuracy_side_by_
     assert a[2] == "off" and a[3] == "0.970" and a[4] == ""
     assert b[2] == "on: 5 device(s) (calibration 5)" and (b[3], b[4]) == ("0.889", "0.986") and "621" in b[5]
     assert "line-b fleet model 0.889 -> personalised 0.986 (n=621)" in tbl["title"] and "line-a 0.970" in tbl["title"]
+
+
+def test_running_the_monitored_cohorts_again_needs_the_demo_fleet_and_a_switched_on_cohort(tmp_path: Path) -> None:
+    import pytest
+
+    from tinymlops.errors import UsageError
+    from tinymlops.fleet.personal_switch import set_personalise
+    from tinymlops.fleet.store import open_store
+    from tinymlops.sim.demo import run_monitored
+    from tinymlops.sim.simulator import CohortSpec
+
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    cohorts = [CohortSpec(name="line-a", devices=1, target="nucleo-l4r5zi")]
+    with pytest.raises(UsageError, match="no demo fleet in"):
+        run_monitored("m", db, cohorts, work_dir=tmp_path)
+    (tmp_path / "devices").mkdir()
+    st = open_store(db)
+    set_personalise(st, "line-b", True)  # another cohort's switch does not count
+    st.dispose()
+    with pytest.raises(UsageError, match=r"none of the cohorts \['line-a'\] personalises"):
+        run_monitored("m", db, cohorts, work_dir=tmp_path)

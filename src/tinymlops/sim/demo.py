@@ -261,6 +261,9 @@ def run_monitored(model_name: str, db_url: str, cohorts: list[CohortSpec], work_
     personalising cohort has reported ``min_scored`` later labelled inferences scored by its personalisation (it
     needs ``min_inputs`` inputs and ``min_labelled`` labels first, see :mod:`tinymlops.fleet.agent_personal`), or
     ``max_s``. Returns the cohorts, which personalised, the seconds run and the scored counts per device.
+
+    Raises:
+        UsageError: no demo fleet in ``work_dir``, or none of the cohorts personalises.
     """
     from tinymlops.fleet import service
     from tinymlops.fleet.personal_switch import list_settings
@@ -271,6 +274,10 @@ def run_monitored(model_name: str, db_url: str, cohorts: list[CohortSpec], work_
     st = open_store(db_url)
     names = {c.name: c.devices for c in cohorts}
     personalising = sorted({s["cohort"] for s in list_settings(st) if s["enabled"]} & set(names))
+    if not personalising:
+        st.dispose()
+        raise UsageError(f"none of the cohorts {sorted(names)} personalises: switch one on first (a drift verdict "
+                         "with retrain.strategy personalise, or tinymlops fleet personalise COHORT)")
     t0 = time.time()
     scored: dict[str, dict[str, int]] = {c: {} for c in personalising}
     with fleet_service(db_url, targets_dir=targets_dir, log_path=work / "service.log") as url:
