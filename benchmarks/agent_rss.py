@@ -19,6 +19,7 @@ mapped libraries, and (--image) the image size. Goal (issue 13): <= 80 MB while 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -172,6 +173,33 @@ print(json.dumps({k: after[k] - before[k] for k in after} | {"median_us": round(
 '''
 
 
+#: --optimize on the host: compile the bytecode of every module the agent's code path loads, as docker/agent-check.py
+#: does in the image, into a private cache (PYTHONPYCACHEPREFIX) with the flags the agent then runs with
+WARMUP = r'''
+import asyncio, contextlib, py_compile, sys
+sys.modules.setdefault("httpx._main", None)
+import httpx, numpy.fft, numpy.ma
+import cryptography.hazmat.backends.openssl
+import tinymlops.fleet.agent, tinymlops.fleet.agent_main, tinymlops.fleet.inputs, tinymlops.fleet.tls
+import tinymlops.monitor.sketches, tinymlops.preprocessing, tinymlops.profile.targets
+import tinymlops.runtimes.onnx, tinymlops.runtimes.tflite
+import onnxruntime
+async def connect():
+    async with httpx.AsyncClient() as c:
+        with contextlib.suppress(httpx.HTTPError):
+            await c.get("http://127.0.0.1:9/")
+asyncio.run(connect())
+with contextlib.suppress(ImportError):
+    import ai_edge_litert.interpreter
+for m in list(sys.modules.values()):
+    f = getattr(m, "__file__", None) or ""
+    if f.endswith(".py"):
+        py_compile.compile(f, doraise=True, optimize=sys.flags.optimize)
+'''
+#: what the agent image's ENV sets (docker/Dockerfile): no docstrings or asserts, no column tables in code objects
+OPTIMIZE_ENV = {"PYTHONOPTIMIZE": "2", "PYTHONNODEBUGRANGES": "1"}
+
+
 def _feed(stdin: Any, stop: threading.Event, interval_s: float) -> None:
     """Write vibration windows as JSON lines, one per interval, until stopped or the agent goes away."""
     from tinymlops.data.config import VibrationParams
@@ -188,7 +216,7 @@ def _feed(stdin: Any, stop: threading.Event, interval_s: float) -> None:
         time.sleep(interval_s)
 
 
-def _breakdown(bundle: Any, fmt: str, python: list[str], image: bool, n: int) -> None:
+def _breakdown(bundle: Any, fmt: str, python: list[str], image: bool, n: int, env: dict[str, str]) -> None:
     """Print where the agent's RSS goes (layer by layer) and, for ONNX, what onnxruntime's session options change."""
     runtime = "onnxruntime" if fmt == "onnx" else "tflite"
     with tempfile.TemporaryDirectory(prefix="tinymlops-agent-rss-model-") as tmp:
@@ -202,7 +230,7 @@ def _breakdown(bundle: Any, fmt: str, python: list[str], image: bool, n: int) ->
             model = Path("/model") / model.name
 
         def run(script: str, *argv: str) -> list[dict[str, Any]]:
-            r = subprocess.run([*python, "-c", script, *argv], capture_output=True, text=True, timeout=300)
+            r = subprocess.run([*python, "-c", script, *argv], capture_output=True, text=True, timeout=300, env=env)
             if r.returncode:
                 sys.exit(f"breakdown failed: {r.stderr[-2000:]}")
             return [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
@@ -238,6 +266,9 @@ def main() -> None:
                     "agent)")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long to sample once the package is installed")
     ap.add_argument("--top", type=int, default=8, help="how many of the largest mapped files to print")
+    ap.add_argument("--optimize", action="store_true",
+                    help="host: run the agent as the image does (PYTHONOPTIMIZE=2, PYTHONNODEBUGRANGES=1), its bytecode "
+                         "compiled first into a private cache; the image sets these itself")
     ap.add_argument("--breakdown", action="store_true",
                     help="then, in the agent's interpreter (or image): the RSS of each layer the agent imports, the "
                          "runtime's session and inferences (latency), and (onnx) onnxruntime's session options")
@@ -280,7 +311,14 @@ def main() -> None:
         "podman", "run", "--rm", "-i", "--name", "tinymlops-agent-rss", "--network", "host", "-e",
         "TINYMLOPS_ENROLMENT_TOKEN", "-v", f"{pub}:/keys:ro", "--entrypoint", "python", args.image, "-c", probe,
         *opts, "--state-dir", "/data/device/rss-1", "--trusted-key", "/keys/package_signing.pub"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "TINYMLOPS_ENROLMENT_TOKEN": enrol}, stdin=subprocess.PIPE,
+    agent_env = {**os.environ, "TINYMLOPS_ENROLMENT_TOKEN": enrol}
+    if args.optimize and not args.image:
+        pycache = tempfile.mkdtemp(prefix="tinymlops-agent-rss-pycache-")
+        atexit.register(shutil.rmtree, pycache, True)
+        agent_env.update(OPTIMIZE_ENV, PYTHONPYCACHEPREFIX=pycache)
+        agent_env.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([str(exe), "-c", WARMUP], env=agent_env, check=True, capture_output=True)
+    proc = subprocess.Popen(cmd, env=agent_env, stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     agent_pid = proc.pid
     stop = threading.Event()
@@ -329,7 +367,8 @@ def main() -> None:
         print(f"Python modules loaded {modules[0]}; of {', '.join(WATCH)}: {loaded or 'none'}")
     print("largest resident mappings (MB): " + ", ".join(f"{n} {kb / 1024:.1f}" for n, kb in libs))
     if args.breakdown:
-        _breakdown(bundle, args.format, [args.image] if args.image else [str(exe)], bool(args.image), args.inferences)
+        _breakdown(bundle, args.format, [args.image] if args.image else [str(exe)], bool(args.image), args.inferences,
+                   agent_env)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,12 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         srv.stop()
 
 
-def test_agent_serves_a_package_loading_only_what_it_needs(fleet: Any) -> None:
+#: what the agent image's ENV sets (docker/Dockerfile): the agent path must not depend on docstrings or asserts
+OPTIMIZED = {"PYTHONOPTIMIZE": "2", "PYTHONNODEBUGRANGES": "1"}
+
+
+@pytest.mark.parametrize("flags", [{}, OPTIMIZED], ids=["default", "optimized-as-in-the-image"])
+def test_agent_serves_a_package_loading_only_what_it_needs(fleet: Any, flags: dict[str, str]) -> None:
     from tinymlops.data.config import VibrationParams
     from tinymlops.data.vibration import stream
 
@@ -77,7 +82,7 @@ def test_agent_serves_a_package_loading_only_what_it_needs(fleet: Any) -> None:
     out = _agent(["--server", url, "--device-id", "dev-1", "--target", TARGET, "--input", str(windows),
                   "--trusted-key", str(tmp / "trusted.pub"), "--state-dir", str(tmp / "device"),
                   "--report-interval", "0.2", "--inference-interval", "0.01"],
-                 env={"TINYMLOPS_ENROLMENT_TOKEN": token})
+                 env={"TINYMLOPS_ENROLMENT_TOKEN": token, **flags})
     assert out.returncode == 0, out.stderr[-3000:]
     # the whole finite input was served by the installed package, and the agent said so in one line
     assert "dev-1: " in out.stderr and "20 inferences" in out.stderr and f"running {pid}" in out.stderr
