@@ -106,10 +106,11 @@ def measure(name: str, src: Any, X: np.ndarray, y: np.ndarray, work: Path, tflm_
     say = lambda s: print("  " + s)  # noqa: E731
     build_and_run(res, src, target, info, None, tflm_dir=tflm_dir, say=say, rounding=rounding)
     export_build_s = time.monotonic() - t0
+    load = os.getloadavg()[0]   # the machine's load while it ran (the machine is shared)
     fw = build_and_run(res, src, target, info, (X, y), tflm_dir=tflm_dir, say=say, rounding=rounding)
     est = profile_model(src.model_path, target, measure_host=False, run_device=False,
                         preprocessing=src.manifest["preprocessing"])
-    return {"model": name, **fw, "export_build_s": round(export_build_s, 1), "load_average": os.getloadavg()[0],
+    return {"model": name, **fw, "export_build_s": round(export_build_s, 1), "load_average": round(load, 1),
             "static_flash_bytes": est["flash_bytes"], "static_ram_bytes": est["peak_ram_bytes"],
             "static_ram_by_part": est["firmware_estimate"]["ram_by_part"],
             "static_notes": [n for n in est["notes"] if n.startswith("firmware")]}
@@ -165,6 +166,9 @@ def _print(rows: list[dict[str, Any]], published: dict[str, float], runtime: str
           f"emu ms = instructions x calibrated CPI {c:.2f} / clock; err = (emu - published) / published.")
     if errors:
         print(f"median |error| of the emulated latency ({runtime}, cortex-m4): {float(np.median(errors)):.1f} %")
+    print("export + build with the TFLM library cached (bundle incl. TFLM's arena measurement, compile, link; bar "
+          "<= 30 s): " + ", ".join(f"{r['model']}@{r['core']} {r['export_build_s']} s (load {r['load_average']})"
+                                    for r in rows))
 
 
 def main() -> int:

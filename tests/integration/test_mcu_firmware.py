@@ -98,10 +98,25 @@ def test_export_build_run_on_cortex_m4_matches_tflite(int8_version: str, tmp_pat
     assert 0 < fw["stack_high_water_bytes"] < 32 * 1024
     assert 1_000 < fw["instructions_per_inference"] < 1_000_000
     assert fw["preprocessing_instructions"] > 10_000   # an FFT of 256 samples x 3 axes
+    # the profiler's static RAM estimate is the firmware's RAM part by part: the declared arena, the pre-processing
+    # buffers of the version's blocks and the rest of .data/.bss exactly (ELF symbols and sections); the stack
+    # allowance covers the high-water mark the device reached
+    from tinymlops.profile.profiler import profile_model
+    from tinymlops.profile.targets import get_target
+
+    source = _source(int8_version, tmp_path)
+    est = profile_model(source.model_path, get_target("nucleo-l4r5zi"), measure_host=False)["firmware_estimate"]
+    ram = est["ram_by_part"]
+    linked = fw["ram_buffers"]
+    assert ram["arena"] == linked["arena"] == res.arena_bytes
+    assert ram["preprocessing"] == linked["preprocessing"] > 2_000   # 3 x 256-sample FFT work + features
+    rest = fw["ram_static_bytes"] - fw["ram_by_component"]["test_io"] - linked["arena"] - linked["preprocessing"]
+    assert ram["base"] + ram["resolver"] + ram["ops"] == rest
+    assert fw["stack_high_water_bytes"] <= ram["stack"]
     # instruction counts are deterministic: a second run of the same ELF counts the same
     from tinymlops.export.run import load_test_split
 
-    src_X = load_test_split(_source(int8_version, tmp_path), 5)[0]
+    src_X = load_test_split(source, 5)[0]
     a = run_qemu(Path(fw["elf"]), EMULATED["cortex-m4"], src_X, 36, 4)
     b = run_qemu(Path(fw["elf"]), EMULATED["cortex-m4"], src_X, 36, 4)
     assert a.inf_ticks.tolist() == b.inf_ticks.tolist() and a.pre_ticks.tolist() == b.pre_ticks.tolist()

@@ -40,3 +40,30 @@ def test_double_rounding_is_stock_tflm_in_its_own_cache_directory(tmp_path: Path
 def test_unknown_rounding_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rounding 'half'"):
         toolchain._make_cmd(tmp_path, toolchain.EMULATED["cortex-m4"], "", tmp_path / "gen", "half")
+
+
+def test_a_built_library_reuses_its_flags_without_asking_the_makefile(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    emu = toolchain.EMULATED["cortex-m4"]
+    lib_dir = toolchain.library_dir(tmp_path, emu, "cmsis_nn")
+    lib = lib_dir / "gen" / "lib" / "libtensorflow-microlite.a"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"!<arch>\n")
+    vals = {"CXXFLAGS": "-DX=1 -MD -Wall -O2", "CCFLAGS": "-DX=1", "INCLUDES": "-Itensorflow -I/abs", "LIB": str(lib)}
+    asked: list[int] = []
+
+    def makefile(*_: object, **__: object) -> dict[str, str]:
+        asked.append(1)
+        return vals
+
+    monkeypatch.setattr(toolchain, "build_flags", makefile)
+    (lib_dir / "built.ok").write_text("arm-none-eabi-gcc 12.2.1\n")
+    first = toolchain.build_library(tmp_path, emu, "cmsis_nn")     # built before flags were kept: asks once
+    again = toolchain.build_library(tmp_path, emu, "cmsis_nn")
+    assert asked == [1] and first.cached and again.cached and (lib_dir / "flags.json").is_file()
+    assert again.cxxflags == ["-DX=1", "-O2"] and again.includes == [f"-I{tmp_path / 'tensorflow'}", "-I/abs"]
+    (lib_dir / "built.ok").unlink()   # not built (or a failed build): the flags file is not trusted
+    monkeypatch.setattr(toolchain.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("make")))
+    with pytest.raises(RuntimeError, match="make"):
+        toolchain.build_library(tmp_path, emu, "cmsis_nn")
+    assert asked == [1, 1]
