@@ -164,6 +164,8 @@ def test_emulated_profiling_method_uses_the_linked_firmware(int8_version: str, t
     assert r["sources"]["flash_bytes"] == "linked firmware ELF"
     assert r["flash_bytes"] == em["flash_bytes"] and 40_000 < r["flash_bytes"] < 150_000
     assert r["peak_ram_bytes"] == em["ram_bytes"]
+    # the firmware carries the version's pre-processing (read from the package's manifest): its buffers are linked
+    assert em["ram_buffers"]["preprocessing"] == r["firmware_estimate"]["ram_by_part"]["preprocessing"] > 2_000
     assert r["latency_ms"] == pytest.approx(em["instructions_per_inference"] * cpi("cortex-m4", "tflm-cmsis-nn")
                                             / (120 * 1e3), rel=1e-3)
     assert em["static"]["flash_bytes"] == r["estimated"]["flash_bytes"]   # the static estimate is kept

@@ -78,7 +78,7 @@ def cpi(core: str, runtime: str) -> float:
     return base * (statistics.mean(simd.values()) if simd else CORES[core].scalar)
 
 
-def _cache_file(model: Path, core: str, kernels: str, tflm: Path) -> Path:
+def _cache_file(model: Path, core: str, kernels: str, tflm: Path, preprocessing: str = "") -> Path:
     from importlib import resources
 
     from tinymlops.export.toolchain import cache_root
@@ -86,17 +86,22 @@ def _cache_file(model: Path, core: str, kernels: str, tflm: Path) -> Path:
     # the firmware's own sources are part of the key: changed startup/harness code invalidates cached figures
     ours = b"".join(f.read_bytes() for f in sorted(resources.files("tinymlops.export").joinpath("c").iterdir(),
                                                       key=lambda f: f.name) if f.is_file())
-    key = f"\n{core}\n{kernels}\n{tflm}\nsingle-rounding"   # the library's requantisation (toolchain.py)
+    key = f"\n{core}\n{kernels}\n{tflm}\nsingle-rounding\n{preprocessing}"   # rounding: toolchain.py
     h = hashlib.sha256(model.read_bytes() + ours + key.encode()).hexdigest()[:24]
     return cache_root() / "firmware" / f"{h}.json"
 
 
-def firmware_figures(model: str | Path, target: Any, tflm_dir: str | None = None) -> dict[str, Any]:
+def firmware_figures(model: str | Path, target: Any, tflm_dir: str | None = None,
+                     preprocessing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Link the model into firmware for the target's QEMU board and run it on a few random inputs; return figures.
 
-    Pre-processing is the identity here (the profiler sees a model file, not a version): inputs are random
-    standard-normal features quantised with the model's input parameters.
+    ``preprocessing``: the version's fitted pre-processing (its manifest's); the firmware then carries its C blocks
+    and buffers and pre-processes random standard-normal raw inputs. Without it (a bare model file) the
+    pre-processing is the identity on random standard-normal features.
     """
+    from pydantic import ValidationError
+
+    from tinymlops.errors import UsageError
     from tinymlops.export.bundle import ExportSource, check_exportable
     from tinymlops.export.run import build_and_run, write_bundle
     from tinymlops.export.toolchain import find_tflm, kernels_for
@@ -105,21 +110,25 @@ def firmware_figures(model: str | Path, target: Any, tflm_dir: str | None = None
     p = Path(model)
     tflm = find_tflm(tflm_dir)
     kernels = kernels_for(target.runtime)
-    cache = _cache_file(p, target.core, kernels, tflm)
+    cache = _cache_file(p, target.core, kernels, tflm, json.dumps(preprocessing, sort_keys=True))
     if cache.is_file():
         return dict(json.loads(cache.read_text()))
     probe = ExportSource(p.stem, "0", "", p, {"preprocessing": {}, "class_names": []})
     info = check_exportable(probe, target)
     n_in, n_out = info.input.elements, info.output.elements
-    spec = FittedPreprocessing(raw_shape=[n_in], feature_names=[f"f{i}" for i in range(n_in)])  # no blocks
+    try:
+        spec = (FittedPreprocessing(**preprocessing) if preprocessing else
+                FittedPreprocessing(raw_shape=[n_in], feature_names=[f"f{i}" for i in range(n_in)]))  # no blocks
+    except ValidationError as exc:
+        raise UsageError(f"{p}: the manifest's pre-processing is not valid: {str(exc).splitlines()[0]}") from None
     src = ExportSource(p.stem, "0", "", p, {"preprocessing": spec.model_dump(mode="json"),
                                             "class_names": [f"o{i}" for i in range(n_out)]})
-    X = np.random.default_rng(0).normal(size=(N_INPUTS, n_in)).astype(np.float32)
+    X = np.random.default_rng(0).normal(size=(N_INPUTS, *spec.raw_shape)).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="tinymlops-emulated-") as d:
         res, info = write_bundle(src, target, "c", Path(d) / "bundle", (X[0], "o0"))
         fw = build_and_run(res, src, target, info, (X, np.zeros(N_INPUTS, np.int64)), tflm_dir=str(tflm))
     keep = ("machine", "core", "kernels", "flash_bytes", "flash_by_component", "ram_bytes", "ram_used_bytes",
-            "ram_by_component", "arena_bytes", "arena_used_bytes", "stack_high_water_bytes",
+            "ram_by_component", "ram_buffers", "arena_bytes", "arena_used_bytes", "stack_high_water_bytes",
             "instructions_per_inference", "instruction_resolution", "output_max_lsb_diff")
     out = {k: fw[k] for k in keep if k in fw}
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +136,7 @@ def firmware_figures(model: str | Path, target: Any, tflm_dir: str | None = None
     return out
 
 
-def measure_emulated(model: Path, target: Any, fig: Any) -> None:
+def measure_emulated(model: Path, target: Any, fig: Any, preprocessing: dict[str, Any] | None = None) -> None:
     """Profiler step: replace flash, RAM and latency by the emulated firmware's (figures object ``fig``).
 
     No-op unless :func:`requested`; without the toolchain or TFLM tree it keeps the estimate and adds a note
@@ -139,7 +148,7 @@ def measure_emulated(model: Path, target: Any, fig: Any) -> None:
 
     try:
         require_tools(run=True)
-        fw = firmware_figures(model, target)
+        fw = firmware_figures(model, target, preprocessing=preprocessing)
     except TinyMLOpsError as exc:  # ConfigError (no toolchain/TFLM), UsageError (not int8), build failures
         fig.notes.append(f"emulated profiling skipped: {str(exc)[:300]}")
         return

@@ -318,7 +318,7 @@ def profile_model(path: str | Path, target: TargetConfig, cache: ProfileCache | 
     if st.format == "tflite" and not fig.reasons:  # `emulator: qemu` targets: figures of the linked firmware
         from tinymlops.export.emulated import measure_emulated
 
-        measure_emulated(p, target, fig)
+        measure_emulated(p, target, fig, pp)
     if measure_host and target.host and rt in HOST_RUNTIME and st.format in RUNTIME_FORMATS[rt] and not fig.reasons:
         _measure_host(p, target, cache, fig)
     if run_device and target.runner is not None and not fig.reasons:
