@@ -284,7 +284,8 @@ def evaluate_group(ctx: ModelContext, reports: Sequence[DeviceReport], cfg: Drif
                               expected or expectation_for(ctx, target), target=target, cohort=cohort,
                               estimate_options=cfg.estimate)
     verdict = decide(figures, cfg.thresholds)
-    verdict = judge_reports(verdict, reports)  # a device probing the model outranks drift (tinymlops.ip)
+    # a device probing the model outranks drift (tinymlops.ip), judged against the model's natural figures
+    verdict = judge_reports(verdict, reports, baseline=ctx.reference.queries)
     ev = evidently_section(ctx, reports, cfg, reference_rows, html_dir) if verdict.level not in (
         "incompatible sketch",) else None
     md = render_markdown(verdict) + personal_summary(verdict, reports)

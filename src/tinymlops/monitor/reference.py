@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from tinymlops.ip.extraction import QueryBaseline, natural_baseline
 from tinymlops.monitor.cbpe import Calibration, fit_calibration
 
 CONFIDENCE_EDGES: list[float] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
@@ -42,6 +43,7 @@ class ReferenceProfile(BaseModel):
     confidence_counts: list[int]
     metrics: dict[str, float] = {}
     calibration: Calibration | None = None  # validation-split confidence calibration (label-free estimates)
+    queries: QueryBaseline | None = None  # natural query figures: extraction detection's baseline (tinymlops.ip)
 
 
 def bin_counts(inner_edges: np.ndarray | list[float], values: np.ndarray) -> np.ndarray:
@@ -86,4 +88,5 @@ def compute_reference(features: np.ndarray, probabilities: np.ndarray, feature_n
         metrics=metrics or {},
         calibration=fit_calibration(calibration[0], calibration[1], CONFIDENCE_EDGES, prior_labels)
         if calibration is not None and len(calibration[1]) else None,
+        queries=natural_baseline(features, probabilities, calibration[0] if calibration is not None else None),
     )
