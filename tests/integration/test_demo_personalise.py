@@ -31,6 +31,7 @@ def test_the_demo_switches_line_b_on_and_reports_its_recovery(fleet: Any) -> Non
     from flows.personalise import demo_follow_up_flow
     from flows.pipeline import _personalise_table
     from tinymlops import settings
+    from tinymlops.fleet import store
     from tinymlops.fleet.personal_switch import list_settings
     from tinymlops.sim import demo_model, simulator
 
@@ -47,12 +48,16 @@ def test_the_demo_switches_line_b_on_and_reports_its_recovery(fleet: Any) -> Non
         {"name": name, "devices": 4, "target": TARGET, "samples_opt_in": True, "feedback_opt_in": True,
          "drift": drift} for name, drift in (("line-a", {}), ("line-b", {"gain": 1.15}))]}
     cohorts = [simulator.CohortSpec.model_validate(c) for c in monitored["cohorts"]]
-    # < 200 queries per device: the IP detector would judge the small demo model's low-margin answers under
-    # drift (its softmax regression is far less sure than the demo's MLP) and outrank the retrain verdict
-    first = simulator.run_simulation(fleet["srv"].url, fleet["token"], cohorts, duration_s=6.0, mode="async",
-                                     report_interval_s=1.0, inference_interval_s=0.04,
+    # > 200 queries per device, so the IP detector judges every device: line-b's drift raises the small demo
+    # model's low-margin answers, which must read as drift (retrain), not as extraction
+    first = simulator.run_simulation(fleet["srv"].url, fleet["token"], cohorts, duration_s=12.0, mode="async",
+                                     report_interval_s=1.0, inference_interval_s=0.02,
                                      state_root=settings.home() / "rollout-demo" / "devices")
     print("first stretch:", {c: v["inferences"] for c, v in first.summary()["cohorts"].items()})
+    last = {r.device_id: r.sketch.extraction for r in store.telemetry_window(fleet["st"], MODEL, version)
+            if r.sketch.extraction is not None}
+    assert len(last) == 8 and all(f.distances >= 200 for f in last.values()), {d: f.distances for d, f in last.items()}
+    print("low-margin share per device:", {d: round(f.low_margin_fraction, 3) for d, f in sorted(last.items())})
 
     # the verdict: line-b drifted, and the trigger (strategy personalise) switched exactly line-b on
     drift = pipeline_drift_stage(str(config), store_url=fleet["url"])

@@ -49,6 +49,7 @@ def _model(version: str) -> Any:
 
 
 def test_a_probing_device_is_flagged_in_the_drift_check(fleet: Any) -> None:
+    from tinymlops.data.config import VibrationParams
     from tinymlops.ip import attacks
     from tinymlops.monitor.check import run_drift_check
     from tinymlops.sim.command import product_command
@@ -57,14 +58,17 @@ def test_a_probing_device_is_flagged_in_the_drift_check(fleet: Any) -> None:
     url, token, root = fleet["srv"].url, fleet["token"], fleet["root"]
     info = _cli("package", MODEL, fleet["version"], "--target", TARGET, "--upload", "--server", url, "--token",
                 token, "--out", str(root / "pkg"), "--json")
-    enrol = _cli("fleet", "enrol-token", "--server", url, "--token", token, "--cohort", "line", "--count", "3",
+    enrol = _cli("fleet", "enrol-token", "--server", url, "--token", token, "--cohort", "line", "--count", "5",
                  "--json")
     _cli("fleet", "deploy", info["package_id"], "--cohort", "line", "--server", url, "--token", token, "--json")
     n = 320
     inputs = {}
-    for i in range(2):  # natural sensor windows
-        s = SyntheticStream(seed=100 + i)
-        inputs[f"honest-{i}"] = np.stack([s.read().values for _ in range(n)])  # type: ignore[union-attr]
+    streams = {"honest-0": SyntheticStream(seed=100), "honest-1": SyntheticStream(seed=101),
+               # honest but drifted (line-b's sensors read 15 % high; an offset): more uncertain answers, no probing
+               "honest-gain": SyntheticStream(seed=102, drift=VibrationParams(gain=1.15)),
+               "honest-offset": SyntheticStream(seed=103, drift=VibrationParams(offset=0.05))}
+    for device, s in streams.items():  # natural sensor windows
+        inputs[device] = np.stack([s.read().values for _ in range(n)])  # type: ignore[union-attr]
     own = SyntheticStream(seed=7)  # the attacker's few natural windows, bisected towards the decision boundaries
     seed_windows = np.stack([own.read().values for _ in range(40)])  # type: ignore[union-attr]
     inputs["prober"] = np.stack(list(attacks.boundary_seeking(seed_windows, _model(fleet["version"]), n,
@@ -84,6 +88,7 @@ def test_a_probing_device_is_flagged_in_the_drift_check(fleet: Any) -> None:
     assert {r.device_id for r in recs} == set(inputs)
     last = {r.device_id: r.sketch.extraction for r in recs if r.sketch.extraction is not None}
     assert all(f.queries == n for f in last.values())  # the statistic spans the device's windows
+    assert last["honest-gain"].low_margin_fraction > 2 * last["honest-0"].low_margin_fraction, last
     cfg = root / "drift.yaml"
     cfg.write_text("kind: drift\nwindow: 1h\nexperiment: it-ip-extraction-checks\nthresholds: {}\n")
     result = run_drift_check(MODEL, cfg, version=fleet["version"], store_url=fleet["url"], log=False)

@@ -98,6 +98,8 @@ def natural_baseline(features: np.ndarray, probabilities: np.ndarray,
 
     ``held_out_probabilities`` (the validation split's outputs) give the natural low-margin share; without them the
     reference outputs do (optimistic on training data). None when there are too few rows to measure.
+    ``max_rows``: the stream length measured; the relative min-distance shrinks slowly as a device's per-class
+    memory fills, and 500 sits between the verdict's minimum (200 distances) and a full memory.
     """
     x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
     p = np.asarray(probabilities, dtype=np.float64)
