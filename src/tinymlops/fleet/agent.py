@@ -37,8 +37,6 @@ from tinymlops.fleet.answers import AgentStopped, BadAnswer, brief
 from tinymlops.fleet.inputs import InputSource
 from tinymlops.fleet.install import Installed, InstallState, atomic_write, open_model, smoke_test
 from tinymlops.fleet.packages import Bundle, PackageRejected, is_safe_name
-from tinymlops.personalise import kinds_for_runtime
-from tinymlops.runtimes import runtime_family
 
 __all__ = ["Agent", "AgentConfig", "AgentStopped", "InstallState", "Installed", "atomic_write", "open_model", "smoke_test"]
 
@@ -88,8 +86,7 @@ class Agent:
         self.keyset = device_state.load_keyset(cfg.state_dir, cfg.trusted_keys)  # rotations followed so far
         self.state = InstallState(cfg.state_dir, self.keyset.trusted(), cfg.target, cfg.device_id)
         self.licence = agent_licence.LicenceHook(self.state, cfg.device_id)  # offline licences (licensed packages)
-        self.personal = agent_personal.DevicePersonaliser(  # an MCU (TFLM) keeps a calibration only
-            cfg.state_dir, cfg.personalise, kinds=kinds_for_runtime(runtime_family(cfg.runtime)))
+        self.personal = agent_personal.DevicePersonaliser.for_runtime(cfg.state_dir, cfg.personalise, cfg.runtime)
         self.field = agent_field.FieldHook(cfg.state_dir, cfg.device_id)  # consented labelled samples, sealed
         self._client, self._own_client = client, client is None
         self._open = runner_factory or open_model

@@ -80,6 +80,13 @@ class DevicePersonaliser:
         self.key: dict[str, Any] = {}
         self.ref_mean = self.ref_std = np.zeros(0)
 
+    @classmethod
+    def for_runtime(cls, state_dir: Path, enabled: bool, runtime: str) -> DevicePersonaliser:
+        """The personaliser of a device running ``runtime``: an MCU (TFLM) keeps a calibration only."""
+        from tinymlops.runtimes import runtime_family
+
+        return cls(state_dir, enabled, kinds=personalise.kinds_for_runtime(runtime_family(runtime)))
+
     def wrap(self, runner: Any, manifest: dict[str, Any]) -> Any:
         """Return the runner serving through the personalisation (the fleet's model as it is while disabled)."""
         if runner is None:
