@@ -100,7 +100,8 @@ def test_export_build_run_on_cortex_m4_matches_tflite(int8_version: str, tmp_pat
     assert fw["preprocessing_instructions"] > 10_000   # an FFT of 256 samples x 3 axes
     # the profiler's static RAM estimate is the firmware's RAM part by part: the declared arena, the pre-processing
     # buffers of the version's blocks and the rest of .data/.bss exactly (ELF symbols and sections); the stack
-    # allowance covers the high-water mark the device reached
+    # (measured base + the deepest op's measured stack + one interrupt frame) covers the high-water mark the device
+    # reached, without the old fixed allowance's ~700 B excess for a fully connected model
     from tinymlops.profile.profiler import profile_model
     from tinymlops.profile.targets import get_target
 
@@ -112,7 +113,7 @@ def test_export_build_run_on_cortex_m4_matches_tflite(int8_version: str, tmp_pat
     assert ram["preprocessing"] == linked["preprocessing"] > 2_000   # 3 x 256-sample FFT work + features
     rest = fw["ram_static_bytes"] - fw["ram_by_component"]["test_io"] - linked["arena"] - linked["preprocessing"]
     assert ram["base"] + ram["resolver"] + ram["ops"] == rest
-    assert fw["stack_high_water_bytes"] <= ram["stack"]
+    assert fw["stack_high_water_bytes"] <= ram["stack"] <= fw["stack_high_water_bytes"] + 256
     # instruction counts are deterministic: a second run of the same ELF counts the same
     from tinymlops.export.run import load_test_split
 

@@ -15,7 +15,9 @@ ENTRY: dict[str, Any] = {"base_flash_bytes": 30_000, "base_ram_bytes": 600, "res
                          "op_flash_bytes": {"FULLY_CONNECTED": 20_000, "SOFTMAX": 9_000, "RESHAPE": 500},
                          "op_ram_bytes": {"FULLY_CONNECTED": 0, "SOFTMAX": 4, "RESHAPE": 0},
                          "shared_flash_bytes": [[["FULLY_CONNECTED", "RESHAPE", "SOFTMAX"], 300],
-                                                [["FULLY_CONNECTED", "SOFTMAX"], 1_000]]}
+                                                [["FULLY_CONNECTED", "SOFTMAX"], 1_000]],
+                         "stack_base_bytes": 580, "op_stack_bytes": {"FULLY_CONNECTED": 260, "SOFTMAX": 8,
+                                                                     "RESHAPE": 0}}
 
 
 @pytest.fixture()
@@ -32,9 +34,10 @@ def test_flash_is_base_plus_each_distinct_op_plus_model(table: dict[str, Any]) -
     assert est.flash_by_part == {"base": 31_000, "ops": 29_000 - 1_300, "model": 16_000}
     assert est.flash_bytes == sum(est.flash_by_part.values())
     # RAM: the arena the export declares (2,000 x 1.25 + 2,048 -> 5 KiB), the base (its identity pre-processing's
-    # 8 B swapped for the model's), one more resolver slot, SOFTMAX's 4 B, the stack allowance
+    # 8 B swapped for the model's), one more resolver slot, SOFTMAX's 4 B, the stack: measured base + the deepest
+    # op (FULLY_CONNECTED) + the margin
     assert est.ram_by_part == {"arena": 5 * 1024, "base": 600 - 8, "resolver": 40, "ops": 4, "preprocessing": 8,
-                               "stack": firmware_size.STACK_BYTES}
+                               "stack": 580 + 260 + firmware_size.STACK_MARGIN_BYTES}
     assert est.ram_bytes == sum(est.ram_by_part.values())
     assert est.table == "cortex-m7/cmsis_nn"
     assert est.notes == ["firmware RAM: pre-processing unknown (a model file without its version's manifest): its "
@@ -45,6 +48,33 @@ def test_unknown_op_costs_the_largest_measured_op_and_says_so(table: dict[str, A
     est = firmware_size.estimate(["RESHAPE", "GATHER_ND"], 1_000, "cortex-m4", "tflm-cmsis-nn", 0)
     assert est is not None and est.flash_bytes == 30_000 + 500 + 20_000 + 1_000   # GATHER_ND shares nothing
     assert any("GATHER_ND" in n and "20,000 B" in n for n in est.notes)
+
+
+def test_stack_is_the_base_plus_the_deepest_of_the_models_ops(table: dict[str, Any]) -> None:
+    def stack(ops: list[str]) -> int:
+        est = firmware_size.estimate(ops, 0, "cortex-m4", "tflm-cmsis-nn", 0)
+        assert est is not None
+        return est.ram_by_part["stack"]
+
+    margin = firmware_size.STACK_MARGIN_BYTES
+    assert stack(["RESHAPE"]) == 580 + margin
+    assert stack(["RESHAPE", "SOFTMAX"]) == 580 + 8 + margin                  # max over ops, not their sum
+    assert stack(["FULLY_CONNECTED", "RESHAPE", "SOFTMAX"]) == 580 + 260 + margin
+
+
+def test_an_op_without_a_measured_stack_falls_back_to_the_allowance_and_says_so(table: dict[str, Any]) -> None:
+    est = firmware_size.estimate(["RESHAPE", "GATHER_ND"], 0, "cortex-m4", "tflm-cmsis-nn", 0)
+    assert est is not None and est.ram_by_part["stack"] == firmware_size.STACK_BYTES
+    assert any("no measured stack for GATHER_ND" in n and "1,536 B" in n for n in est.notes)
+    # a measured figure above the allowance is kept (the allowance is a floor for the unknown op, not a cap)
+    table["cortex-m4/cmsis_nn"] = {**ENTRY, "stack_base_bytes": 1_600}
+    est = firmware_size.estimate(["RESHAPE", "GATHER_ND"], 0, "cortex-m4", "tflm-cmsis-nn", 0)
+    assert est is not None and est.ram_by_part["stack"] == 1_600 + firmware_size.STACK_MARGIN_BYTES
+    # a table without stack figures: the allowance
+    table["cortex-m4/cmsis_nn"] = {k: v for k, v in ENTRY.items() if "stack" not in k}
+    est = firmware_size.estimate(["RESHAPE"], 0, "cortex-m4", "tflm-cmsis-nn", 0)
+    assert est is not None and est.ram_by_part["stack"] == firmware_size.STACK_BYTES
+    assert any("no measured stack for any op" in n for n in est.notes)
 
 
 def test_a_core_without_a_table_falls_back_to_the_m4_and_names_it(table: dict[str, Any]) -> None:
@@ -62,6 +92,9 @@ def test_the_shipped_table_was_measured_for_the_m4_with_the_mlperf_ops() -> None
     for op in ("FULLY_CONNECTED", "SOFTMAX", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "RESHAPE", "ADD"):
         assert 0 < e["op_flash_bytes"][op] < 60_000, op
     assert 20_000 < e["base_flash_bytes"] < 60_000 and "rounding" in e["library"]
+    # the stack measured per op under QEMU: a convolution's kernel goes deeper than a fully connected one's
+    assert 300 < e["stack_base_bytes"] < 1_500
+    assert 0 <= e["op_stack_bytes"]["FULLY_CONNECTED"] < e["op_stack_bytes"]["CONV_2D"] < 1_500
 
 
 def test_arena_is_what_the_export_declares() -> None:
@@ -135,7 +168,7 @@ def test_profiler_estimate_for_an_mcu_target(table: dict[str, Any]) -> None:
              "runtime": "tflm-cmsis-nn", "active_power_mw": 10}
     fw = _firmware_size(st, TargetConfig(**board), 1_000)
     assert fw is not None and fw.flash_bytes == 30_000 + 29_000 - 1_300 + 5_000
-    assert fw.ram_bytes == 4 * 1024 + 600 + 40 + 4 + firmware_size.STACK_BYTES
+    assert fw.ram_bytes == 4 * 1024 + 600 + 40 + 4 + 580 + 260 + firmware_size.STACK_MARGIN_BYTES
     assert _firmware_size(st, TargetConfig(**{**board, "core": "cortex-a72", "runtime": "tflite"}), 0) is None
 
 

@@ -15,6 +15,10 @@ over-counts a model with several ops. Each link's map lists its input sections (
 linked for several ops is shared, and the table lists the bytes of each group of sharing ops
 (``shared_flash_bytes``), which the estimate counts once. Run ``python -m tinymlops.export.sizes --core cortex-m4 [--kernels cmsis_nn]``
 with the toolchain and ``TINYMLOPS_TFLM_DIR``; it rewrites ``profile/firmware_size_table.py``.
+
+The stack: single-op int8 models (random weights; conv/fully connected in several shapes, as CMSIS-NN picks a kernel
+by shape) are exported and run under QEMU like the emulated profiler does; the painted stack's high-water per op
+kind gives ``stack_base_bytes`` + ``op_stack_bytes`` (``--stack`` measures only these, into the existing entries).
 """
 
 from __future__ import annotations
@@ -199,6 +203,70 @@ def measure_table(core: str, kernels: str, rounding: str = "single", ops: tuple[
             "measured": datetime.date.today().isoformat()}
 
 
+def _stack_probe_models() -> dict[str, Any]:
+    """Return single-op Keras models (name -> model): each converts to an int8 graph of (mostly) one op kind.
+
+    Conv and fully connected ops come in several shapes: CMSIS-NN picks a kernel by shape (1x1, strided, wide).
+    """
+    from tinymlops.tf import keras, tf
+
+    k = keras.layers
+    img, vec = (12, 12, 8), (32,)
+
+    def m(shape: tuple[int, ...], layer: Any) -> Any:
+        x = k.Input(shape)
+        return keras.Model(x, layer(x))
+
+    return {"fully_connected": m(vec, k.Dense(16)), "conv_2d": m(img, k.Conv2D(8, 3, padding="same")),
+            "conv_2d_1x1": m(img, k.Conv2D(16, 1)), "conv_2d_1x1_s2": m(img, k.Conv2D(16, 1, strides=2)),
+            "conv_2d_s2": m(img, k.Conv2D(8, 3, strides=2)), "conv_2d_1xn": m((1, 32, 8), k.Conv2D(8, (1, 3))),
+            "conv_2d_rgb": m((16, 16, 3), k.Conv2D(16, 3, padding="same")),
+            "conv_2d_wide": m((8, 8, 64), k.Conv2D(64, 3, padding="same")),
+            "depthwise_conv_2d": m(img, k.DepthwiseConv2D(3, padding="same")),
+            "depthwise_conv_2d_5x5": m(img, k.DepthwiseConv2D(5, padding="same")),
+            "depthwise_conv_2d_s2": m(img, k.DepthwiseConv2D(3, strides=2, depth_multiplier=2)),
+            "fully_connected_wide": m((640,), k.Dense(128)),
+            "average_pool_2d": m(img, k.AveragePooling2D(2)), "max_pool_2d": m(img, k.MaxPooling2D(2)),
+            "softmax": m(vec, k.Softmax()), "reshape": m(img, k.Reshape((-1,))),
+            "add": m(vec, k.Lambda(lambda t: t + tf.linspace(-1.0, 1.0, 32))),
+            "mul": m(vec, k.Lambda(lambda t: t * tf.linspace(-1.0, 1.0, 32))),
+            "logistic": m(vec, k.Activation("sigmoid")), "tanh": m(vec, k.Activation("tanh")),
+            "mean": m(img, k.GlobalAveragePooling2D()), "pad": m(img, k.ZeroPadding2D(1)),
+            "concatenation": m(vec, k.Lambda(lambda t: tf.concat([t, t], -1)))}
+
+
+def measure_stack(core: str, kernels: str, tflm_dir: str | None = None,
+                  say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure the stack high-water of firmware per op kind under QEMU; return the table's stack fields.
+
+    Each probe model (:func:`_stack_probe_models`, int8, random weights) is exported, linked and run by the
+    emulated profiler's path (identity pre-processing); every op kind in its graph gets the largest high-water of
+    the probes holding it. ``stack_base_bytes`` = the smallest probe's high-water (main, harness, interpreter and
+    pre-processing call chain with the shallowest kernel); ``op_stack_bytes[op]`` = what the op adds to it.
+    """
+    from tinymlops.export.emulated import firmware_figures
+    from tinymlops.profile.graph import load_graph
+    from tinymlops.profile.reference_models import to_tflite_int8
+    from tinymlops.profile.targets import TargetConfig
+
+    target = TargetConfig(name="stack-probe", core=core, clock_mhz=100, sram_bytes=1 << 20, flash_bytes=1 << 22,
+                          runtime="tflm-cmsis-nn" if kernels else "tflm-reference", active_power_mw=1)
+    out: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="tinymlops-stack-probe-") as d:
+        for name, model in _stack_probe_models().items():
+            path = Path(d) / f"{name}.tflite"
+            path.write_bytes(to_tflite_int8(model))
+            ops = sorted({o.op_type for o in load_graph(path).ops})
+            hw = int(firmware_figures(path, target, tflm_dir)["stack_high_water_bytes"])
+            say(f"  stack {name:<20} {hw:>6,} B  ops {', '.join(ops)}")
+            for op in ops:
+                out[op] = max(out.get(op, 0), hw)
+    base = min(out.values())
+    return {"stack_base_bytes": base, "op_stack_bytes": {op: hw - base for op, hw in sorted(out.items())},
+            "stack_measured": f"{datetime.date.today().isoformat()}: single-op probe firmware under QEMU "
+                              f"({len(out)} ops; high-water of the painted stack)"}
+
+
 def write_table(entries: dict[str, dict[str, Any]]) -> None:
     """Merge entries ('core/kernels' -> entry) into the table module and rewrite it."""
     from tinymlops.profile.firmware_size_table import TABLE
@@ -215,11 +283,19 @@ def main() -> int:
     ap.add_argument("--kernels", default="cmsis_nn", help="cmsis_nn or '' (reference kernels)")
     ap.add_argument("--rounding", default="single", choices=["single", "double"])
     ap.add_argument("--tflm-dir", default=None)
+    ap.add_argument("--stack", action="store_true",
+                    help="measure only the per-op stack (QEMU runs) and merge it into the existing entries")
     ap.add_argument("--dry-run", action="store_true", help="print the entries as JSON, do not rewrite the table")
     args = ap.parse_args()
-    entries = {f"{core}/{args.kernels or 'reference'}": measure_table(core, args.kernels, args.rounding,
-                                                                             tflm_dir=args.tflm_dir)
-               for core in args.core}
+    from tinymlops.profile.firmware_size_table import TABLE
+
+    entries = {}
+    for core in args.core:
+        key = f"{core}/{args.kernels or 'reference'}"
+        if args.stack and key not in TABLE:
+            ap.error(f"--stack: no {key} entry in the table to add the stack to; measure it first without --stack")
+        entry = TABLE[key] if args.stack else measure_table(core, args.kernels, args.rounding, tflm_dir=args.tflm_dir)
+        entries[key] = {**entry, **measure_stack(core, args.kernels, args.tflm_dir)}
     if args.dry_run:
         print(json.dumps(entries, indent=1))
     else:

@@ -13,7 +13,13 @@ RAM = what the linked ELF holds (``.data + .bss``) + the stack the firmware uses
   measured base, + the resolver's bytes per further op (``resolver_ram_bytes_per_op``, measured) + per-op RAM;
 - the pre-processing's static buffers (feature + work floats) as the exported C sizes them for the model's fitted
   blocks (:func:`tinymlops.export.preprocess_c.buffer_floats`), when the version's pre-processing is known;
-- a stack allowance (``STACK_BYTES``, the table's ``stack_bytes`` when measured).
+- the stack: the table's measured ``stack_base_bytes`` (main, the harness, TFLM's interpreter and the identity
+  pre-processing call chain) + the largest ``op_stack_bytes`` over the model's ops (what that op's kernel adds) +
+  ``STACK_MARGIN_BYTES`` (one interrupt's exception frame at the deepest point, 108 B). Base and per-op figures are
+  stack high-water marks of single-op probe firmware run under QEMU (``tinymlops.export.sizes --stack``). An op the
+  table does not list, or a table without stack figures, falls back to the fixed ``STACK_BYTES`` allowance (or the
+  measured figure if larger), with a note. Pre-processing blocks run before ``Invoke`` on the same stack; their
+  frames are not measured separately (the identity block's are in the base).
 
 Fallbacks, stated in the result's notes: a core without a table uses the Cortex-M4 table of the same kernels
 (Thumb-2 code; the M7/M33 libraries link within ~1 % of the M4's), then the other kernels' table; an op the table
@@ -27,9 +33,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: stack the firmware needs besides the arena (harness + TFLM's Invoke + kernels) when the table has no
-#: ``stack_bytes``: the largest high-water mark measured under QEMU (benchmarks/mcu.py on M4: 832-1,448 B) rounded up
+#: stack allowance when the table has no stack figure for one of the model's ops: the largest high-water mark
+#: measured under QEMU (benchmarks/mcu.py on M4: 832-1,448 B) rounded up
 STACK_BYTES = 1_536
+#: added to the per-op stack figure: an interrupt taken at the deepest point (the firmware's SysTick; Cortex-M stacks
+#: the FP-extended exception frame, 26 words, + 4 B alignment; the handler is a leaf). Benchmarks/mcu.py measured
+#: exactly this: IC's 100-input run 1,448 B = the CONV_2D probe's 1,340 B + 108 B
+STACK_MARGIN_BYTES = 26 * 4 + 4
 KERNELS = {"tflm-cmsis-nn": "cmsis_nn", "tflm-reference": "reference"}
 #: bytes of a resolver slot on a 32-bit core when the table does not say (sizeof MicroMutableOpResolver<N+1> - <N>)
 RESOLVER_RAM_BYTES_PER_OP = 36
@@ -83,6 +93,19 @@ def preprocessing_ram_bytes(preprocessing: dict[str, Any] | None) -> tuple[int |
     return 4 * (features + work), ""
 
 
+def stack_bytes(ops: list[str], entry: dict[str, Any], key: str, notes: list[str]) -> int:
+    """Return the stack estimate: measured base + the largest per-op figure + margin (fallback: STACK_BYTES)."""
+    per_op = entry.get("op_stack_bytes") or {}
+    known = [per_op[op] for op in ops if op in per_op]
+    measured = int(entry.get("stack_base_bytes", 0)) + max(known, default=0) + STACK_MARGIN_BYTES
+    missing = [op for op in ops if op not in per_op]
+    if not per_op or missing:
+        notes.append(f"firmware RAM: no measured stack for {', '.join(missing) if per_op else 'any op'} in the "
+                     f"{key} table: the stack counted as the fixed allowance ({STACK_BYTES:,} B)")
+        return max(measured, STACK_BYTES) if per_op else STACK_BYTES
+    return measured
+
+
 def estimate(op_types: dict[str, int] | list[str], model_bytes: int, core: str, runtime: str,
              host_arena_bytes: int, preprocessing: dict[str, Any] | None = None) -> FirmwareSize | None:
     """Estimate the exported TFLM firmware's flash and RAM; None for a non-TFLM runtime or no table.
@@ -121,5 +144,5 @@ def estimate(op_types: dict[str, int] | list[str], model_bytes: int, core: str, 
            "resolver": int(e.get("resolver_ram_bytes_per_op", RESOLVER_RAM_BYTES_PER_OP)) * max(0, len(ops) - 1),
            "ops": int(sum(e["op_ram_bytes"].get(op, 0) for op in ops)),
            "preprocessing": pp_ram or PROBE_PREPROCESSING_RAM_BYTES,
-           "stack": int(e.get("stack_bytes", STACK_BYTES))}
+           "stack": stack_bytes(ops, e, key, notes)}
     return FirmwareSize(sum(parts.values()), sum(ram.values()), parts, key, notes, ram)
