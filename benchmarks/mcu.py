@@ -153,7 +153,8 @@ def _print(rows: list[dict[str, Any]], published: dict[str, float], runtime: str
     print("RAM = the linked ELF's .data + .bss (declared arena included; the harness's raw-input buffer not) + the "
           "stack high-water measured under QEMU; static = the profiler's estimate (profile/firmware_size.py): "
           "arena with the export's margin + base .data/.bss + resolver slots + pre-processing buffers + stack "
-          "allowance. diff = (static - linked) / linked. Parts, linked (static):")
+          "(the table's measured base + the deepest of the model's ops + one FP exception frame, 108 B). "
+          "diff = (static - linked) / linked. Parts, linked (static):")
     for r in rows:
         lk, st = r["ram_by_component"], r["static_ram_by_part"]
         pp_linked = r["ram_buffers"]["preprocessing"]
