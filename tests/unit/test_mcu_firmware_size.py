@@ -187,3 +187,33 @@ def test_profiler_reads_the_preprocessing_from_the_package_manifest(tmp_path: Pa
     assert _package_preprocessing(model) is None                       # another model's manifest
     (tmp_path / "manifest.json").write_text("{not json")
     assert _package_preprocessing(model) is None
+
+
+def test_measure_stack_takes_each_ops_deepest_probe_over_the_shallowest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table's stack fields from probe runs (QEMU replaced by fixed high-water marks; no TensorFlow here)."""
+    from types import SimpleNamespace
+
+    from tinymlops.errors import TinyMLOpsError
+    from tinymlops.export import sizes
+
+    probes = {"relu": (["RELU"], 500), "conv_a": (["CONV_2D"], 1_300), "conv_b": (["CONV_2D"], 1_340),
+              "fc": (["FULLY_CONNECTED"], 840), "broken": (["X"], 0)}
+
+    def figures(path: Path, target: Any, tflm_dir: str | None) -> dict[str, int]:
+        if path.stem == "broken":
+            raise TinyMLOpsError("cannot run this probe")
+        return {"stack_high_water_bytes": probes[path.stem][1]}
+
+    monkeypatch.setattr(sizes, "_stack_probe_models", lambda: {name: name for name in probes})
+    monkeypatch.setattr("tinymlops.profile.reference_models.to_tflite_int8", lambda model: model.encode())
+    monkeypatch.setattr("tinymlops.profile.graph.load_graph", lambda p: SimpleNamespace(
+        ops=[SimpleNamespace(op_type=op) for op in probes[Path(p).stem][0]]))
+    monkeypatch.setattr("tinymlops.export.emulated.firmware_figures", figures)
+    said: list[str] = []
+    out = sizes.measure_stack("cortex-m4", "cmsis_nn", say=said.append)
+    assert out["stack_base_bytes"] == 500
+    assert out["op_stack_bytes"] == {"CONV_2D": 840, "FULLY_CONNECTED": 340, "RELU": 0}
+    assert any("broken" in s and "skipped" in s and "cannot run this probe" in s for s in said)
+    monkeypatch.setattr(sizes, "_stack_probe_models", lambda: {"broken": "broken"})
+    with pytest.raises(TinyMLOpsError, match="no stack probe ran on cortex-m4"):
+        sizes.measure_stack("cortex-m4", "cmsis_nn", say=said.append)

@@ -270,6 +270,8 @@ def measure_stack(core: str, kernels: str, tflm_dir: str | None = None,
             say(f"  stack {name:<20} {hw:>6,} B  ops {', '.join(ops)}")
             for op in ops:
                 out[op] = max(out.get(op, 0), hw)
+    if not out:
+        raise TinyMLOpsError(f"no stack probe ran on {core} ({kernels or 'reference'} kernels): see the lines above")
     base = min(out.values())
     return {"stack_base_bytes": base, "op_stack_bytes": {op: hw - base for op, hw in sorted(out.items())},
             "stack_measured": f"{datetime.date.today().isoformat()}: single-op probe firmware under QEMU "
