@@ -77,8 +77,8 @@ def test_profile_flow_logs_metrics_tags_aliases_and_artifacts(
     from flows.profile import profile_flow
     from tinymlops import registry
 
-    small = tmp_path / "small-board.yaml"  # a board outside the catalogue, too small for the autoencoder
-    small.write_text("kind: target\nname: small-board\ncore: cortex-m0plus\nclock_mhz: 48\nsram_bytes: 32768\n"
+    small = tmp_path / "small-board.yaml"  # outside the catalogue: KWS firmware (~35 KB RAM) fits, AD does not
+    small.write_text("kind: target\nname: small-board\ncore: cortex-m0plus\nclock_mhz: 48\nsram_bytes: 65536\n"
                      "flash_bytes: 196608\nruntime: tflm-reference\nactive_power_mw: 5\n")
     v_kws = _register("toy", ref_models["kws"], "ptq-int8", 0.91, tmp_path)
     v_ad = _register("toy", ref_models["ad"], "big-int8", 0.95, tmp_path)
