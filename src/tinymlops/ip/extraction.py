@@ -109,7 +109,7 @@ def natural_baseline(features: np.ndarray, probabilities: np.ndarray,
         mon.add(x[i], p[i])
     figs = mon.figures()
     rel = figs["dist_rel_p50"]
-    if rel is None or rel <= 0 or len(mon._dist) < 20:
+    if rel is None or rel <= 0 or (figs["distances"] or 0) < 20:
         return None
     held = held_out_probabilities if held_out_probabilities is not None and len(held_out_probabilities) else p
     return QueryBaseline(low_margin_fraction=low_margin_share(held), dist_rel_p50=rel, n=len(order))
