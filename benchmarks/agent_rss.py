@@ -81,10 +81,16 @@ LAYERS = (
     ("cryptography (Ed25519, X25519, AES-GCM)", ["cryptography.hazmat.primitives.asymmetric.ed25519",
                                                  "cryptography.hazmat.primitives.asymmetric.x25519",
                                                  "cryptography.hazmat.primitives.ciphers.aead"]),
-    ("pydantic, yaml", ["pydantic", "pydantic.types", "yaml"]),
-    ("tinymlops agent modules (their pydantic models: pre-processing, sketch, target, ...)",
+    # pydantic in the parts that cost: its Rust core, the model machinery, and what the first model class loads
+    ("pydantic-core (the Rust validators' library, decimal, fractions)", ["pydantic_core"]),
+    ("pydantic BaseModel, Field, types (the model machinery)", ["pydantic.main", "pydantic.fields", "pydantic.types"]),
+    ("pydantic's plugin loader (importlib.metadata, zipfile, csv: the first model loads it)",
+     ["pydantic.plugin._loader"]),
+    ("PyYAML (tinymlops.config_base; the agent reads the target catalogue)", ["yaml"]),
+    ("tinymlops agent modules and their pydantic models (pre-processing, sketch, target, ...)",
      ["tinymlops.fleet.agent_main", "tinymlops.fleet.agent", "tinymlops.fleet.inputs", "tinymlops.fleet.tls",
       "tinymlops.preprocessing", "tinymlops.monitor.sketches", "tinymlops.profile.targets"]),
+    ("numpy.ma (np.quantile -> np.unique imports it; the monitor's distance summary)", ["numpy.ma"]),
 )
 BREAKDOWN = r'''
 import importlib, json, sys, time
@@ -97,10 +103,20 @@ def rss():
         if k in ("VmRSS", "RssAnon", "RssFile"):
             d[k] = int(v.split()[0])
     return d
+def models():
+    """Pydantic model classes defined so far (0 before pydantic is imported)."""
+    base = getattr(sys.modules.get("pydantic.main"), "BaseModel", None)
+    seen, todo = set(), [base] if base else []
+    while todo:
+        for c in todo.pop().__subclasses__():
+            if c not in seen:
+                seen.add(c)
+                todo.append(c)
+    return len(seen)
 def emit(name, before, mods, **extra):
     now = rss()
     print(json.dumps({"layer": name, **{k: now[k] - before[k] for k in now}, "modules": len(sys.modules) - mods,
-                      **extra}), flush=True)
+                      "models": models(), **extra}), flush=True)
     return now, len(sys.modules)
 prev, mods = rss(), len(sys.modules)
 print(json.dumps({"layer": "interpreter", **prev, "modules": mods}), flush=True)
@@ -236,12 +252,13 @@ def _breakdown(bundle: Any, fmt: str, python: list[str], image: bool, n: int, en
             return [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
 
         rows = run(BREAKDOWN, json.dumps(LAYERS), str(model), runtime, str(n))
-        print(f"\nwhere the RSS goes ({runtime} package; each layer imported on top of the previous ones; MB):")
-        print(f"  {'layer':<88} {'RSS':>6} {'anon':>6} {'file':>6} {'modules':>7}")
+        print(f"\nwhere the RSS goes ({runtime} package; each layer imported on top of the previous ones; MB; "
+              "models: pydantic model classes defined so far):")
+        print(f"  {'layer':<88} {'RSS':>6} {'anon':>6} {'file':>6} {'modules':>7} {'models':>6}")
         for r in rows:
             sign = "" if r["layer"] == "interpreter" else "+"
             print(f"  {r['layer']:<88} {sign}{r['VmRSS'] / 1024:>5.1f} {sign}{r['RssAnon'] / 1024:>5.1f} "
-                  f"{sign}{r['RssFile'] / 1024:>5.1f} {sign}{r['modules']:>6}"
+                  f"{sign}{r['RssFile'] / 1024:>5.1f} {sign}{r['modules']:>6} {r.get('models', 0):>6}"
                   + (f"   median {r['median_us']} us/inference" if "median_us" in r else ""))
         print(f"  {'total':<88} {sum(r['VmRSS'] for r in rows) / 1024:>6.1f}")
         if runtime != "onnxruntime":
