@@ -33,14 +33,15 @@ from tinymlops.fleet import api, auth, keyupdates, revocation
 from tinymlops.fleet.certbind import scope_identities
 from tinymlops.fleet.service.context import DeviceCtx, PackageCtx, check_sketch
 from tinymlops.fleet.service.limits import FailureLimiter
-from tinymlops.fleet.service.lookup import DeviceLookup
+from tinymlops.fleet.service.lookup import DeviceLookup, Found
 from tinymlops.fleet.service.writer import TelemetryWriter
 from tinymlops.fleet.store import DesiredState, Device, OperatorToken, Package, Store
 from tinymlops.monitor.reference import ReferenceProfile
 from tinymlops.monitor.sketches import edges_digest
 
-AUTH_CACHE_TTL_S = 30.0
-ASSIGNED_CACHE_TTL_S = 60.0  # positive answers only: an unassigned package stays reportable <= 60 s
+#: a device's cached verdict and packages (positive answers only: a package no longer assigned stays reportable for
+#: at most this long); revocations and credential rotations do not wait for it (the epoch drops the caches)
+AUTH_CACHE_TTL_S = 60.0
 MAX_REPORT_AGE_S = 30 * 86400.0
 MAX_CLOCK_SKEW_S = 300.0
 
@@ -132,22 +133,23 @@ class Service:
             raise HTTPException(403, f"this operator token has role {role!r}; the request needs {needed!r}")
         return role
 
-    async def _lookup_device(self, token_hash: str) -> DeviceCtx | None:
+    async def _lookup_device(self, token_hash: str) -> Found:
         """Resolve a credential that missed the cache (batched with concurrent misses) and cache the answer."""
         epoch = self._epoch
         found = await self.lookup.find(token_hash)
         if self._epoch != epoch:  # a revocation landed meanwhile: the answer may predate it, do not keep it
-            return found.ctx
+            return found
         if found.replaced is not None:  # first use of a rotated credential: the old one stops working now
             self.device_cache.pop(found.replaced, None)
         if len(self.device_cache) > 200_000:
             self.device_cache.clear()
-        now = time.monotonic()
-        # spread the expiries: devices that came online together must not all miss again in the same second
-        self.device_cache[token_hash] = (found.ctx, now + AUTH_CACHE_TTL_S * random.uniform(0.5, 1.0))
+        # spread the expiries: devices that came online together must not all miss again in the same second; the
+        # verdict and the device's packages expire together, so one batched lookup refreshes both
+        expiry = time.monotonic() + AUTH_CACHE_TTL_S * random.uniform(0.5, 1.0)
+        self.device_cache[token_hash] = (found.ctx, expiry)
         if found.ctx is not None:
-            self._cache_assigned(found.ctx.id, found.assigned, now)
-        return found.ctx
+            self._cache_assigned(found.ctx.id, found.assigned, expiry)
+        return found
 
     async def authenticate_device(self, device_id: str, authorization: str | None, client: str | None = None,
                                   cert_ids: frozenset[str] = frozenset()) -> DeviceCtx:
@@ -161,7 +163,7 @@ class Service:
         await self.check_revocations()
         # the hot path (telemetry) stays on the event loop: a thread hop per request halves throughput
         hit = self.device_cache.get(h)
-        ctx = hit[0] if hit is not None and hit[1] > time.monotonic() else await self._lookup_device(h)
+        ctx = hit[0] if hit is not None and hit[1] > time.monotonic() else (await self._lookup_device(h)).ctx
         if ctx is None or ctx.id != device_id:
             # only failures touch the limiter: a valid credential is never refused because its address (a NAT,
             # a gateway) is shared with a guesser
@@ -221,7 +223,7 @@ class Service:
             raise HTTPException(422, exc.errors(include_url=False, include_context=False,
                                                 include_input=False)) from None
         pkg = self._check_report(ctx, report)
-        if not await self.may_report_for(ctx.id, pkg.id):
+        if not await self.may_report_for(ctx.id, pkg.id, auth.hash_token(auth.bearer(authorization) or "")):
             raise HTTPException(403, f"device {ctx.id!r} does not run package {pkg.id!r}")
         now = time.time()
         sk = report.sketch
@@ -236,23 +238,20 @@ class Service:
             if report.feedback is not None else None,
         })
 
-    def _cache_assigned(self, device_id: str, allowed: frozenset[str], now: float) -> None:
+    def _cache_assigned(self, device_id: str, allowed: frozenset[str], expiry: float) -> None:
         if len(self.assigned_cache) > 200_000:
             self.assigned_cache.clear()
         if allowed:  # positive answers only
-            self.assigned_cache[device_id] = (allowed, now + ASSIGNED_CACHE_TTL_S * random.uniform(0.5, 1.0))
+            self.assigned_cache[device_id] = (allowed, expiry)
 
-    def _assigned(self, device_id: str) -> frozenset[str]:
-        allowed = self.lookup.assigned(device_id)
-        self._cache_assigned(device_id, allowed, time.monotonic())
-        return allowed
-
-    async def may_report_for(self, device_id: str, package_id: str) -> bool:
-        """Return whether the device runs, just ran, or is told to run the package (cached when it does)."""
+    async def may_report_for(self, device_id: str, package_id: str, token_hash: str) -> bool:
+        """Return whether the device runs, just ran, or is told to run the package (cached when it does; a miss
+        asks the database through the batched credential lookup, which refreshes the device's whole entry)."""
         hit = self.assigned_cache.get(device_id)
         if hit is not None and hit[1] > time.monotonic() and package_id in hit[0]:
             return True
-        return package_id in await run_in_threadpool(self._assigned, device_id)
+        found = await self._lookup_device(token_hash)
+        return found.ctx is not None and found.ctx.id == device_id and package_id in found.assigned
 
     def _check_report(self, ctx: DeviceCtx, report: api.TelemetryReport) -> PackageCtx:
         """Return the report's package if the device may send this report (HTTPException 403/422 if not)."""

@@ -6,12 +6,15 @@ the same transactions. Rows are written in (device_id, seq) order, so two worker
 retried reports take their unique-key locks in the same order and cannot deadlock.
 
 On PostgreSQL the writer keeps one connection: a batch is ``COPY``-ed into a session-local staging table (psycopg
-formats the rows in C) and moved into ``telemetry`` with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``
-(about a quarter of the client CPU and half the round trips of a multi-row ``INSERT``), followed by one
-``UPDATE ... FROM unnest`` of last-seen times that skips device rows another worker has locked at that moment (``FOR NO KEY UPDATE SKIP LOCKED``: never a
-wait or a deadlock on the devices table; the other worker is writing a last-seen time of the same moment). If a
-batch fails as a whole (a device deleted meanwhile), its reports are retried one by one, so only the report at
-fault gets the error.
+formats the rows in C; about a quarter of the client CPU of a multi-row ``INSERT``), then one pipelined round trip
+moves it into ``telemetry`` (``INSERT ... SELECT ... ON CONFLICT DO NOTHING``), updates last-seen times
+(``UPDATE ... FROM unnest``) and commits. The update skips device rows another worker has locked at that moment
+(``FOR NO KEY UPDATE SKIP LOCKED``: never a wait or a deadlock on the devices table; the other worker is writing a
+last-seen time of the same moment). Few round trips matter beyond the network: after each one this thread waits
+for the GIL behind the busy event loop (up to the switch interval, see :mod:`.app`).
+
+If a batch fails as a whole (a device deleted meanwhile), its reports are retried one by one, so only the report
+at fault gets the error.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy.pool import PoolProxiedConnection
 
 from tinymlops.fleet.store import Device, Store, Telemetry
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger("tinymlops.fleet.writer")
 COLUMNS = ("device_id", "seq", "model_name", "model_version", "package_id", "target", "cohort",
@@ -163,18 +169,22 @@ class TelemetryWriter:
                 raw.invalidate()
                 raise
             self._raw = raw
-        raw, pg = self._raw, self._raw.driver_connection
+        raw, pg = self._raw, cast("psycopg.Connection[Any]", self._raw.driver_connection)
         try:
-            with pg.cursor() as cur:  # type: ignore[union-attr]
+            with pg.cursor() as cur:
                 if rows:
                     with cur.copy(_PG_COPY) as copy:
                         for r in rows:
                             copy.write_row([r[c] for c in COLUMNS])
-                    cur.execute(_PG_INSERT)
-                if seen:
-                    ids = sorted(seen)
-                    cur.execute(_PG_SEEN, (ids, [seen[d] for d in ids]))
-            raw.commit()
+                # the move, the last-seen update and the commit in one round trip: each round trip makes this
+                # thread wait for the GIL behind the busy event loop again
+                with pg.pipeline():
+                    if rows:
+                        cur.execute(_PG_INSERT)
+                    if seen:
+                        ids = sorted(seen)
+                        cur.execute(_PG_SEEN, (ids, [seen[d] for d in ids]))
+                    pg.commit()
         except Exception:
             with contextlib.suppress(Exception):
                 raw.rollback()
