@@ -43,9 +43,11 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: the cyclic GC while serving. Every keep-alive connection holds its last request's objects until its next report
 #: (seconds later), so under Python's default (700, 10, 10) nearly all of them get promoted and the old generation
 #: fills fast: with 5,000 devices per worker a full collection stopped the event loop for 85-260 ms every 1-2 s
-#: (benchmarks/fleet.py, P5). A larger young generation lets those objects die by reference counting first; young
-#: collections stay a few ms and full ones become rare (about one per minute there).
-GC_THRESHOLDS = (50_000, 10, 10)
+#: (benchmarks/fleet.py, P5). With a large young generation those objects die by reference counting before a
+#: collection sees them: at 200,000 no collection ran in a 40 s measured window (at 20,000-50,000, young
+#: collections of 20-60 ms every 10-20 s per worker still showed in the p99). Memory is not at stake: only cyclic
+#: garbage waits longer to be freed.
+GC_THRESHOLDS = (200_000, 10, 10)
 #: how long a thread that wants the GIL waits for the busy event loop to yield it (Python's default: 5 ms). The
 #: telemetry writer and credential lookup threads wait once per database round trip; at 5 ms the group commit's
 #: p95 was 25 ms under load, at 1 ms about 10 ms.
