@@ -53,6 +53,40 @@ GC_THRESHOLDS = (200_000, 10, 10)
 #: p95 was 25 ms under load, at 1 ms about 10 ms.
 GIL_SWITCH_S = 0.001
 
+class _ServingRuntime:
+    """Applies GC_THRESHOLDS and GIL_SWITCH_S while at least one service of this process serves (a process may run
+    several, e.g. in tests); the last one to stop restores the process's own settings."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+        self.before: tuple[tuple[int, int, int], float] = ((700, 10, 10), 0.005)
+
+    def __enter__(self) -> None:
+        import gc
+        import sys
+
+        with self.lock:
+            if self.count == 0:
+                self.before = (gc.get_threshold(), sys.getswitchinterval())
+                gc.set_threshold(*GC_THRESHOLDS)
+                sys.setswitchinterval(GIL_SWITCH_S)
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        import gc
+        import sys
+
+        with self.lock:
+            self.count -= 1
+            if self.count == 0:
+                gc.set_threshold(*self.before[0])
+                sys.setswitchinterval(self.before[1])
+
+
+_serving_runtime = _ServingRuntime()
+
+
 ENROL_BODY_BYTES = 16 * 1024
 EVENT_BODY_BYTES = 64 * 1024
 TELEMETRY_BODY_BYTES = 8 * 1024 * 1024
@@ -212,20 +246,15 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Any:
         import gc
-        import sys
 
         # everything imported and built so far lives as long as the server: keep it out of the cyclic GC's scans
         gc.collect()
         gc.freeze()
-        before = gc.get_threshold(), sys.getswitchinterval()
-        gc.set_threshold(*GC_THRESHOLDS)
-        sys.setswitchinterval(GIL_SWITCH_S)
-        try:
-            yield
-        finally:
-            svc.close()
-            gc.set_threshold(*before[0])
-            sys.setswitchinterval(before[1])
+        with _serving_runtime:
+            try:
+                yield
+            finally:
+                svc.close()
 
     # FastAPI's built-in OpenTelemetry hooks cost a provider lookup per request; this service exports none
     docs = {} if dev_mode else {"docs_url": None, "redoc_url": None, "openapi_url": None}
