@@ -9,8 +9,10 @@ thin ASGI fast path running the same ingestion (see :class:`_TelemetryFastPath`)
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -60,12 +62,9 @@ class _ServingRuntime:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.count = 0
-        self.before: tuple[tuple[int, int, int], float] = ((700, 10, 10), 0.005)
+        self.before = (gc.get_threshold(), sys.getswitchinterval())  # replaced by the first service to start
 
     def __enter__(self) -> None:
-        import gc
-        import sys
-
         with self.lock:
             if self.count == 0:
                 self.before = (gc.get_threshold(), sys.getswitchinterval())
@@ -74,9 +73,6 @@ class _ServingRuntime:
             self.count += 1
 
     def __exit__(self, *exc: object) -> None:
-        import gc
-        import sys
-
         with self.lock:
             self.count -= 1
             if self.count == 0:
@@ -245,8 +241,6 @@ def create_app(url: str | None = None, st: Store | None = None, poll_interval_s:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Any:
-        import gc
-
         # everything imported and built so far lives as long as the server: keep it out of the cyclic GC's scans
         gc.collect()
         gc.freeze()

@@ -223,7 +223,7 @@ class Service:
             raise HTTPException(422, exc.errors(include_url=False, include_context=False,
                                                 include_input=False)) from None
         pkg = self._check_report(ctx, report)
-        if not await self.may_report_for(ctx.id, pkg.id, auth.hash_token(auth.bearer(authorization) or "")):
+        if not await self.may_report_for(ctx.id, pkg.id, authorization):
             raise HTTPException(403, f"device {ctx.id!r} does not run package {pkg.id!r}")
         now = time.time()
         sk = report.sketch
@@ -244,13 +244,13 @@ class Service:
         if allowed:  # positive answers only
             self.assigned_cache[device_id] = (allowed, expiry)
 
-    async def may_report_for(self, device_id: str, package_id: str, token_hash: str) -> bool:
+    async def may_report_for(self, device_id: str, package_id: str, authorization: str | None) -> bool:
         """Return whether the device runs, just ran, or is told to run the package (cached when it does; a miss
         asks the database through the batched credential lookup, which refreshes the device's whole entry)."""
         hit = self.assigned_cache.get(device_id)
         if hit is not None and hit[1] > time.monotonic() and package_id in hit[0]:
             return True
-        found = await self._lookup_device(token_hash)
+        found = await self._lookup_device(auth.hash_token(auth.bearer(authorization) or ""))
         return found.ctx is not None and found.ctx.id == device_id and package_id in found.assigned
 
     def _check_report(self, ctx: DeviceCtx, report: api.TelemetryReport) -> PackageCtx:
